@@ -1,0 +1,96 @@
+"""Database URLs and engines: normalising, masking, SQLite pragmas, sessions.
+
+One function per concern, shared by the CLI, the API, the migration system and the tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+_POSTGRES_ALIASES = {"postgres", "postgresql"}
+
+
+class InvalidDatabaseUrl(ValueError):
+    """The URL cannot be parsed or names an unsupported database."""
+
+
+def normalize_url(url: str | URL) -> str:
+    """Return `url` as a string, with `postgres://` and `postgresql://` mapped to psycopg 3."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise InvalidDatabaseUrl(
+            f"{mask_url(str(url))!r} is not a database URL; "
+            "expected e.g. sqlite:///orchestrator_dev.db or postgresql://user@host/dbname"
+        ) from None
+    if parsed.drivername in _POSTGRES_ALIASES:
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, ""):
+        raise InvalidDatabaseUrl(
+            "an in-memory SQLite database cannot be migrated and kept; "
+            "give a file, e.g. sqlite:///orchestrator_dev.db"
+        )
+    return parsed.render_as_string(hide_password=False)
+
+
+def mask_url(url: str | URL) -> str:
+    """The URL with its password replaced by `***`, safe to print or log."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        # Unparseable: hide anything between "://user:" and "@".
+        text = str(url)
+        head, sep, rest = text.partition("://")
+        if sep and "@" in rest:
+            creds, _, host = rest.rpartition("@")
+            user = creds.split(":", 1)[0]
+            return f"{head}://{user}:***@{host}"
+        return text
+
+
+def backend_name(url: str | URL) -> str:
+    """`sqlite` or `postgresql` (or whatever SQLAlchemy calls the backend)."""
+    return make_url(url).get_backend_name()
+
+
+def sqlite_path(url: str | URL) -> Path | None:
+    """The file behind a SQLite URL, or None for other databases."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    return Path(parsed.database)
+
+
+def create_engine(url: str | URL, **kwargs: object) -> Engine:
+    """An engine for `url`; SQLite connections enforce foreign keys."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, **kwargs)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection, _record) -> None:
+    # Python's sqlite3 module commits silently before DDL; take over transaction control so
+    # that a migration (DDL included) is one real transaction (SQLAlchemy's pysqlite recipe).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    # Several processes share the file (API, CLI, backups): wait for a busy database
+    # instead of failing at once.
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _sqlite_on_begin(connection) -> None:
+    connection.exec_driver_sql("BEGIN")

@@ -1,0 +1,532 @@
+"""MigrationManager: one object over Alembic's API for status, upgrade, downgrade and the rest.
+
+Nothing here prints: results are typed values and failures are `MigrationError`s carrying the
+command that fixes them. The CLI, the API's start-up and the tests all go through this class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.db import backend_name, create_engine, mask_url, normalize_url, sqlite_path
+from orchestrator.migrations import lock
+from orchestrator.migrations.environment import (
+    FILE_TEMPLATE,
+    SCRIPT_LOCATION,
+    next_revision_id,
+)
+from orchestrator.migrations.errors import (
+    DatabaseAheadError,
+    DatabaseLockTimeout,
+    DatabaseUnreachableError,
+    EmptyMigrationError,
+    MigrationError,
+    MigrationFailedError,
+    MultipleHeadsError,
+    NotAtHeadError,
+    UnknownRevisionError,
+    UnversionedDatabaseError,
+)
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import Script, ScriptDirectory
+    from sqlalchemy.engine import Connection, Engine
+
+logger = logging.getLogger(__name__)
+
+VERSION_TABLE = "alembic_version"
+_RELATIVE = re.compile(r"^([+-])(\d+)$")
+
+
+@dataclass(frozen=True)
+class MigrationStatus:
+    """Where the database stands against the scripts."""
+
+    current: str | None
+    head: str | None
+    pending: tuple[str, ...]
+    database_exists: bool = True
+    # The database has tables but no revision: it was not made by these migrations.
+    unversioned: bool = False
+    # The database is at a revision these scripts do not know (newer code migrated it).
+    ahead: bool = False
+
+    @property
+    def up_to_date(self) -> bool:
+        return not self.ahead and not self.unversioned and self.current == self.head
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "pending": list(self.pending), "up_to_date": self.up_to_date}
+
+
+@dataclass(frozen=True)
+class RevisionInfo:
+    """One script in the chain, oldest first."""
+
+    revision: str
+    down_revision: str | None
+    message: str
+    path: str
+    applied: bool
+    is_head: bool
+
+
+@dataclass
+class _Run:
+    """What one Alembic command did, collected from `on_version_apply`."""
+
+    steps: list[str] = field(default_factory=list)
+
+    def record(self, *, step, **_: Any) -> None:
+        # For both directions this is the revision whose script ran.
+        self.steps.append(step.up_revision_id)
+
+
+class MigrationManager:
+    """Manages the schema of one database with the project's Alembic scripts."""
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        lock_timeout: float = 300.0,
+        db_lock_timeout: str = "5s",
+        notify: Callable[[str], None] | None = None,
+    ) -> None:
+        self.database_url = normalize_url(database_url)
+        self.lock_timeout = lock_timeout
+        self.db_lock_timeout = db_lock_timeout
+        # Called with a one-line message when the manager waits (for the lock, for a retry).
+        self.notify = notify
+        self._engine: Engine | None = None
+
+    @classmethod
+    def from_settings(cls, settings, **kwargs: Any) -> MigrationManager:
+        """A manager configured from `Settings`."""
+        return cls(
+            settings.database_url,
+            lock_timeout=settings.migration_lock_timeout,
+            db_lock_timeout=settings.db_lock_timeout,
+            **kwargs,
+        )
+
+    # -- configuration -------------------------------------------------------------------
+
+    @property
+    def masked_url(self) -> str:
+        return mask_url(self.database_url)
+
+    @property
+    def dialect(self) -> str:
+        return backend_name(self.database_url)
+
+    @cached_property
+    def config(self) -> Config:
+        """The Alembic configuration, the same that `alembic.ini` gives the `alembic` command."""
+        return alembic_config(self.database_url)
+
+    @cached_property
+    def script(self) -> ScriptDirectory:
+        from alembic.script import ScriptDirectory
+
+        return ScriptDirectory.from_config(self.config)
+
+    def _reload_scripts(self) -> None:
+        self.__dict__.pop("script", None)
+        self.__dict__.pop("_chain", None)
+
+    @cached_property
+    def _chain(self) -> tuple[str, ...]:
+        """Every revision id, oldest first (the chain is linear: one head is enforced)."""
+        self.get_head_revision()
+        return tuple(reversed([rev.revision for rev in self.script.walk_revisions()]))
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def __enter__(self) -> MigrationManager:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def get_head_revision(self) -> str | None:
+        """The newest revision in the scripts (None when there are none)."""
+        heads = self.script.get_heads()
+        if len(heads) > 1:
+            raise MultipleHeadsError(
+                f"the migration scripts have {len(heads)} heads ({', '.join(sorted(heads))}); "
+                'merge them with `uv run alembic merge heads -m "merge"` and review the result'
+            )
+        return heads[0] if heads else None
+
+    def get_current_revision(self) -> str | None:
+        """The database's revision (None for a fresh or missing database)."""
+        return self._read_database()[0]
+
+    def pending_revisions(self) -> list[str]:
+        """Revisions the database lacks, in the order they would be applied."""
+        return list(self.status().pending)
+
+    def needs_migration(self) -> bool:
+        """True when the database is not at head."""
+        return not self.status().up_to_date
+
+    def status(self) -> MigrationStatus:
+        """Current, head and pending revisions, without changing anything."""
+        head = self.get_head_revision()
+        current, exists, unversioned = self._read_database()
+        if current is not None and current not in self._chain:
+            return MigrationStatus(current, head, (), exists, ahead=True)
+        return MigrationStatus(current, head, self._between(current, head), exists, unversioned)
+
+    def history(self) -> list[RevisionInfo]:
+        """Every script, oldest first, marked applied up to the database's revision."""
+        current = self.get_current_revision()
+        applied = set(self._chain[: self._position(current)]) if current in self._chain else set()
+        head = self.get_head_revision()
+        return [
+            RevisionInfo(
+                revision=rev.revision,
+                down_revision=rev.down_revision if isinstance(rev.down_revision, str) else None,
+                message=(rev.doc or "").strip(),
+                path=rev.path,
+                applied=rev.revision in applied,
+                is_head=rev.revision == head,
+            )
+            for rev in (self._script_for(r) for r in self._chain)
+        ]
+
+    def plan_upgrade(self, target: str = "head") -> list[str]:
+        """The revisions `upgrade(target)` would apply, in order."""
+        status = self._require_known_database()
+        return list(self._between(status.current, self._resolve(target, status.current)))
+
+    def plan_downgrade(self, target: str) -> list[str]:
+        """The revisions `downgrade(target)` would undo, newest first."""
+        status = self._require_known_database()
+        resolved = self._resolve(target, status.current)
+        if self._position(resolved) > self._position(status.current):
+            raise UnknownRevisionError(
+                f"cannot downgrade to {target}: it is newer than the database's revision "
+                f"{status.current or 'base'}; use `orchestrator db upgrade {target}`"
+            )
+        return list(reversed(self._between(resolved, status.current)))
+
+    # -- changing ------------------------------------------------------------------------
+
+    def upgrade(self, target: str = "head", *, revision: str | None = None) -> list[str]:
+        """Apply pending revisions up to `target`; returns what was applied, in order."""
+        from alembic import command
+
+        target = revision or target
+        self.plan_upgrade(target)  # fail early on a bad target, before taking the lock
+        with self._migration_lock():
+            # Another migrator may have finished while we waited: plan again under the lock.
+            plan = self.plan_upgrade(target)
+            if not plan:
+                return []
+            return self._run(command.upgrade, plan[-1], plan)
+
+    def downgrade(self, target: str, *, revision: str | None = None) -> list[str]:
+        """Undo revisions down to `target` (an id, `-N` or `base`); returns what was undone."""
+        from alembic import command
+
+        target = revision or target
+        self.plan_downgrade(target)
+        with self._migration_lock():
+            plan = self.plan_downgrade(target)
+            if not plan:
+                return []
+            destination = self._script_for(plan[-1]).down_revision or "base"
+            return self._run(command.downgrade, destination, plan)
+
+    def stamp(self, revision: str) -> None:
+        """Record `revision` as the database's revision without running any migration."""
+        from alembic import command
+
+        resolved = self._resolve(revision, None) if revision != "base" else None
+        with self._migration_lock():
+            with self._connect(create=True) as connection:
+                self.config.attributes["connection"] = connection
+                try:
+                    command.stamp(self.config, resolved or "base", purge=True)
+                finally:
+                    self.config.attributes.pop("connection", None)
+                connection.commit()
+
+    def create(self, message: str, autogenerate: bool = True) -> Path:
+        """Write a new revision script; autogenerate compares the models with the database."""
+        from alembic import command
+
+        if not message.strip():
+            raise MigrationError("a migration needs a message; pass -m 'what it changes'")
+        status = self.status()
+        if not status.up_to_date and status.head is not None:
+            raise NotAtHeadError(
+                f"the database is at {status.current or 'base'}, not at head {status.head}; "
+                "run `orchestrator db upgrade` first so the new migration starts from head"
+            )
+
+        def refuse_empty(_context, _revision, directives) -> None:
+            if autogenerate and directives[0].upgrade_ops.is_empty():
+                directives[:] = []
+
+        rev_id = next_revision_id(self.script)
+        with self._connect(create=True) as connection:
+            self.config.attributes["connection"] = connection
+            try:
+                script = command.revision(
+                    self.config,
+                    message=message,
+                    autogenerate=autogenerate,
+                    rev_id=rev_id,
+                    process_revision_directives=refuse_empty,
+                )
+            finally:
+                self.config.attributes.pop("connection", None)
+        self._reload_scripts()
+        if script is None:
+            raise EmptyMigrationError(
+                "no differences between the models and the database; change a model first, "
+                "or pass --empty to write the migration by hand"
+            )
+        return Path(script.path)
+
+    def create_migration(self, message: str, auto: bool = True) -> str:
+        """The seed's name for `create`; returns the new script's path."""
+        return str(self.create(message, autogenerate=auto))
+
+    def sql(self, target: str = "head", start: str | None = None) -> str:
+        """The SQL that upgrading from `start` (default: base) to `target` runs, without a database."""
+        from alembic import command
+
+        output = io.StringIO()
+        config = alembic_config(self.database_url, output_buffer=output)
+        end = self._resolve(target, None)
+        begin = self._resolve(start, None) if start else None
+        if self._position(begin) > self._position(end):
+            command.downgrade(config, f"{end_or_base(begin)}:{end_or_base(end)}", sql=True)
+        else:
+            command.upgrade(config, f"{begin}:{end}" if begin else end, sql=True)
+        return output.getvalue()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _script_for(self, revision: str) -> Script:
+        return self.script.get_revision(revision)
+
+    def _position(self, revision: str | None) -> int:
+        """0 for base, n for the n-th revision of the chain."""
+        return 0 if revision is None else self._chain.index(revision) + 1
+
+    def _between(self, lower: str | None, upper: str | None) -> tuple[str, ...]:
+        return self._chain[self._position(lower) : self._position(upper)]
+
+    def _resolve(self, target: str, current: str | None) -> str | None:
+        """A revision id (or None for base) from an id, a unique prefix, head, base or +N/-N."""
+        if target in ("head", "heads"):
+            return self.get_head_revision()
+        if target == "base":
+            return None
+        relative = _RELATIVE.match(target)
+        if relative:
+            step = int(relative.group(2)) * (1 if relative.group(1) == "+" else -1)
+            position = self._position(current) + step
+            if not 0 <= position <= len(self._chain):
+                raise UnknownRevisionError(
+                    f"{target} goes past the {'head' if step > 0 else 'base'} from "
+                    f"{current or 'base'}; see `orchestrator db history`"
+                )
+            return self._chain[position - 1] if position else None
+        matches = [rev for rev in self._chain if rev == target] or [
+            rev for rev in self._chain if rev.startswith(target)
+        ]
+        if len(matches) != 1:
+            known = ", ".join(self._chain) or "none"
+            raise UnknownRevisionError(
+                f"unknown revision {target!r} (known: {known}, head, base); "
+                "see `orchestrator db history`"
+            )
+        return matches[0]
+
+    def _require_known_database(self) -> MigrationStatus:
+        status = self.status()
+        if status.ahead:
+            raise DatabaseAheadError(
+                f"the database is at revision {status.current}, which this code does not know; "
+                f"deploy the code that has {status.current}, or if it was abandoned run "
+                f"`orchestrator db stamp {status.head}` after checking the schema"
+            )
+        if status.unversioned:
+            raise UnversionedDatabaseError(
+                f"{self.masked_url} has tables but no migration revision; if its schema matches "
+                "a revision, record it with `orchestrator db stamp <revision>` "
+                "(e.g. `orchestrator db stamp head`)"
+            )
+        return status
+
+    def _read_database(self) -> tuple[str | None, bool, bool]:
+        """(current revision, database exists, has tables but no revision)."""
+        path = sqlite_path(self.database_url)
+        if path is not None and not path.exists():
+            return None, False, False
+        from sqlalchemy import inspect, text
+
+        with self._connect() as connection:
+            try:
+                rows = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
+            except Exception as exc:  # the table is missing: a fresh or unversioned database
+                if not _is_missing_table(exc):
+                    raise self._unreachable(exc) from exc
+                connection.rollback()
+                tables = set(inspect(connection).get_table_names()) - {VERSION_TABLE}
+                return None, True, bool(tables - {"migration_history"})
+        if len(rows) > 1:
+            versions = ", ".join(sorted(r[0] for r in rows))
+            raise MultipleHeadsError(
+                f"the database records several revisions ({versions}); "
+                "stamp the right one with `orchestrator db stamp <revision>`"
+            )
+        return (rows[0][0] if rows else None), True, False
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            connect_args: dict[str, Any] = {}
+            if self.dialect == "postgresql":
+                connect_args = {
+                    "application_name": f"orchestrator-migrate {lock.holder_description()}",
+                    "connect_timeout": 10,
+                }
+            self._engine = create_engine(self.database_url, connect_args=connect_args)
+        return self._engine
+
+    @contextlib.contextmanager
+    def _connect(self, create: bool = False) -> Iterator[Connection]:
+        """A connection; for SQLite, `create` allows making a missing file."""
+        from sqlalchemy.exc import DBAPIError
+
+        path = sqlite_path(self.database_url)
+        if path is not None:
+            if not create and not path.exists():  # pragma: no cover - callers check first
+                raise DatabaseUnreachableError(f"{path} does not exist")
+            if not path.parent.exists():
+                raise DatabaseUnreachableError(
+                    f"cannot create {path}: the folder {path.parent} does not exist; "
+                    "create it or fix DATABASE_URL"
+                )
+        try:
+            connection = self.engine.connect()
+        except DBAPIError as exc:
+            raise self._unreachable(exc) from exc
+        except ImportError as exc:
+            raise DatabaseUnreachableError(
+                f"the driver for {self.masked_url} is not installed ({exc.name}); "
+                "use postgresql+psycopg:// or sqlite:///, or install the driver"
+            ) from exc
+        with connection:
+            yield connection
+
+    def _unreachable(self, exc: Exception) -> DatabaseUnreachableError:
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        return DatabaseUnreachableError(
+            f"cannot reach the database at {self.masked_url}: {reason}; "
+            "check DATABASE_URL and that the server is running"
+        )
+
+    @contextlib.contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        path = sqlite_path(self.database_url)
+        if path is not None:
+            lock_path = path.with_name(path.name + ".migrate.lock")
+            if not path.parent.exists():
+                raise DatabaseUnreachableError(
+                    f"cannot create {path}: the folder {path.parent} does not exist; "
+                    "create it or fix DATABASE_URL"
+                )
+            with lock.file_lock(lock_path, self.lock_timeout, self.notify):
+                yield
+            return
+        with self._connect() as connection:
+            with lock.advisory_lock(connection, self.lock_timeout, self.notify):
+                yield
+
+    def _run(self, command_fn: Callable[..., Any], destination: str, plan: list[str]) -> list[str]:
+        """Run an Alembic command on our own connection and report what it did."""
+        run = _Run()
+        attributes = self.config.attributes
+        with self._connect(create=True) as connection:
+            attributes.update(
+                connection=connection,
+                on_version_apply=run.record,
+                db_lock_timeout=self.db_lock_timeout,
+            )
+            try:
+                command_fn(self.config, destination)
+            except MigrationError:
+                raise
+            except Exception as exc:
+                failed = plan[min(len(run.steps), len(plan) - 1)]
+                raise self._failure(exc, failed, command_fn.__name__ == "upgrade") from exc
+            finally:
+                for key in ("connection", "on_version_apply"):
+                    attributes.pop(key, None)
+        for step in run.steps:
+            logger.info("applied %s", step)
+        return list(plan[: len(run.steps)])
+
+    def _failure(self, exc: Exception, failed: str, upgrading: bool) -> MigrationError:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        if _is_lock_timeout(exc):
+            return DatabaseLockTimeout(
+                f"migration {failed} gave up waiting for a table lock ({reason}); a long "
+                "transaction holds it: retry later, or raise DB_LOCK_TIMEOUT or --retries"
+            )
+        # Upgrading, the failed revision was not applied; downgrading, it was not undone.
+        position = self._position(failed)
+        last_good = (self._chain[position - 2] if position > 1 else None) if upgrading else failed
+        return MigrationFailedError(
+            f"migration {failed} failed: {type(exc).__name__}: {reason}; the database is at "
+            f"{last_good or 'base'}; fix the script and run the command again",
+            revision=failed,
+        )
+
+
+def end_or_base(revision: str | None) -> str:
+    return revision or "base"
+
+
+def alembic_config(database_url: str, output_buffer: Any = None) -> Config:
+    """The Alembic `Config` used for every programmatic run; mirrors `alembic.ini`."""
+    from alembic.config import Config
+
+    config = Config(output_buffer=output_buffer)
+    config.set_main_option("script_location", SCRIPT_LOCATION)
+    config.set_main_option("file_template", FILE_TEMPLATE)
+    config.attributes["database_url"] = database_url
+    config.attributes["managed"] = True
+    return config
+
+
+def _is_missing_table(exc: Exception) -> bool:
+    text = str(getattr(exc, "orig", exc)).lower()
+    return "no such table" in text or "does not exist" in text and VERSION_TABLE in text
+
+
+def _is_lock_timeout(exc: Exception) -> bool:
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) == "55P03"

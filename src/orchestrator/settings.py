@@ -1,0 +1,115 @@
+"""All settings in one place: environment variables, an optional `.env`, and their defaults.
+
+Settings are built, never imported as a ready object: call `get_settings()` (cached) or build
+`Settings(...)` directly in tests.
+"""
+
+from __future__ import annotations
+
+import enum
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Environment(str, enum.Enum):
+    development = "development"
+    staging = "staging"
+    production = "production"
+
+
+DEFAULT_DATABASE_URLS = {
+    Environment.development: "sqlite:///orchestrator_dev.db",
+    Environment.staging: "sqlite:///orchestrator_staging.db",
+}
+
+# Which variable each field is read from, for error messages.
+_VARIABLES = {
+    "environment": "ENVIRONMENT",
+    "database_url": "DATABASE_URL",
+    "auto_migrate": "AUTO_MIGRATE",
+    "migration_lock_timeout": "MIGRATION_LOCK_TIMEOUT",
+    "db_lock_timeout": "DB_LOCK_TIMEOUT",
+    "backup_dir": "BACKUP_DIR",
+    "backup_keep": "BACKUP_KEEP",
+    "backup_before_migrate": "BACKUP_BEFORE_MIGRATE",
+}
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message names the variable."""
+
+    exit_code = 2
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", validate_default=True)
+
+    environment: Environment = Environment.development
+    database_url: str | None = None
+    # None means "the environment's default": on in development, off elsewhere.
+    auto_migrate: bool | None = None
+    # Seconds a migrator waits for another one to finish before giving up.
+    migration_lock_timeout: float = Field(default=300.0, ge=0)
+    # PostgreSQL `lock_timeout` for migration sessions: fail fast instead of queueing traffic.
+    db_lock_timeout: str = "5s"
+    backup_dir: Path = Path("backups")
+    backup_keep: int = Field(default=10, ge=1)
+    # None means "the environment's default": on in staging and production.
+    backup_before_migrate: bool | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _url_is_well_formed(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from orchestrator.db import normalize_url
+
+        return normalize_url(value.strip())
+
+    @model_validator(mode="after")
+    def _apply_environment_defaults(self) -> Settings:
+        if self.database_url is None:
+            default = DEFAULT_DATABASE_URLS.get(self.environment)
+            if default is None:
+                raise ValueError(
+                    "DATABASE_URL is required when ENVIRONMENT=production; "
+                    "set it to the production database, e.g. postgresql://user@host/orchestrator"
+                )
+            self.database_url = default
+        if self.auto_migrate is None:
+            self.auto_migrate = self.environment is Environment.development
+        if self.backup_before_migrate is None:
+            self.backup_before_migrate = self.environment is not Environment.development
+        return self
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment plus `overrides`, turning errors into one line."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment and `.env`."""
+    return load_settings()
+
+
+def _describe(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    field = str(error["loc"][0]) if error["loc"] else ""
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if not field:
+        return message
+    variable = _VARIABLES.get(field, field.upper())
+    if field == "environment":
+        return (
+            f"{variable}={error.get('input')!r} is not valid; "
+            "use one of: development, staging, production"
+        )
+    return f"{variable} is invalid: {message}"
