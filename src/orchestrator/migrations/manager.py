@@ -6,10 +6,12 @@ command that fixes them. The CLI, the API's start-up and the tests all go throug
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import logging
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -84,11 +86,17 @@ class RevisionInfo:
 class _Run:
     """What one Alembic command did, collected from `on_version_apply`."""
 
+    progress: Callable[[str, float], None] | None = None
     steps: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
 
     def record(self, *, step, **_: Any) -> None:
         # For both directions this is the revision whose script ran.
         self.steps.append(step.up_revision_id)
+        now = time.perf_counter()
+        if self.progress is not None:
+            self.progress(step.up_revision_id, now - self.started)
+        self.started = now
 
 
 class MigrationManager:
@@ -101,12 +109,15 @@ class MigrationManager:
         lock_timeout: float = 300.0,
         db_lock_timeout: str = "5s",
         notify: Callable[[str], None] | None = None,
+        progress: Callable[[str, float], None] | None = None,
     ) -> None:
         self.database_url = normalize_url(database_url)
         self.lock_timeout = lock_timeout
         self.db_lock_timeout = db_lock_timeout
         # Called with a one-line message when the manager waits (for the lock, for a retry).
         self.notify = notify
+        # Called after each revision step with its id and the seconds it took.
+        self.progress = progress
         self._engine: Engine | None = None
 
     @classmethod
@@ -300,6 +311,8 @@ class MigrationManager:
             finally:
                 self.config.attributes.pop("connection", None)
         self._reload_scripts()
+        if isinstance(script, list):  # Alembic returns a list when directives were filtered
+            script = script[0] if script else None
         if script is None:
             raise EmptyMigrationError(
                 "no differences between the models and the database; change a model first, "
@@ -468,7 +481,7 @@ class MigrationManager:
 
     def _run(self, command_fn: Callable[..., Any], destination: str, plan: list[str]) -> list[str]:
         """Run an Alembic command on our own connection and report what it did."""
-        run = _Run()
+        run = _Run(self.progress)
         attributes = self.config.attributes
         with self._connect(create=True) as connection:
             attributes.update(
@@ -515,7 +528,8 @@ def alembic_config(database_url: str, output_buffer: Any = None) -> Config:
     """The Alembic `Config` used for every programmatic run; mirrors `alembic.ini`."""
     from alembic.config import Config
 
-    config = Config(output_buffer=output_buffer)
+    # quiet: nothing below the CLI prints; results are returned instead.
+    config = Config(output_buffer=output_buffer, cmd_opts=argparse.Namespace(quiet=True))
     config.set_main_option("script_location", SCRIPT_LOCATION)
     config.set_main_option("file_template", FILE_TEMPLATE)
     config.attributes["database_url"] = database_url

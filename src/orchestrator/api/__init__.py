@@ -1,0 +1,1 @@
+"""The HTTP API. Nothing in `orchestrator.migrations` imports from here."""

@@ -1,0 +1,38 @@
+"""The application factory and its lifespan (the start-up migration policy)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from orchestrator import __version__
+from orchestrator.api.routes import health
+from orchestrator.migrations import MigrationManager
+from orchestrator.migrations.startup import prepare_database
+from orchestrator.settings import Settings, get_settings
+
+logger = logging.getLogger("orchestrator.api")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API for `settings` (default: the environment's)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        manager = MigrationManager.from_settings(settings, notify=logger.warning)
+        app.state.migrations = manager
+        try:
+            app.state.startup = await run_in_threadpool(prepare_database, settings, manager)
+            yield
+        finally:
+            manager.close()
+
+    app = FastAPI(title="Orchestrator", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.include_router(health.router)
+    return app

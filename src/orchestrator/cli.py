@@ -1,0 +1,381 @@
+"""The `orchestrator` command.
+
+Imports stay cheap: `orchestrator db ...` never imports FastAPI or uvicorn (only `serve` does),
+and heavy modules are imported inside the command that needs them. Errors are printed once, as
+one line, by `main()`; `--verbose` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from orchestrator.migrations import MigrationManager, MigrationStatus
+    from orchestrator.settings import Settings
+
+ENVIRONMENTS = ("development", "staging", "production")
+CHECK_PENDING_EXIT = 1
+UNEXPECTED_ERROR_EXIT = 70
+
+
+# -- options shared by `orchestrator` and every `db` command ------------------------------
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    # Options given on a subcommand override the same options given on `orchestrator` itself.
+    if value is not None and value is not False:
+        ctx.find_root().meta[f"orchestrator.{param.name}"] = value
+    return value
+
+
+def common_options(func):
+    """--env, --database-url and --verbose, accepted on the group and on each command."""
+    options = [
+        click.option(
+            "--env",
+            "environment",
+            type=click.Choice(ENVIRONMENTS),
+            callback=_remember,
+            expose_value=False,
+            help="Environment (overrides ENVIRONMENT).",
+        ),
+        click.option(
+            "--database-url",
+            callback=_remember,
+            expose_value=False,
+            metavar="URL",
+            help="Database URL (overrides DATABASE_URL).",
+        ),
+        click.option(
+            "--verbose",
+            "-v",
+            is_flag=True,
+            default=None,
+            callback=_remember,
+            expose_value=False,
+            help="Show tracebacks and debug logging.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _option(ctx: click.Context, name: str) -> Any:
+    return ctx.find_root().meta.get(f"orchestrator.{name}")
+
+
+def _settings(ctx: click.Context) -> Settings:
+    from orchestrator.settings import load_settings
+
+    return load_settings(
+        environment=_option(ctx, "environment"), database_url=_option(ctx, "database_url")
+    )
+
+
+def _manager(ctx: click.Context, **kwargs: Any) -> MigrationManager:
+    from orchestrator.migrations import MigrationManager
+
+    settings = _settings(ctx)
+    if kwargs.get("lock_timeout") is None:
+        kwargs.pop("lock_timeout", None)
+    manager = MigrationManager.from_settings(settings, notify=_note, **kwargs)
+    manager.progress = lambda revision, seconds: click.echo(
+        f"  {revision}  {seconds:6.2f}s  {_title(manager, revision)}"
+    )
+    ctx.call_on_close(manager.close)
+    return manager
+
+
+def _note(message: str) -> None:
+    click.echo(message, err=True)
+
+
+# -- the commands -------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@common_options
+@click.version_option(package_name="orchestrator")
+def cli() -> None:
+    """Orchestrator: the API server and its database migrations."""
+
+
+@cli.command()
+@common_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int) -> None:
+    """Serve the API (development migrates its database first)."""
+    import logging
+
+    import uvicorn
+
+    from orchestrator.api.app import create_app
+    from orchestrator.migrations.startup import prepare_database
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)-8s %(name)s: %(message)s")
+    settings = _settings(ctx)
+    # Apply the start-up policy before uvicorn starts, so that a database that must stop
+    # start-up gives the usual one-line error instead of a lifespan traceback.
+    with _manager(ctx) as manager:
+        prepare_database(settings, manager)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+@cli.group()
+@common_options
+def db() -> None:
+    """Inspect and migrate the database schema."""
+
+
+@db.command()
+@common_options
+@click.pass_context
+def current(ctx: click.Context) -> None:
+    """Print the database's revision."""
+    status = _manager(ctx).status()
+    click.echo(_describe_current(status))
+
+
+@db.command()
+@common_options
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Show current, head and pending revisions."""
+    manager = _manager(ctx)
+    _print_status(manager, manager.status(), as_json)
+
+
+@db.command()
+@common_options
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.pass_context
+def check(ctx: click.Context, as_json: bool) -> None:
+    """Exit 0 when the database is at head, 1 when migrations are pending, 2+ on errors."""
+    from orchestrator.migrations import DatabaseAheadError, UnversionedDatabaseError
+
+    manager = _manager(ctx)
+    state = manager.status()
+    _print_status(manager, state, as_json)
+    if state.ahead:
+        raise DatabaseAheadError(
+            f"the database is at {state.current}, which this code does not know; "
+            "deploy the code that has it"
+        )
+    if state.unversioned:
+        raise UnversionedDatabaseError(
+            "the database has tables but no revision; record its revision with "
+            "`orchestrator db stamp <revision>`"
+        )
+    if not state.up_to_date:
+        ctx.exit(CHECK_PENDING_EXIT)
+
+
+# REVISION may be relative ("-1", "+2"): it must not be parsed as an option.
+_REVISION_ARGS = {"ignore_unknown_options": True}
+
+
+@db.command(context_settings=_REVISION_ARGS)
+@common_options
+@click.argument("revision", default="head")
+@click.option("--sql", is_flag=True, help="Print the SQL instead of running it (REV may be START:END).")
+@click.option("--lock-timeout", type=click.FloatRange(min=0), help="Seconds to wait for another migrator.")
+@click.option("--retries", type=click.IntRange(min=0), default=0, help="Retries after a table-lock timeout.")
+@click.pass_context
+def upgrade(
+    ctx: click.Context, revision: str, sql: bool, lock_timeout: float | None, retries: int
+) -> None:
+    """Apply migrations up to REVISION (default: head)."""
+    manager = _manager(ctx, lock_timeout=lock_timeout)
+    if sql:
+        start, _, end = revision.rpartition(":")
+        click.echo(manager.sql(end or "head", start=start or None), nl=False)
+        return
+    plan = manager.plan_upgrade(revision)
+    if not plan:
+        click.echo(f"Already at {manager.get_current_revision() or 'base'}: nothing to apply.")
+        return
+    click.echo(f"Upgrading {manager.masked_url}: {', '.join(plan)}")
+    _migrate(manager.upgrade, revision, retries, "Applied")
+
+
+@db.command(context_settings=_REVISION_ARGS)
+@common_options
+@click.argument("revision")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--sql", is_flag=True, help="Print the SQL instead of running it.")
+@click.option("--lock-timeout", type=click.FloatRange(min=0), help="Seconds to wait for another migrator.")
+@click.option("--retries", type=click.IntRange(min=0), default=0, help="Retries after a table-lock timeout.")
+@click.pass_context
+def downgrade(
+    ctx: click.Context,
+    revision: str,
+    yes: bool,
+    sql: bool,
+    lock_timeout: float | None,
+    retries: int,
+) -> None:
+    """Undo migrations down to REVISION (an id, -1, or base)."""
+    from orchestrator.migrations import ConfirmationRequired
+
+    manager = _manager(ctx, lock_timeout=lock_timeout)
+    if sql:
+        current = manager.get_current_revision() or "head"
+        click.echo(manager.sql(revision, start=current), nl=False)
+        return
+    plan = manager.plan_downgrade(revision)
+    if not plan:
+        click.echo(f"Already at {manager.get_current_revision() or 'base'}: nothing to undo.")
+        return
+    click.echo(f"Downgrading {manager.masked_url}; this undoes:")
+    for rev in plan:
+        click.echo(f"  {rev}  {_title(manager, rev)}")
+    if _settings(ctx).environment.value == "production" and not yes:
+        if not sys.stdin.isatty():
+            raise ConfirmationRequired(
+                "refusing to downgrade production without confirmation; "
+                "run it on a terminal or pass --yes"
+            )
+        click.confirm("Downgrade the production database?", abort=True)
+    _migrate(manager.downgrade, revision, retries, "Undid")
+
+
+@db.command()
+@common_options
+@click.pass_context
+def history(ctx: click.Context) -> None:
+    """List every migration, oldest first, marking the applied ones."""
+    for info in _manager(ctx).history():
+        marks = ["applied" if info.applied else "pending"]
+        if info.is_head:
+            marks.append("head")
+        title = info.message.splitlines()[0] if info.message else ""
+        click.echo(f"{info.revision}  [{', '.join(marks)}]  {title}")
+
+
+@db.command()
+@common_options
+@click.option("-m", "--message", required=True, help="What the migration changes.")
+@click.option("--empty", is_flag=True, help="Write an empty script to fill in by hand.")
+@click.pass_context
+def create(ctx: click.Context, message: str, empty: bool) -> None:
+    """Write a new migration (autogenerated from the models unless --empty)."""
+    path = _manager(ctx).create(message, autogenerate=not empty)
+    click.echo(f"Created {path}")
+    click.echo("Review it (docs/migrations.md), then run `orchestrator db upgrade`.")
+
+
+@db.command()
+@common_options
+@click.argument("revision")
+@click.pass_context
+def stamp(ctx: click.Context, revision: str) -> None:
+    """Record REVISION as the database's revision without running migrations."""
+    manager = _manager(ctx)
+    manager.stamp(revision)
+    click.echo(f"Stamped {manager.masked_url} at {manager.get_current_revision() or 'base'}.")
+
+
+# -- rendering ----------------------------------------------------------------------------
+
+
+def _migrate(action, revision: str, retries: int, verb: str) -> None:
+    from orchestrator.migrations import DatabaseLockTimeout
+
+    for attempt in range(retries + 1):
+        started = time.perf_counter()
+        try:
+            done = action(revision)
+        except DatabaseLockTimeout as exc:
+            if attempt == retries:
+                raise
+            _note(f"{exc} (retry {attempt + 1} of {retries})")
+            continue
+        elapsed = time.perf_counter() - started
+        click.echo(f"{verb} {', '.join(done) or 'nothing'} in {elapsed:.2f}s.")
+        return
+
+
+def _title(manager: MigrationManager, revision: str) -> str:
+    doc = manager.script.get_revision(revision).doc or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def _describe_current(status: MigrationStatus) -> str:
+    if not status.database_exists:
+        return "none (the database does not exist yet)"
+    if status.current is None:
+        return "none (not under version control)" if status.unversioned else "none (empty database)"
+    suffix = " (head)" if status.up_to_date else " (unknown to this code)" if status.ahead else ""
+    return f"{status.current}{suffix}"
+
+
+def _print_status(manager: MigrationManager, status: MigrationStatus, as_json: bool) -> None:
+    if as_json:
+        import json
+
+        click.echo(json.dumps({"database": manager.masked_url, **status.as_dict()}))
+        return
+    click.echo(f"database: {manager.masked_url}")
+    click.echo(f"current:  {_describe_current(status)}")
+    click.echo(f"head:     {status.head or 'none'}")
+    if status.ahead:
+        click.echo("state:    the database is AHEAD of the code")
+    elif status.unversioned:
+        click.echo("state:    tables exist but no revision is recorded (see `db stamp`)")
+    elif status.up_to_date:
+        click.echo("state:    up to date")
+    else:
+        click.echo(f"pending:  {', '.join(status.pending)}")
+        click.echo("state:    migrations pending; run `orchestrator db upgrade`")
+
+
+# -- entry point --------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; the one place that turns errors into a message and an exit code."""
+    from orchestrator.migrations.errors import MigrationError
+    from orchestrator.settings import SettingsError
+
+    ctx_meta: dict[str, Any] = {}
+    try:
+        with cli.make_context("orchestrator", list(sys.argv[1:] if argv is None else argv)) as ctx:
+            ctx_meta = ctx.meta
+            cli.invoke(ctx)
+    except (MigrationError, SettingsError) as exc:
+        if ctx_meta.get("orchestrator.verbose"):
+            traceback.print_exc()
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        if ctx_meta.get("orchestrator.verbose"):
+            traceback.print_exc()
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        click.echo(
+            f"Error: unexpected {type(exc).__name__}: {reason} (run again with --verbose "
+            "for the traceback)",
+            err=True,
+        )
+        sys.exit(UNEXPECTED_ERROR_EXIT)
+    sys.exit(0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

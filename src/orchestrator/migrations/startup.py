@@ -1,0 +1,60 @@
+"""The start-up migration policy, shared by the API's lifespan and anything else that boots.
+
+Development with AUTO_MIGRATE upgrades to head (through the migration lock, so replicas that
+start together migrate once). Everywhere else nothing is migrated: a warning names the command
+to run, and the service reports the schema as not ready until it has been run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from orchestrator.migrations.errors import DatabaseAheadError, DatabaseUnreachableError
+from orchestrator.migrations.manager import MigrationManager, MigrationStatus
+
+logger = logging.getLogger("orchestrator.startup")
+
+
+@dataclass
+class StartupReport:
+    """What start-up found and did."""
+
+    applied: list[str] = field(default_factory=list)
+    status: MigrationStatus | None = None
+    # Why the schema is not usable yet, when it is not.
+    problem: str | None = None
+
+
+def prepare_database(settings, manager: MigrationManager) -> StartupReport:
+    """Apply the start-up policy; raises when the service must not start."""
+    report = StartupReport()
+    production = settings.environment.value == "production"
+    try:
+        status = manager.status()
+    except DatabaseUnreachableError as exc:
+        if production:
+            raise
+        report.problem = str(exc)
+        logger.warning("database unreachable at start-up: %s", exc)
+        return report
+    if status.ahead:
+        raise DatabaseAheadError(
+            f"the database is at revision {status.current}, which this code does not know; "
+            "refusing to start: deploy the code that has it, or roll the database back"
+        )
+    if settings.auto_migrate and not status.up_to_date:
+        report.applied = manager.upgrade()
+        status = manager.status()
+        logger.info("migrated the database to %s (applied %s)", status.current, ", ".join(report.applied))
+    elif not status.up_to_date:
+        report.problem = (
+            f"the database is at {status.current or 'base'} and head is {status.head} "
+            f"(pending: {', '.join(status.pending) or 'none'}); "
+            "run `orchestrator db upgrade` to migrate it"
+        )
+        logger.warning("schema is behind: %s", report.problem)
+    else:
+        logger.info("database schema is at head %s", status.head)
+    report.status = status
+    return report

@@ -1,0 +1,127 @@
+"""Shared fixtures: real SQLite files in tmp_path and fresh PostgreSQL databases.
+
+PostgreSQL tests read TEST_DATABASE_URL (default: the local server on 127.0.0.1:5432 as
+`postgres`, then `root`). Without a server they skip with the reason, unless
+REQUIRE_POSTGRES=1, where a missing server fails them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from orchestrator.db import create_engine
+from orchestrator.migrations import MigrationManager
+
+ROOT = Path(__file__).resolve().parent.parent
+_CANDIDATE_SERVERS = (
+    "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+    "postgresql+psycopg://root@127.0.0.1:5432/postgres",
+)
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Tests never read the developer's environment or .env, nor write to the checkout."""
+    for name in ("ENVIRONMENT", "DATABASE_URL", "AUTO_MIGRATE", "BACKUP_DIR", "BACKUP_KEEP",
+                 "BACKUP_BEFORE_MIGRATE", "MIGRATION_LOCK_TIMEOUT", "DB_LOCK_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    from orchestrator.settings import get_settings
+
+    get_settings.cache_clear()
+
+
+@cache
+def postgres_admin_url() -> str | None:
+    """A URL of a server that answers, or None."""
+    candidates = [os.environ["TEST_DATABASE_URL"]] if os.environ.get("TEST_DATABASE_URL") else []
+    candidates += _CANDIDATE_SERVERS
+    for url in candidates:
+        engine = create_engine(url, connect_args={"connect_timeout": 3})
+        try:
+            with engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            return url
+        except Exception:
+            continue
+        finally:
+            engine.dispose()
+    return None
+
+
+def require_postgres() -> str:
+    url = postgres_admin_url()
+    if url is None:
+        reason = (
+            "no PostgreSQL server answers (tried TEST_DATABASE_URL and 127.0.0.1:5432 as "
+            "postgres/root); start one or set TEST_DATABASE_URL"
+        )
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"REQUIRE_POSTGRES=1 but {reason}")
+        pytest.skip(reason)
+    return url
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A freshly created, empty PostgreSQL database, dropped after the test."""
+    admin_url = require_postgres()
+    name = f"orch_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A SQLite file in a temporary folder (not created yet)."""
+    return f"sqlite:///{tmp_path / 'orchestrator_test.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """Each test that takes it runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_url")
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def manager(db_url: str) -> Iterator[MigrationManager]:
+    with MigrationManager(db_url, lock_timeout=30) as manager:
+        yield manager
+
+
+@pytest.fixture
+def run_cli():
+    """Run `orchestrator ...` in a subprocess; returns the CompletedProcess."""
+    import subprocess
+
+    def run(*args: str, env: dict[str, str] | None = None, input: str | None = None,
+            timeout: float = 120):
+        full_env = {**os.environ, **(env or {})}
+        return subprocess.run(
+            [sys.executable, "-m", "orchestrator", *args],
+            capture_output=True,
+            text=True,
+            env=full_env,
+            input=input,
+            timeout=timeout,
+        )
+
+    return run
