@@ -98,8 +98,15 @@ def _run_offline(context: EnvironmentContext) -> None:
 
 
 def _run_online(context: EnvironmentContext) -> None:
+    from sqlalchemy.engine import Engine
+
     config = context.config
     connection = config.attributes.get("connection")
+    if isinstance(connection, Engine):
+        # pytest-alembic hands over an engine rather than a connection.
+        with connection.connect() as own_connection:
+            _migrate(context, own_connection)
+        return
     if connection is not None:
         _migrate(context, connection)
         return

@@ -110,8 +110,11 @@ class MigrationManager:
         db_lock_timeout: str = "5s",
         notify: Callable[[str], None] | None = None,
         progress: Callable[[str, float], None] | None = None,
+        script_location: str = SCRIPT_LOCATION,
     ) -> None:
         self.database_url = normalize_url(database_url)
+        # Another scripts folder serves tests and the validator; the default is the project's.
+        self.script_location = script_location
         self.lock_timeout = lock_timeout
         self.db_lock_timeout = db_lock_timeout
         # Called with a one-line message when the manager waits (for the lock, for a retry).
@@ -143,7 +146,7 @@ class MigrationManager:
     @cached_property
     def config(self) -> Config:
         """The Alembic configuration, the same that `alembic.ini` gives the `alembic` command."""
-        return alembic_config(self.database_url)
+        return alembic_config(self.database_url, script_location=self.script_location)
 
     @cached_property
     def script(self) -> ScriptDirectory:
@@ -329,7 +332,9 @@ class MigrationManager:
         from alembic import command
 
         output = io.StringIO()
-        config = alembic_config(self.database_url, output_buffer=output)
+        config = alembic_config(
+            self.database_url, output_buffer=output, script_location=self.script_location
+        )
         end = self._resolve(target, None)
         begin = self._resolve(start, None) if start else None
         if self._position(begin) > self._position(end):
@@ -524,13 +529,15 @@ def end_or_base(revision: str | None) -> str:
     return revision or "base"
 
 
-def alembic_config(database_url: str, output_buffer: Any = None) -> Config:
+def alembic_config(
+    database_url: str, output_buffer: Any = None, script_location: str = SCRIPT_LOCATION
+) -> Config:
     """The Alembic `Config` used for every programmatic run; mirrors `alembic.ini`."""
     from alembic.config import Config
 
     # quiet: nothing below the CLI prints; results are returned instead.
     config = Config(output_buffer=output_buffer, cmd_opts=argparse.Namespace(quiet=True))
-    config.set_main_option("script_location", SCRIPT_LOCATION)
+    config.set_main_option("script_location", script_location)
     config.set_main_option("file_template", FILE_TEMPLATE)
     config.attributes["database_url"] = database_url
     config.attributes["managed"] = True
