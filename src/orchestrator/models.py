@@ -129,3 +129,17 @@ class Task(TimestampMixin, Base):
 
     project: Mapped[Project] = relationship(back_populates="tasks")
     agent: Mapped[Agent | None] = relationship(back_populates="tasks")
+
+
+class ApiToken(TimestampMixin, Base):
+    """A user's bearer token for the API; only its SHA-256 is stored (the token is shown once)."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    # Hex SHA-256 of the token: every request looks its token up by this.
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The token's first characters, so that a user can tell their tokens apart.
+    prefix: Mapped[str] = mapped_column(String(16))
