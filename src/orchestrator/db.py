@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -33,6 +33,13 @@ def normalize_url(url: str | URL) -> str:
         ) from None
     if parsed.drivername in _POSTGRES_ALIASES:
         parsed = parsed.set(drivername="postgresql+psycopg")
+    try:
+        parsed.get_dialect()
+    except NoSuchModuleError:
+        raise InvalidDatabaseUrl(
+            f"{parsed.drivername!r} is not a supported database; "
+            "use sqlite:///path/to/file.db or postgresql://user@host/dbname"
+        ) from None
     if parsed.get_backend_name() == "sqlite" and parsed.database in (None, ""):
         raise InvalidDatabaseUrl(
             "an in-memory SQLite database cannot be migrated and kept; "
@@ -58,7 +65,8 @@ def mask_url(url: str | URL) -> str:
 
 def backend_name(url: str | URL) -> str:
     """`sqlite` or `postgresql` (or whatever SQLAlchemy calls the backend)."""
-    return make_url(url).get_backend_name()
+    name = make_url(url).get_backend_name()
+    return "postgresql" if name in _POSTGRES_ALIASES else name
 
 
 def sqlite_path(url: str | URL) -> Path | None:
@@ -93,4 +101,7 @@ def _sqlite_on_connect(dbapi_connection, _record) -> None:
 
 
 def _sqlite_on_begin(connection) -> None:
-    connection.exec_driver_sql("BEGIN")
+    # A transaction that will write asks for `sqlite_begin="BEGIN IMMEDIATE"`: it takes the
+    # write lock up front, waiting through busy_timeout, instead of failing with "database is
+    # locked" when a read lock cannot be upgraded under concurrent writers.
+    connection.exec_driver_sql(connection.get_execution_options().get("sqlite_begin", "BEGIN"))

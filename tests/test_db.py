@@ -1,0 +1,62 @@
+"""URL normalising and masking, and SQLite connection settings."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+
+from orchestrator.db import (
+    InvalidDatabaseUrl,
+    backend_name,
+    create_engine,
+    mask_url,
+    normalize_url,
+    sqlite_path,
+)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgres://u:p@h/db", "postgresql://u:p@h/db", "postgresql+psycopg://u:p@h/db"],
+)
+def test_postgres_urls_use_psycopg3(url):
+    assert normalize_url(url) == "postgresql+psycopg://u:p@h/db"
+
+
+def test_mask_url_hides_the_password():
+    assert mask_url("postgresql://ada:s3cret@db:5432/app") == "postgresql://ada:***@db:5432/app"
+    assert mask_url("sqlite:///a.db") == "sqlite:///a.db"
+    assert "s3cret" not in mask_url("weird://ada:s3cret@host/x y z")
+    assert mask_url("no url here") == "no url here"
+
+
+def test_bad_url_error_hides_the_password():
+    with pytest.raises(InvalidDatabaseUrl) as info:
+        normalize_url("nonsense://ada:s3cret@")
+    assert "s3cret" not in str(info.value)
+
+
+def test_backend_and_path():
+    assert backend_name("postgres://h/db") == "postgresql"
+    assert str(sqlite_path("sqlite:///data/app.db")) == "data/app.db"
+    assert sqlite_path("postgresql://h/db") is None
+
+
+def test_sqlite_connections_enforce_foreign_keys(tmp_path):
+    engine = create_engine(f"sqlite:///{tmp_path}/fk.db")
+    with engine.connect() as connection:
+        assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
+    engine.dispose()
+
+
+def test_sqlite_ddl_is_transactional(tmp_path):
+    """A rolled-back transaction takes its DDL with it (the pysqlite recipe in db.py)."""
+    engine = create_engine(f"sqlite:///{tmp_path}/tx.db")
+    with engine.connect() as connection:
+        connection.execute(text("CREATE TABLE kept (id INTEGER)"))
+        connection.commit()
+        connection.execute(text("CREATE TABLE dropped (id INTEGER)"))
+        connection.rollback()
+        names = connection.execute(text("SELECT name FROM sqlite_master")).scalars().all()
+    assert names == ["kept"]
+    engine.dispose()

@@ -1,0 +1,73 @@
+"""Settings: environments, their defaults, and one-line errors that name the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.settings import Environment, SettingsError, get_settings, load_settings
+
+
+def test_development_is_the_default_with_sqlite_and_auto_migrate():
+    settings = load_settings()
+    assert settings.environment is Environment.development
+    assert settings.database_url == "sqlite:///orchestrator_dev.db"
+    assert settings.auto_migrate is True
+    assert settings.backup_before_migrate is False
+
+
+def test_staging_defaults_to_its_own_sqlite_file_and_no_auto_migrate(monkeypatch):
+    monkeypatch.setenv("ENVIRONMENT", "staging")
+    settings = load_settings()
+    assert settings.database_url == "sqlite:///orchestrator_staging.db"
+    assert settings.auto_migrate is False
+    assert settings.backup_before_migrate is True
+
+
+def test_production_requires_database_url(monkeypatch):
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    with pytest.raises(SettingsError, match="DATABASE_URL is required when ENVIRONMENT=production"):
+        load_settings()
+    monkeypatch.setenv("DATABASE_URL", "postgres://app:pw@db/orchestrator")
+    settings = load_settings()
+    assert settings.database_url == "postgresql+psycopg://app:pw@db/orchestrator"
+    assert settings.auto_migrate is False
+
+
+def test_unknown_environment_names_the_variable(monkeypatch):
+    monkeypatch.setenv("ENVIRONMENT", "prod")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert str(info.value) == (
+        "ENVIRONMENT='prod' is not valid; use one of: development, staging, production"
+    )
+
+
+def test_malformed_url_names_the_variable_and_hides_the_password(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "not a url:secret@")
+    with pytest.raises(SettingsError, match="^DATABASE_URL is invalid") as info:
+        load_settings()
+    assert "\n" not in str(info.value)
+
+
+def test_in_memory_sqlite_is_refused():
+    with pytest.raises(SettingsError, match="in-memory"):
+        load_settings(database_url="sqlite://")
+
+
+def test_bad_boolean_names_the_variable(monkeypatch):
+    monkeypatch.setenv("AUTO_MIGRATE", "perhaps")
+    with pytest.raises(SettingsError, match="^AUTO_MIGRATE is invalid"):
+        load_settings()
+
+
+def test_overrides_win_over_the_environment(monkeypatch):
+    monkeypatch.setenv("ENVIRONMENT", "staging")
+    settings = load_settings(environment="development", database_url="sqlite:///x.db")
+    assert settings.environment is Environment.development and settings.database_url == "sqlite:///x.db"
+
+
+def test_dotenv_file_is_read(tmp_path):
+    (tmp_path / ".env").write_text("ENVIRONMENT=staging\nAUTO_MIGRATE=true\n")
+    settings = get_settings()
+    assert settings.environment is Environment.staging and settings.auto_migrate is True
+    assert get_settings() is settings
