@@ -284,6 +284,68 @@ def stamp(ctx: click.Context, revision: str) -> None:
     click.echo(f"Stamped {manager.masked_url} at {manager.get_current_revision() or 'base'}.")
 
 
+@cli.group()
+@common_options
+def users() -> None:
+    """Manage the users who call the API."""
+
+
+@users.command("create")
+@common_options
+@click.option("--email", required=True, help="The user's email address (unique).")
+@click.option("--name", required=True, help="The user's name.")
+@click.pass_context
+def users_create(ctx: click.Context, email: str, name: str) -> None:
+    """Create a user and print their first API token (shown only this once)."""
+    from sqlalchemy.orm import Session
+
+    from orchestrator.accounts import AccountError, create_user
+    from orchestrator.db import create_engine
+
+    manager = _manager(ctx)
+    _require_head(manager)
+    if not name.strip() or len(name.strip()) > 200:
+        raise click.BadParameter("give a name of 1 to 200 characters", param_hint="--name")
+    engine = create_engine(manager.database_url)
+    try:
+        with Session(engine, expire_on_commit=False) as session:
+            try:
+                user, token = create_user(session, email, name.strip())
+            except AccountError as exc:
+                raise click.ClickException(str(exc)) from None
+            session.commit()
+    finally:
+        engine.dispose()
+    click.echo(f"Created user {user.id} <{user.email}>. Their API token, shown only this once:")
+    click.echo(token)
+
+
+def _require_head(manager: MigrationManager) -> None:
+    """Refuse to touch the data of a database whose schema is not at head."""
+    from orchestrator.migrations import (
+        DatabaseAheadError,
+        NotAtHeadError,
+        UnversionedDatabaseError,
+    )
+
+    state = manager.status()
+    if state.ahead:
+        raise DatabaseAheadError(
+            f"the database is at {state.current}, which this code does not know; "
+            "deploy the code that has it"
+        )
+    if state.unversioned:
+        raise UnversionedDatabaseError(
+            "the database has tables but no revision; record its revision with "
+            "`orchestrator db stamp <revision>`"
+        )
+    if not state.up_to_date:
+        raise NotAtHeadError(
+            f"the database is at {state.current or 'base'}, not at head {state.head}; "
+            "run `orchestrator db upgrade` first"
+        )
+
+
 # -- rendering ----------------------------------------------------------------------------
 
 
@@ -297,10 +359,17 @@ def _migrate(action, revision: str, retries: int, verb: str) -> None:
         except DatabaseLockTimeout as exc:
             if attempt == retries:
                 raise
-            _note(f"{exc} (retry {attempt + 1} of {retries})")
+            # Back off, so the transaction in the way has a chance to finish.
+            delay = min(0.5 * 2**attempt, 10.0)
+            _note(f"{exc} (retry {attempt + 1} of {retries} in {delay:g}s)")
+            time.sleep(delay)
             continue
         elapsed = time.perf_counter() - started
-        click.echo(f"{verb} {', '.join(done) or 'nothing'} in {elapsed:.2f}s.")
+        if done:
+            click.echo(f"{verb} {', '.join(done)} in {elapsed:.2f}s.")
+        else:
+            # We planned before taking the lock; the migrator that held it did the work.
+            click.echo("Nothing to do: another migrator already did it while we waited.")
         return
 
 

@@ -74,7 +74,9 @@ def advisory_lock(connection, timeout: float, notify: Notify | None = None) -> I
             text(
                 "SELECT a.application_name, a.client_addr, a.pid FROM pg_locks l "
                 "JOIN pg_stat_activity a ON a.pid = l.pid "
-                "WHERE l.locktype = 'advisory' AND l.granted AND l.objid = :key"
+                "WHERE l.locktype = 'advisory' AND l.granted AND l.objid = :key "
+                # Advisory locks are per database; other databases on the server don't count.
+                "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
             ),
             {"key": ADVISORY_LOCK_KEY},
         ).first()

@@ -1,0 +1,229 @@
+"""One migrator at a time: concurrent upgrades, waiting, timeouts, and dead holders."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from orchestrator.db import create_engine
+from orchestrator.migrations import DatabaseLockTimeout, MigrationManager
+from orchestrator.migrations.lock import ADVISORY_LOCK_KEY, advisory_lock, file_lock
+from tests.migrations.test_schema import TASK_INDEXES
+from tests.schema import snapshot
+
+
+def orchestrator(*args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def lock_file_of(url: str) -> Path:
+    path = Path(url.removeprefix("sqlite:///"))
+    return path.with_name(path.name + ".migrate.lock")
+
+
+@pytest.mark.slow
+def test_eight_processes_upgrading_at_once_apply_each_revision_once(db_url: str):
+    processes = [orchestrator("db", "upgrade", "--database-url", db_url) for _ in range(8)]
+    results = [(p.wait(timeout=300), *p.communicate()) for p in processes]
+    assert [code for code, _, _ in results] == [0] * 8, [err for _, _, err in results]
+    head = MigrationManager(db_url).get_head_revision()
+    appliers = [out for _, out, _ in results if "Applied" in out]
+    assert len(appliers) == 1, appliers
+    assert appliers[0].count("  001  ") == 1 and f"  {head}  " in appliers[0]
+    assert sum("nothing to apply" in out or "another migrator already did it" in out
+               for _, out, _ in results) == 7
+    assert MigrationManager(db_url).status().up_to_date
+    indexes = {name: cols for name, cols, _ in snapshot(db_url)["tasks"]["indexes"]}
+    assert indexes == TASK_INDEXES
+
+
+def _hold_lock(db_url: str, stop: threading.Event, held: threading.Event) -> None:
+    if db_url.startswith("sqlite"):
+        with file_lock(lock_file_of(db_url), timeout=5):
+            held.set()
+            stop.wait(30)
+        return
+    engine = create_engine(db_url)
+    with engine.connect() as connection, advisory_lock(connection, timeout=5):
+        held.set()
+        stop.wait(30)
+    engine.dispose()
+
+
+@pytest.fixture
+def lock_holder(db_url: str):
+    """Holds the migration lock in a thread until `stop` is set."""
+    stop, held = threading.Event(), threading.Event()
+    thread = threading.Thread(target=_hold_lock, args=(db_url, stop, held))
+    thread.start()
+    assert held.wait(10)
+    yield stop
+    stop.set()
+    thread.join()
+
+
+def test_a_waiter_says_once_for_whom_it_waits_then_times_out(db_url, lock_holder):
+    process = orchestrator("db", "upgrade", "--lock-timeout", "0.5", "--database-url", db_url)
+    code = process.wait(timeout=60)
+    _, err = process.communicate()
+    assert code == 4
+    assert err.count("waiting for the migration lock held by") == 1
+    if db_url.startswith("sqlite"):
+        assert f"{socket.gethostname()} pid {os.getpid()}" in err
+    else:
+        assert "server backend" in err
+    assert "held the migration lock for more than 0.5s" in err
+    assert MigrationManager(db_url).get_current_revision() is None
+
+
+def test_a_waiter_proceeds_when_the_lock_is_released(db_url, lock_holder):
+    process = orchestrator("db", "upgrade", "--database-url", db_url)
+    deadline = time.monotonic() + 30
+    # Release only once the waiter has started waiting.
+    while time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+        if _waiting(db_url):
+            break
+    lock_holder.set()
+    assert process.wait(timeout=120) == 0
+    out, err = process.communicate()
+    assert "Applied" in out
+    assert MigrationManager(db_url).status().up_to_date
+
+
+def _waiting(db_url: str) -> bool:
+    """True once some process other than us tries the lock (approximated by time on SQLite)."""
+    if db_url.startswith("sqlite"):
+        return True
+    engine = create_engine(db_url)
+    with engine.connect() as connection:
+        count = connection.execute(
+            text("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'orchestrator-migrate%'")
+        ).scalar()
+    engine.dispose()
+    return bool(count)
+
+
+HOLD_AND_SLEEP = """
+import sys, time
+from orchestrator.db import create_engine
+from orchestrator.migrations.lock import advisory_lock, file_lock
+from pathlib import Path
+url, lock_path = sys.argv[1], sys.argv[2]
+if url.startswith("sqlite"):
+    with file_lock(Path(lock_path), timeout=5):
+        print("held", flush=True); time.sleep(120)
+else:
+    with create_engine(url).connect() as c, advisory_lock(c, timeout=5):
+        print("held", flush=True); time.sleep(120)
+"""
+
+
+def test_the_lock_dies_with_its_holder(db_url: str):
+    lock_path = str(lock_file_of(db_url)) if db_url.startswith("sqlite") else ""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_AND_SLEEP, db_url, lock_path], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(Exception, match="held the migration lock"):
+        MigrationManager(db_url, lock_timeout=0.2).upgrade("001")
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert MigrationManager(db_url, lock_timeout=30).upgrade("001") == ["001"]
+
+
+@pytest.mark.postgres
+def test_advisory_lock_key_is_visible_to_operators(postgres_url: str):
+    engine = create_engine(postgres_url)
+    with engine.connect() as connection, advisory_lock(connection, timeout=1):
+        with engine.connect() as other:
+            held = other.execute(
+                text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = :k "
+                    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                ),
+                {"k": ADVISORY_LOCK_KEY},
+            ).scalar()
+    engine.dispose()
+    assert held == 1
+
+
+# -- PostgreSQL table-lock timeouts ----------------------------------------------------------
+
+
+@pytest.fixture
+def long_transaction(postgres_url: str):
+    """A transaction that holds a lock on `tasks`, as a long report query would."""
+    MigrationManager(postgres_url).upgrade("001")
+    engine = create_engine(postgres_url)
+    connection = engine.connect()
+    connection.execute(text("LOCK TABLE tasks IN ACCESS SHARE MODE"))
+    yield connection
+    connection.close()
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_migration_behind_a_long_transaction_fails_fast(postgres_url, long_transaction):
+    manager = MigrationManager(postgres_url, db_lock_timeout="200ms")
+    with pytest.raises(DatabaseLockTimeout, match="migration 002 gave up waiting for a table lock"):
+        manager.upgrade("002")
+    assert manager.get_current_revision() == "001"
+
+
+@pytest.mark.postgres
+def test_retries_wait_out_a_long_transaction(postgres_url, long_transaction):
+    process = orchestrator(
+        "db", "upgrade", "002", "--retries", "50", "--database-url", postgres_url,
+        env={"DB_LOCK_TIMEOUT": "200ms"},
+    )
+    engine = create_engine(postgres_url)
+    with engine.connect() as observer:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not observer.execute(
+            text("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'tasks'::regclass")
+        ).scalar():
+            observer.rollback()
+            time.sleep(0.05)
+    engine.dispose()
+    time.sleep(1)  # the migrator's 200 ms lock_timeout has fired at least once by now
+    long_transaction.rollback()
+    assert process.wait(timeout=120) == 0
+    out, err = process.communicate()
+    assert "retry 1 of 50" in err and "Applied 002" in out
+
+
+@pytest.mark.postgres
+def test_an_interrupted_concurrent_index_build_is_rebuilt(postgres_url: str):
+    """A failed CREATE INDEX CONCURRENTLY leaves an INVALID index; 003 drops and rebuilds it."""
+    manager = MigrationManager(postgres_url)
+    manager.upgrade("002")
+    engine = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text("INSERT INTO users (email, name) VALUES ('a@b.c', 'A')"))
+        connection.execute(text("INSERT INTO projects (owner_id, name) VALUES (1, 'P')"))
+        connection.execute(text("INSERT INTO tasks (project_id, title) VALUES (1, 'x'), (1, 'y')"))
+        with pytest.raises(Exception, match="could not create unique index"):
+            connection.execute(text("CREATE UNIQUE INDEX CONCURRENTLY ix_tasks_status ON tasks (status)"))
+        valid = "SELECT indisvalid FROM pg_index WHERE indexrelid = 'ix_tasks_status'::regclass"
+        assert connection.execute(text(valid)).scalar() is False
+        manager.upgrade("003")
+        assert connection.execute(text(valid)).scalar() is True
+        unique = "SELECT indisunique FROM pg_index WHERE indexrelid = 'ix_tasks_status'::regclass"
+        assert connection.execute(text(unique)).scalar() is False
+    engine.dispose()
