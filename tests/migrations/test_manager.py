@@ -293,3 +293,18 @@ def test_manager_works_as_a_context_manager(sqlite_url: str):
         manager.upgrade("001")
         assert scalar(sqlite_url, "SELECT count(*) FROM users") == 0
     assert manager._engine is None
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [({"database": "orch_no_such_db"}, "does not exist"), ({"username": "no_such_role"}, "no_such_role")],
+)
+def test_missing_postgresql_database_or_role_is_one_masked_line(postgres_url, change, expected):
+    from sqlalchemy.engine import make_url
+
+    url = make_url(postgres_url).set(password="s3cret", **change)
+    with pytest.raises(DatabaseUnreachableError) as info:
+        MigrationManager(url.render_as_string(hide_password=False)).status()
+    message = str(info.value)
+    assert expected in message and "s3cret" not in message and "\n" not in message
