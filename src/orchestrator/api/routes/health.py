@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from orchestrator.api.deps import CurrentUser
 from orchestrator.migrations import MigrationError
 
 router = APIRouter(prefix="/health", tags=["health"])
@@ -30,9 +31,9 @@ def ready(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ready"})
 
 
-@router.get("")
-def health(request: Request) -> dict:
-    """Environment and schema status: current, head, pending, up to date."""
+@router.get("", responses={401: {"description": "No valid API token"}})
+def health(request: Request, _: CurrentUser) -> dict:
+    """Environment and schema status: current, head, pending, up to date (needs a token)."""
     schema, problem = _schema(request)
     body = {"environment": request.app.state.settings.environment.value, "schema": schema}
     if problem is not None:

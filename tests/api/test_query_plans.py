@@ -1,0 +1,144 @@
+"""The task queries use migration 003's indexes, on SQLite (EXPLAIN QUERY PLAN) and PostgreSQL.
+
+The data is shaped like a working orchestrator: many tasks, most of them finished, spread over
+a few users. Statistics are gathered (ANALYZE) so PostgreSQL plans from real numbers.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+
+import pytest
+from sqlalchemy import insert, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from orchestrator.api.routes.agents import claim_statement
+from orchestrator.api.routes.tasks import list_tasks_statement
+from orchestrator.db import create_engine
+from orchestrator.migrations import MigrationManager
+from orchestrator.models import Agent, Project, Task, User
+from tests.conftest import require_postgres
+
+INDEXES_003 = {
+    "ix_tasks_status",
+    "ix_tasks_priority_level",
+    "ix_tasks_project_id",
+    "ix_tasks_agent_id",
+    "ix_tasks_status_priority_created",
+}
+PAGE = 51  # what a default page asks for: limit + 1
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def plan_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """A database at head, made once per module (seeding it is the slow part)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('plans') / 'plans.db'}"
+        with MigrationManager(url) as manager:
+            manager.upgrade()
+        yield url
+        return
+    admin_url = require_postgres()
+    name = f"orch_test_plans_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        with MigrationManager(url) as manager:
+            manager.upgrade()
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def planned(plan_db: str):
+    """An engine on a database with 20,000 tasks, and the ids to query them by."""
+    rng = random.Random(3)
+    engine = create_engine(plan_db)
+    with Session(engine) as session:
+        users = [User(email=f"u{i}@example.com", name="u") for i in range(2)]
+        session.add_all(users)
+        session.flush()
+        projects = [Project(owner_id=user.id, name="p") for user in users for _ in range(5)]
+        agents = [Agent(name=f"a{i}") for i in range(10)]
+        session.add_all(projects + agents)
+        session.flush()
+        statuses = ["pending", "in_progress", "done", "done", "done", "failed"]
+        session.execute(
+            insert(Task),
+            [
+                {
+                    "project_id": rng.choice(projects).id,
+                    "title": "t",
+                    "priority_level": rng.randint(1, 5),
+                    "status": rng.choice(statuses),
+                    "agent_id": rng.choice([None, *(agent.id for agent in agents)]),
+                }
+                for _ in range(20_000)
+            ],
+        )
+        session.commit()
+        ids = {"owner": users[0].id, "project": projects[0].id, "agent": agents[0].id}
+    with engine.begin() as connection:
+        connection.execute(text("ANALYZE"))
+    yield engine, ids
+    engine.dispose()
+
+
+def _plan(engine, statement) -> str:
+    sql = str(statement.compile(engine, compile_kwargs={"literal_binds": True}))
+    explain = "EXPLAIN QUERY PLAN " if engine.dialect.name == "sqlite" else "EXPLAIN "
+    with engine.connect() as connection:
+        rows = connection.exec_driver_sql(explain + sql).all()
+        connection.rollback()  # EXPLAIN of an UPDATE plans it without running it; be sure
+    return "\n".join(" | ".join(str(column) for column in row) for row in rows)
+
+
+def _full_scan_of_tasks(plan: str) -> bool:
+    # SQLite's "SCAN tasks USING INDEX ..." walks an index in order; bare "SCAN tasks" reads
+    # the table.
+    return "Seq Scan on tasks" in plan or any(
+        line.rsplit("|", 1)[-1].strip() == "SCAN tasks" for line in plan.splitlines()
+    )
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        ({}, INDEXES_003),
+        ({"project_id": "project"}, INDEXES_003),
+        ({"status": "pending"}, {"ix_tasks_status_priority_created"}),
+        ({"agent_id": "agent"}, {"ix_tasks_agent_id"}),
+        ({"priority_level": 1}, {"ix_tasks_priority_level"}),
+        ({"status": "pending", "priority_level": 2}, {"ix_tasks_status_priority_created"}),
+    ],
+)
+def test_task_lists_use_the_003_indexes(planned, filters, expected):
+    engine, ids = planned
+    values = {key: ids.get(value, value) if isinstance(value, str) else value
+              for key, value in filters.items()}
+    plan = _plan(engine, list_tasks_statement(ids["owner"], **values).limit(PAGE))
+    assert any(index in plan for index in expected), plan
+    assert not _full_scan_of_tasks(plan), plan
+
+
+@pytest.mark.parametrize("by_project", [False, True])
+def test_the_claim_finds_its_task_through_an_index(planned, by_project):
+    engine, ids = planned
+    statement = claim_statement(
+        ids["agent"], ids["owner"], ids["project"] if by_project else None,
+        dialect=engine.dialect.name,
+    )
+    plan = _plan(engine, statement)
+    assert any(index in plan for index in INDEXES_003), plan
+    assert not _full_scan_of_tasks(plan), plan
+    if not by_project:
+        assert "ix_tasks_status_priority_created" in plan, plan
