@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -149,9 +150,9 @@ def current(ctx: click.Context) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
-    """Show current, head and pending revisions."""
+    """Show current, head and pending revisions, and applied scripts edited since."""
     manager = _manager(ctx)
-    _print_status(manager, manager.status(), as_json)
+    _print_status(manager, manager.status(), as_json, changed=manager.changed_scripts())
 
 
 @db.command()
@@ -189,11 +190,23 @@ _REVISION_ARGS = {"ignore_unknown_options": True}
 @click.option("--sql", is_flag=True, help="Print the SQL instead of running it (REV may be START:END).")
 @click.option("--lock-timeout", type=click.FloatRange(min=0), help="Seconds to wait for another migrator.")
 @click.option("--retries", type=click.IntRange(min=0), default=0, help="Retries after a table-lock timeout.")
+@click.option(
+    "--allow-changed",
+    is_flag=True,
+    help="Upgrade even though applied scripts were edited since (staging, production).",
+)
 @click.pass_context
 def upgrade(
-    ctx: click.Context, revision: str, sql: bool, lock_timeout: float | None, retries: int
+    ctx: click.Context,
+    revision: str,
+    sql: bool,
+    lock_timeout: float | None,
+    retries: int,
+    allow_changed: bool,
 ) -> None:
     """Apply migrations up to REVISION (default: head)."""
+    import functools
+
     manager = _manager(ctx, lock_timeout=lock_timeout)
     if sql:
         start, _, end = revision.rpartition(":")
@@ -204,7 +217,10 @@ def upgrade(
         click.echo(f"Already at {manager.get_current_revision() or 'base'}: nothing to apply.")
         return
     click.echo(f"Upgrading {manager.masked_url}: {', '.join(plan)}")
-    _migrate(manager.upgrade, revision, retries, "Applied")
+    manager.backup_progress = _progress(ctx, "Backing up first")
+    _migrate(functools.partial(manager.upgrade, allow_changed=allow_changed), revision, retries,
+             "Applied")
+    _print_backup_taken(manager)
 
 
 @db.command(context_settings=_REVISION_ARGS)
@@ -245,20 +261,48 @@ def downgrade(
                 "run it on a terminal or pass --yes"
             )
         click.confirm("Downgrade the production database?", abort=True)
+    manager.backup_progress = _progress(ctx, "Backing up first")
     _migrate(manager.downgrade, revision, retries, "Undid")
+    _print_backup_taken(manager)
 
 
 @db.command()
 @common_options
+@click.option("--log", "full_log", is_flag=True, help="Also list every recorded step.")
 @click.pass_context
-def history(ctx: click.Context) -> None:
-    """List every migration, oldest first, marking the applied ones."""
-    for info in _manager(ctx).history():
+def history(ctx: click.Context, full_log: bool) -> None:
+    """List every migration, oldest first, with what the database last recorded doing with it."""
+    manager = _manager(ctx)
+    edited = {changed.revision for changed in manager.changed_scripts()}
+    applied = manager.applied_history()
+    last = {entry.revision: entry for entry in applied}
+    for info in manager.history():
         marks = ["applied" if info.applied else "pending"]
         if info.is_head:
             marks.append("head")
+        if info.revision in edited:
+            marks.append("EDITED since applied")
         title = info.message.splitlines()[0] if info.message else ""
-        click.echo(f"{info.revision}  [{', '.join(marks)}]  {title}")
+        line = f"{info.revision}  [{', '.join(marks)}]  {title}"
+        if info.revision in last:
+            line += f"  <- {_describe_step(last[info.revision])}"
+        click.echo(line)
+    if full_log:
+        click.echo("")
+        click.echo("Recorded steps, oldest first:" if applied else "No steps recorded yet.")
+        for entry in applied:
+            click.echo(f"  {entry.revision:<6} {_describe_step(entry)}")
+
+
+def _describe_step(entry) -> str:
+    outcome = "ok" if entry.success else "FAILED"
+    text = (
+        f"{entry.direction} {outcome} {entry.started_at:%Y-%m-%d %H:%M:%S} UTC, "
+        f"{entry.duration:.2f}s, {entry.os_user}@{entry.host}, v{entry.tool_version}"
+    )
+    if entry.error:
+        text += f": {entry.error.strip().splitlines()[0]}"
+    return text
 
 
 @db.command()
@@ -282,6 +326,109 @@ def stamp(ctx: click.Context, revision: str) -> None:
     manager = _manager(ctx)
     manager.stamp(revision)
     click.echo(f"Stamped {manager.masked_url} at {manager.get_current_revision() or 'base'}.")
+
+
+@db.command()
+@common_options
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the backup to FILE instead of a new file in BACKUP_DIR.",
+)
+@click.pass_context
+def backup(ctx: click.Context, output: Path | None) -> None:
+    """Back up the database (into BACKUP_DIR, keeping the newest BACKUP_KEEP)."""
+    manager = _manager(ctx)
+    started = time.perf_counter()
+    info = manager.backup(output, progress=_progress(ctx, "Backing up"))
+    click.echo(
+        f"Backed up {manager.masked_url} at revision {info.revision or 'base'} to {info.path} "
+        f"({_size(info.size)} in {time.perf_counter() - started:.2f}s)."
+    )
+
+
+@db.command()
+@common_options
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+@click.pass_context
+def backups(ctx: click.Context, as_json: bool) -> None:
+    """List this database's backups in BACKUP_DIR, newest first."""
+    manager = _manager(ctx)
+    found = manager.backups()
+    if as_json:
+        import json
+
+        click.echo(json.dumps([info.as_dict() for info in found], indent=2))
+        return
+    if not found:
+        click.echo(f"No backups of {manager.masked_url} in {manager.backup_dir}.")
+        return
+    for info in found:
+        click.echo(
+            f"{info.created_at:%Y-%m-%d %H:%M:%S}  {info.revision or 'base':<6}  "
+            f"{info.reason:<17} {_size(info.size):>9}  {info.path}"
+        )
+
+
+@db.command()
+@common_options
+@click.argument("file", type=click.Path(dir_okay=True, path_type=Path))
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def restore(ctx: click.Context, file: Path, yes: bool) -> None:
+    """Replace the database with the backup FILE (its current state is backed up first)."""
+    from orchestrator.migrations import ConfirmationRequired
+    from orchestrator.migrations.backup import restorable
+
+    manager = _manager(ctx)
+    info = restorable(manager.database_url, file)  # refuse a wrong file before asking anything
+    taken = (
+        f"revision {info.revision or 'base'}, taken {info.created_at:%Y-%m-%d %H:%M:%S} UTC"
+        if info.database is not None
+        else "no sidecar: revision unknown"
+    )
+    click.echo(f"Restoring {manager.masked_url} from {file} ({taken}).")
+    click.echo("This replaces the database's whole content.")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ConfirmationRequired(
+                "refusing to restore without confirmation; run it on a terminal or pass --yes"
+            )
+        click.confirm("Replace the database's content with the backup?", abort=True)
+    report = manager.restore(file, progress=_progress(ctx, "Restoring"))
+    if report.safety_backup is not None:
+        click.echo(f"Saved the state it replaced to {report.safety_backup.path} first.")
+    click.echo(f"Restored; the database is at {report.revision or 'base'}.")
+
+
+@db.command()
+@common_options
+@click.option("--strict", is_flag=True, help="Dangerous operations are errors, not warnings.")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+)
+@click.pass_context
+def validate(ctx: click.Context, strict: bool, output_format: str) -> None:
+    """Check the migrations; exits 1 when a rule finds an error."""
+    from orchestrator.db import mask_url
+    from orchestrator.migrations.validate import validate as run_rules
+
+    settings = _settings(ctx)
+    report = run_rules(settings.database_url, strict=strict)
+    if output_format == "json":
+        import json
+
+        click.echo(json.dumps({"database": mask_url(settings.database_url), **report.as_dict()},
+                              indent=2))
+    else:
+        _print_validation(report)
+    if not report.ok:
+        ctx.exit(1)
 
 
 @cli.group()
@@ -373,6 +520,99 @@ def _migrate(action, revision: str, retries: int, verb: str) -> None:
         return
 
 
+def _print_backup_taken(manager: MigrationManager) -> None:
+    if manager.last_backup is not None:
+        click.echo(
+            f"Backed up first, at {manager.last_backup.revision or 'base'}: "
+            f"{manager.last_backup.path}"
+        )
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return ""  # pragma: no cover - the loop always returns
+
+
+def _progress(ctx: click.Context, description: str):
+    """A progress callback: a Rich bar on a terminal for copies that last, nothing otherwise."""
+    bar = _ProgressBar(description)
+    ctx.call_on_close(bar.close)
+    return bar
+
+
+class _ProgressBar:
+    """Shows a bar on stderr once an operation has lasted `delay` seconds, if it is a terminal."""
+
+    def __init__(self, description: str, delay: float = 0.5) -> None:
+        self.description = description
+        self.delay = delay
+        self.started = time.monotonic()
+        self._bar = None
+        self._task = None
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if self._bar is None:
+            if not sys.stderr.isatty() or time.monotonic() - self.started < self.delay:
+                return
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TimeElapsedColumn(),
+                console=Console(file=sys.stderr),
+                transient=True,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(self.description, total=total)
+        self._bar.update(self._task, completed=done, total=total)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+def _print_validation(report) -> None:
+    import os
+
+    from orchestrator.migrations.validate import RULES
+
+    names = {rule.code: rule.name for rule in RULES}
+    for finding in report.findings:
+        location = finding.location
+        if finding.file is not None:
+            relative = os.path.relpath(finding.file)
+            location = location.replace(finding.file, relative if not relative.startswith("..")
+                                        else finding.file)
+        label = "ERROR" if finding.severity == "error" else "warning"
+        click.echo(f"{label:<8}{finding.code} {finding.rule}  {location}".rstrip())
+        click.echo(f"        {finding.message}")
+        click.echo(f"        fix: {finding.fix}")
+    for skipped in report.skipped:
+        click.echo(f"skipped {skipped.code} {skipped.rule}: {skipped.reason}")
+    if report.passed:
+        passed = ", ".join(f"{code} {names[code]}" for code in report.passed)
+        click.echo(f"passed  {passed}")
+    errors, warnings = len(report.errors), len(report.warnings)
+    verdict = "FAILED" if errors else "OK"
+    click.echo(
+        f"{verdict}: {errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}"
+        + (" (strict)" if report.strict else "")
+    )
+
+
 def _title(manager: MigrationManager, revision: str) -> str:
     doc = manager.script.get_revision(revision).doc or ""
     return doc.strip().splitlines()[0] if doc.strip() else ""
@@ -387,11 +627,16 @@ def _describe_current(status: MigrationStatus) -> str:
     return f"{status.current}{suffix}"
 
 
-def _print_status(manager: MigrationManager, status: MigrationStatus, as_json: bool) -> None:
+def _print_status(
+    manager: MigrationManager, status: MigrationStatus, as_json: bool, changed: list | None = None
+) -> None:
     if as_json:
         import json
 
-        click.echo(json.dumps({"database": manager.masked_url, **status.as_dict()}))
+        document = {"database": manager.masked_url, **status.as_dict()}
+        if changed is not None:
+            document["changed_scripts"] = [c.as_dict() for c in changed]
+        click.echo(json.dumps(document))
         return
     click.echo(f"database: {manager.masked_url}")
     click.echo(f"current:  {_describe_current(status)}")
@@ -405,6 +650,11 @@ def _print_status(manager: MigrationManager, status: MigrationStatus, as_json: b
     else:
         click.echo(f"pending:  {', '.join(status.pending)}")
         click.echo("state:    migrations pending; run `orchestrator db upgrade`")
+    for script in changed or ():
+        click.echo(
+            f"EDITED:   {script.revision} ({script.path}) changed since it was applied on "
+            f"{script.applied_at:%Y-%m-%d %H:%M} UTC; see `orchestrator db validate`"
+        )
 
 
 # -- entry point --------------------------------------------------------------------------

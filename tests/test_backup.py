@@ -1,0 +1,654 @@
+"""Backups and restores on SQLite and PostgreSQL, the automatic backup, and restoring after failure."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import make_url
+
+from orchestrator.db import create_engine
+from orchestrator.migrations import MigrationFailedError, MigrationManager
+from orchestrator.migrations import backup
+from orchestrator.migrations.backup import BackupError, BackupToolMissing, NotABackupError
+from tests.conftest import require_postgres
+from tests.fixtures import add_revision, command_runner, copy_scripts
+from orchestrator.migrations.validate import diff_schemas, schema_snapshot, validate
+from tests.schema import execute, scalar, seed_rows
+
+
+def every_table(url: str) -> dict[str, tuple[int, str]]:
+    """Row count and a SHA-256 of the rows of every table, bookkeeping included."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            hashes = {}
+            for table in sorted(inspect(connection).get_table_names()):
+                width = len(inspect(connection).get_columns(table))
+                order = ", ".join(str(i) for i in range(1, width + 1))
+                rows = connection.execute(text(f"SELECT * FROM {table} ORDER BY {order}")).all()
+                digest = hashlib.sha256(repr([tuple(r) for r in rows]).encode()).hexdigest()
+                hashes[table] = (len(rows), digest)
+            return hashes
+    finally:
+        engine.dispose()
+
+
+def app_tables(url: str) -> dict[str, tuple[int, str]]:
+    hashes = every_table(url)
+    hashes.pop("migration_history", None)
+    return hashes
+
+
+@pytest.fixture
+def run_here(monkeypatch, capsys):
+    return command_runner(monkeypatch, capsys)
+
+
+@pytest.fixture
+def backups(tmp_path: Path) -> Path:
+    return tmp_path / "backups"
+
+
+@pytest.fixture
+def at_head(db_url: str, backups: Path):
+    with MigrationManager(db_url, lock_timeout=30, backup_dir=backups) as manager:
+        manager.upgrade()
+        seed_rows(db_url)
+        yield manager
+
+
+# -- backup, change, restore --------------------------------------------------------------------
+
+
+def test_backup_then_change_then_restore_gives_the_exact_content(at_head: MigrationManager, db_url: str):
+    before = every_table(db_url)
+    schema = schema_snapshot(db_url)
+    progress: list[tuple[int, int | None]] = []
+    info = at_head.backup(progress=lambda done, total: progress.append((done, total)))
+    assert info.revision == at_head.get_head_revision() and info.reason == "manual"
+    assert info.path.parent == at_head.backup_dir and info.path.exists() and progress
+    assert info.size == info.path.stat().st_size
+    sidecar = json.loads(info.sidecar.read_text())
+    assert sidecar["revision"] == info.revision and sidecar["dialect"] == at_head.dialect
+
+    execute(
+        db_url,
+        "DELETE FROM tasks WHERE status = 'done'",
+        "UPDATE users SET name = 'Changed'",
+        "INSERT INTO agents (name) VALUES ('intruder')",
+        "CREATE TABLE created_after_the_backup (id INTEGER PRIMARY KEY)",
+        "CREATE VIEW view_after_the_backup AS SELECT id FROM users",
+    )
+    if at_head.dialect == "postgresql":
+        execute(db_url, "CREATE TYPE mood AS ENUM ('calm', 'busy')",
+                "CREATE DOMAIN positive AS integer CHECK (VALUE > 0)",
+                "CREATE SEQUENCE loose_numbers")
+    assert every_table(db_url) != before
+
+    report = at_head.restore(info.path, progress=lambda done, total: progress.append((done, total)))
+    assert every_table(db_url) == before
+    assert diff_schemas(schema, schema_snapshot(db_url)) == []
+    assert validate(db_url, rules=["MIG005", "MIG006"]).passed == ["MIG005", "MIG006"]
+    engine = create_engine(db_url)
+    with engine.connect() as connection:
+        assert "view_after_the_backup" not in inspect(connection).get_view_names()
+    engine.dispose()
+    assert report.restored.path == info.path and report.revision == info.revision
+    # The state the restore replaced was saved first, and is itself restorable.
+    assert report.safety_backup.reason == "before-restore"
+    at_head.restore(report.safety_backup.path)
+    assert scalar(db_url, "SELECT count(*) FROM agents WHERE name = 'intruder'") == 1
+
+
+def test_backup_of_a_database_before_any_migration_records_base(db_url: str, backups: Path):
+    with MigrationManager(db_url, backup_dir=backups) as manager:
+        if manager.dialect == "sqlite":
+            with pytest.raises(BackupError, match="nothing to back up: .* does not exist yet"):
+                manager.backup()
+            execute(db_url, "CREATE TABLE IF NOT EXISTS placeholder (id INTEGER)")
+        info = manager.backup(backups / "first.bak")
+        assert info.revision is None and info.path == backups / "first.bak"
+
+
+def test_restore_into_a_sqlite_file_that_does_not_exist_yet(sqlite_url: str, tmp_path: Path):
+    with MigrationManager(sqlite_url, backup_dir=tmp_path / "b") as manager:
+        manager.upgrade()
+        seed_rows(sqlite_url)
+        before = every_table(sqlite_url)
+        info = manager.backup()
+    Path(sqlite_url.removeprefix("sqlite:///")).unlink()
+    with MigrationManager(sqlite_url, backup_dir=tmp_path / "b") as manager:
+        report = manager.restore(info.path)
+        assert report.safety_backup is None
+    assert every_table(sqlite_url) == before
+
+
+# -- what restore refuses -------------------------------------------------------------------------
+
+
+def _sqlite_file(path: Path) -> Path:
+    connection = sqlite3.connect(path)
+    connection.execute("CREATE TABLE t (id INTEGER)")
+    connection.commit()
+    connection.close()
+    return path
+
+
+def test_restore_refuses_files_that_are_not_backups_of_this_kind_of_database(at_head, db_url, tmp_path):
+    before = every_table(db_url)
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("just some notes, certainly not a database\n")
+    sqlite_file = _sqlite_file(tmp_path / "other.sqlite")
+    dump = tmp_path / "other.dump"
+    dump.write_bytes(b"PGDMP" + os.urandom(2048))
+
+    with pytest.raises(NotABackupError, match="neither a SQLite database nor a pg_dump"):
+        at_head.restore(text_file)
+    with pytest.raises(BackupError, match="does not exist; list backups with"):
+        at_head.restore(tmp_path / "missing.sqlite")
+    with pytest.raises(NotABackupError, match="is a folder"):
+        at_head.restore(tmp_path)
+    if at_head.dialect == "sqlite":
+        with pytest.raises(NotABackupError, match="PostgreSQL pg_dump archive, not a backup of a SQLite"):
+            at_head.restore(dump)
+    else:
+        with pytest.raises(NotABackupError, match="SQLite database, not a backup of a PostgreSQL"):
+            at_head.restore(sqlite_file)
+    assert every_table(db_url) == before
+    assert at_head.backups() == []  # nothing was even backed up: refused before touching anything
+
+
+def test_restore_refuses_a_backup_whose_sidecar_describes_another_kind(sqlite_url, tmp_path):
+    with MigrationManager(sqlite_url, backup_dir=tmp_path / "b") as manager:
+        manager.upgrade("001")
+        info = manager.backup()
+        document = json.loads(info.sidecar.read_text())
+        info.sidecar.write_text(json.dumps({**document, "dialect": "postgresql"}))
+        with pytest.raises(NotABackupError, match="but its sidecar .* describes a PostgreSQL"):
+            manager.restore(info.path)
+
+
+def test_restore_refuses_a_damaged_sqlite_file(sqlite_url, tmp_path):
+    damaged = tmp_path / "damaged.sqlite"
+    damaged.write_bytes(backup.SQLITE_MAGIC + b"\x00" * 84 + os.urandom(4000))
+    with MigrationManager(sqlite_url, backup_dir=tmp_path / "b") as manager:
+        manager.upgrade("001")
+        with pytest.raises(NotABackupError, match="is a damaged SQLite file"):
+            manager.restore(damaged)
+        assert manager.get_current_revision() == "001"
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("password", [None, "s3cret-word"])
+def test_restore_reports_a_damaged_archive_without_the_password(postgres_url, tmp_path, password):
+    url = make_url(postgres_url).set(password=password).render_as_string(hide_password=False)
+    damaged = tmp_path / "damaged.dump"
+    damaged.write_bytes(b"PGDMP" + os.urandom(4000))
+    with MigrationManager(url, backup_dir=tmp_path / "b") as manager:
+        manager.upgrade("001")
+        with pytest.raises(BackupError) as failure:
+            manager.restore(damaged)
+    message = str(failure.value)
+    assert message.startswith(f"pg_restore failed for {make_url(url)}: pg_restore: error: ")
+    assert "s3cret-word" not in message
+
+
+# -- listing and retention --------------------------------------------------------------------------
+
+
+def test_backups_record_their_revision_and_only_the_newest_are_kept(sqlite_url, tmp_path):
+    folder = tmp_path / "b"
+    other_url = f"sqlite:///{tmp_path / 'other.db'}"
+    with MigrationManager(other_url, backup_dir=folder) as other:
+        other.upgrade("001")
+        theirs = other.backup()
+    with MigrationManager(sqlite_url, backup_dir=folder, backup_keep=2) as manager:
+        taken = []
+        for revision in ("001", "002", "003"):
+            manager.upgrade(revision)
+            taken.append(manager.backup())
+        kept = manager.backups()
+        assert [b.revision for b in kept] == ["003", "002"]
+        assert [b.path for b in kept] == [taken[2].path, taken[1].path]
+        assert not taken[0].path.exists() and not taken[0].sidecar.exists()
+        assert f"-{taken[2].revision}-manual.sqlite" in taken[2].path.name
+        # --output files live outside the retention, and other databases' backups are theirs.
+        outside = manager.backup(tmp_path / "keep-me.sqlite")
+        assert outside.path.exists() and manager.backups() == kept
+        assert theirs.path.exists()
+        # A sidecar that is not ours, or is damaged, or lost its file, is not a backup.
+        (folder / "notes.json").write_text('{"hello": "world"}')
+        (folder / "broken.sqlite.json").write_text("{not json")
+        (folder / "list.json").write_text("[1, 2]")
+        (folder / "strange.sqlite.json").write_text(json.dumps(
+            {**json.loads(kept[0].sidecar.read_text()), "dialect": "oracle"}))
+        (folder / "partial.sqlite.json").write_text(json.dumps(
+            {"format": backup.SIDECAR_FORMAT, "dialect": "sqlite"}))
+        kept[1].path.unlink()
+        assert manager.backups() == [kept[0]]
+
+
+def test_the_backup_restored_from_survives_the_retention(sqlite_url, tmp_path):
+    with MigrationManager(sqlite_url, backup_dir=tmp_path / "b", backup_keep=1) as manager:
+        manager.upgrade("001")
+        old = manager.backup()
+        manager.upgrade("002")
+        newer = manager.backup()
+        assert not old.path.exists()
+        manager.restore(newer.path)  # the safety backup is now the newest: newer is spared
+        assert newer.path.exists() and manager.get_current_revision() == "002"
+
+
+def test_backing_up_a_sqlite_file_that_does_not_exist_is_refused(tmp_path):
+    with pytest.raises(BackupError, match="nothing to back up: .*missing.db does not exist yet"):
+        backup.create(f"sqlite:///{tmp_path / 'missing.db'}", backup_dir=tmp_path)
+
+
+def test_an_existing_output_file_is_never_overwritten(sqlite_url, tmp_path):
+    target = tmp_path / "taken.sqlite"
+    target.write_text("precious")
+    with MigrationManager(sqlite_url) as manager:
+        manager.upgrade("001")
+        with pytest.raises(BackupError, match="already exists; choose another --output"):
+            manager.backup(target)
+    assert target.read_text() == "precious"
+
+
+def test_an_unwritable_backup_folder_is_a_clear_error(sqlite_url, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the folder should be")
+    with MigrationManager(sqlite_url, backup_dir=blocker / "backups") as manager:
+        manager.upgrade("001")
+        with pytest.raises(BackupError, match="cannot create the backup folder .*BACKUP_DIR"):
+            manager.backup()
+
+
+# -- SQLite: consistent while the API writes --------------------------------------------------------
+
+
+def test_sqlite_backup_holds_writers_off_while_it_copies(sqlite_url, tmp_path):
+    path = sqlite_url.removeprefix("sqlite:///")
+    with MigrationManager(sqlite_url) as manager:
+        manager.upgrade()
+        seed_rows(sqlite_url)
+        attempts = []
+
+        def try_to_write(done, total):
+            writer = sqlite3.connect(path, timeout=0)
+            try:
+                writer.execute("INSERT INTO agents (name) VALUES ('sneaky')")
+                writer.commit()
+                attempts.append("committed")
+            except sqlite3.OperationalError as exc:
+                attempts.append(str(exc))
+            finally:
+                writer.close()
+
+        info = manager.backup(tmp_path / "copy.sqlite", progress=try_to_write)
+    assert attempts == ["database is locked"]
+    execute(sqlite_url, "INSERT INTO agents (name) VALUES ('afterwards')")  # released after
+    copy = sqlite3.connect(info.path)
+    assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert copy.execute("SELECT count(*) FROM agents").fetchone()[0] == 1
+    copy.close()
+
+
+_WRITER = """
+import sqlite3, sys, pathlib, time
+path, stop = sys.argv[1], pathlib.Path(sys.argv[2])
+connection = sqlite3.connect(path, timeout=30, isolation_level=None)
+batch = 0
+while not stop.exists():
+    batch += 1
+    connection.execute("BEGIN IMMEDIATE")
+    for i in range(50):
+        connection.execute(
+            "INSERT INTO tasks (project_id, title, description) VALUES (1, ?, ?)",
+            (f"batch-{batch}", "x" * 500))
+    connection.execute("COMMIT")
+    time.sleep(0.002)  # an API's pace, not a bulk load's
+print(batch)
+"""
+
+
+@pytest.mark.slow
+def test_sqlite_backups_are_consistent_while_another_process_writes(sqlite_url, tmp_path):
+    path = sqlite_url.removeprefix("sqlite:///")
+    with MigrationManager(sqlite_url, backup_dir=tmp_path / "b", backup_keep=50) as manager:
+        manager.upgrade()
+        seed_rows(sqlite_url)
+        stop = tmp_path / "stop"
+        writer = subprocess.Popen([sys.executable, "-c", _WRITER, path, str(stop)],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            taken = []
+            deadline = time.monotonic() + 30
+            while len(taken) < 6 and time.monotonic() < deadline:
+                time.sleep(0.05)
+                taken.append(manager.backup())
+        finally:
+            stop.write_text("stop")
+            batches = int(writer.communicate(timeout=30)[0])
+    assert batches > 1 and len(taken) == 6
+    for info in taken:
+        copy = sqlite3.connect(info.path)
+        assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        sizes = copy.execute(
+            "SELECT count(*) FROM tasks WHERE title LIKE 'batch-%' GROUP BY title").fetchall()
+        # Every writer transaction is in the copy whole, or not at all.
+        assert all(size == (50,) for size in sizes)
+        copy.close()
+
+
+def test_a_wal_database_is_copied_through_sqlite_with_its_unmerged_pages(sqlite_url, tmp_path):
+    path = sqlite_url.removeprefix("sqlite:///")
+    with MigrationManager(sqlite_url) as manager:
+        manager.upgrade()
+    holder = sqlite3.connect(path)
+    assert holder.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+    holder.execute("INSERT INTO users (email, name) VALUES ('wal@example.com', 'In the WAL')")
+    holder.commit()  # stays in the -wal file while this connection keeps it open
+    try:
+        with MigrationManager(sqlite_url) as manager:
+            info = manager.backup(tmp_path / "wal-copy.sqlite")
+        copy = sqlite3.connect(info.path)
+        assert copy.execute("SELECT name FROM users").fetchall() == [("In the WAL",)]
+        copy.close()
+    finally:
+        holder.close()
+
+
+# -- PostgreSQL client tools ----------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_missing_client_tools_name_the_package(postgres_url, tmp_path, monkeypatch):
+    with MigrationManager(postgres_url, backup_dir=tmp_path / "b") as manager:
+        manager.upgrade("001")
+        info = manager.backup()
+        empty = tmp_path / "empty-path"
+        empty.mkdir()
+        monkeypatch.setenv("PATH", str(empty))
+        with pytest.raises(BackupToolMissing, match="pg_dump is not installed .*postgresql-client"):
+            manager.backup()
+        with pytest.raises(BackupToolMissing, match="pg_restore is not installed .*postgresql-client"):
+            manager.restore(info.path)
+        # No upgrade goes ahead without the backup it was asked to take first.
+        manager.backup_before_migrate = True
+        with pytest.raises(BackupToolMissing) as refused:
+            manager.upgrade()
+        assert str(refused.value).endswith(
+            "(no upgrade without the backup taken before it; to go without, set "
+            "BACKUP_BEFORE_MIGRATE=false)")
+        assert manager.get_current_revision() == "001"
+        # With pg_dump alone, the restore still refuses before taking its safety backup.
+        (empty / "pg_dump").symlink_to(shutil.which("pg_dump", path=os.defpath + ":/usr/bin"))
+        with pytest.raises(BackupToolMissing, match="pg_restore is not installed"):
+            manager.restore(info.path)
+        assert [b.path for b in manager.backups()] == [info.path]
+
+
+@pytest.mark.postgres
+def test_the_password_goes_through_the_environment_and_is_never_shown(postgres_url, tmp_path, run_here):
+    url = make_url(postgres_url).set(password="s3cret-word").render_as_string(hide_password=False)
+    with MigrationManager(url, backup_dir=tmp_path / "b") as manager:
+        manager.upgrade()
+    env = {"BACKUP_DIR": str(tmp_path / "b")}
+    made = run_here("db", "backup", "--database-url", url, env=env)
+    listed = run_here("db", "backups", "--json", "--database-url", url, env=env)
+    assert made.returncode == 0 and listed.returncode == 0, made.stderr + listed.stderr
+    [info] = json.loads(listed.stdout)
+    sidecar = Path(info["path"] + ".json").read_text()
+    for shown in (made.stdout, made.stderr, listed.stdout, sidecar):
+        assert "s3cret-word" not in shown
+    assert info["database"] == make_url(postgres_url).set(drivername="postgresql").render_as_string()
+
+    # What `ps` would show of pg_dump and pg_restore while they run.
+    seen: list[str] = []
+
+    def look_at_children(done, total):
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
+                    seen.append((stat.parent / "cmdline").read_bytes().decode())
+            except (OSError, ValueError):
+                continue  # the process ended while we looked
+
+    with MigrationManager(url, backup_dir=tmp_path / "b") as manager:
+        manager.restore(manager.backup(progress=look_at_children).path, progress=look_at_children)
+    assert any("pg_dump" in line for line in seen) and any("pg_restore" in line for line in seen)
+    assert not any("s3cret-word" in line for line in seen)
+
+
+@pytest.mark.postgres
+def test_an_unreachable_server_is_a_clear_backup_error(tmp_path):
+    url = "postgresql+psycopg://postgres:s3cret-word@127.0.0.1:1/nowhere"
+    with pytest.raises(BackupError) as failure:
+        backup.create(url, backup_dir=tmp_path)
+    message = str(failure.value)
+    assert message.startswith("cannot back up postgresql+psycopg://postgres:***@127.0.0.1:1/nowhere")
+    assert "s3cret-word" not in message
+
+
+@pytest.mark.postgres
+def test_a_failing_pg_dump_leaves_no_partial_file(postgres_url, tmp_path):
+    """A role that may read the revision but not the data: pg_dump itself fails."""
+    admin = create_engine(require_postgres(), isolation_level="AUTOCOMMIT")
+    role = f"orch_limited_{uuid.uuid4().hex[:8]}"
+    with MigrationManager(postgres_url) as manager:
+        manager.upgrade("001")
+    execute(postgres_url, f'CREATE ROLE "{role}" LOGIN',
+            f'GRANT SELECT ON alembic_version TO "{role}"')
+    try:
+        limited = make_url(postgres_url).set(username=role, password="s3cret-word")
+        url = limited.render_as_string(hide_password=False)
+        with pytest.raises(BackupError) as failure:
+            backup.create(url, backup_dir=tmp_path / "b", progress=lambda done, total: None)
+        message = str(failure.value)
+        assert message.startswith(f"pg_dump failed for postgresql+psycopg://{role}:***@")
+        assert "permission denied" in message and "s3cret-word" not in message
+        assert list((tmp_path / "b").iterdir()) == []
+    finally:
+        execute(postgres_url, f'REVOKE ALL ON alembic_version FROM "{role}"')
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP ROLE IF EXISTS "{role}"')
+        admin.dispose()
+
+
+# -- the automatic backup, and restoring after a failed migration ---------------------------------
+
+
+def test_upgrade_and_downgrade_take_a_backup_first_when_enabled(db_url, backups):
+    with MigrationManager(db_url, backup_dir=backups, backup_before_migrate=True) as manager:
+        manager.upgrade("001")
+        assert manager.last_backup is None  # a fresh database has nothing to lose
+        manager.upgrade("002")
+        first = manager.last_backup
+        assert (first.revision, first.reason) == ("001", "before-upgrade")
+        manager.downgrade("001")
+        second = manager.last_backup
+        assert (second.revision, second.reason) == ("002", "before-downgrade")
+        assert [b.path for b in manager.backups()] == [second.path, first.path]
+    with MigrationManager(db_url, backup_dir=backups) as manager:
+        manager.upgrade("002")
+        assert manager.last_backup is None and len(manager.backups()) == 2
+
+
+def test_settings_turn_the_automatic_backup_on_outside_development(sqlite_url, tmp_path):
+    from orchestrator.settings import load_settings
+
+    staging = MigrationManager.from_settings(
+        load_settings(environment="staging", database_url=sqlite_url, backup_dir=tmp_path / "b",
+                      backup_keep=3))
+    assert (staging.backup_before_migrate, staging.environment, staging.backup_keep) == (
+        True, "staging", 3)
+    assert staging.backup_dir == tmp_path / "b"
+    development = MigrationManager.from_settings(load_settings(database_url=sqlite_url))
+    assert development.backup_before_migrate is False
+
+
+_CHANGES_DATA = """
+op.execute("UPDATE tasks SET title = 'rewritten by the step that works'")
+op.create_table("step_work", sa.Column("id", sa.Integer(), primary_key=True))
+"""
+_FAILS = """
+op.execute("DELETE FROM agents")
+backups = os.environ.get("ORCH_TEST_DELETE_BACKUPS")
+if backups:
+    for leftover in Path(backups).iterdir():
+        leftover.unlink()
+raise RuntimeError("boom: unexpected data")
+"""
+
+
+def test_a_failed_migration_restores_sqlite_and_leaves_postgres_at_the_last_good_revision(
+    db_url, tmp_path, backups
+):
+    scripts = copy_scripts(tmp_path)
+    works = add_revision(scripts, _CHANGES_DATA, 'op.drop_table("step_work")')
+    fails = add_revision(scripts, _FAILS)
+    with MigrationManager(db_url, script_location=str(scripts), backup_dir=backups,
+                          backup_before_migrate=True, lock_timeout=30) as manager:
+        manager.upgrade("004")
+        seed_rows(db_url)
+        before, schema = app_tables(db_url), schema_snapshot(db_url)
+        recorded = manager.applied_history()
+        with pytest.raises(MigrationFailedError) as failure:
+            manager.upgrade()
+        message = str(failure.value)
+        assert f"migration {fails} failed: RuntimeError: boom" in message
+        taken = manager.last_backup
+        assert taken.revision == "004" and str(taken.path) in message
+        history = manager.applied_history()
+        if manager.dialect == "sqlite":
+            assert "was restored automatically" in message and "back at 004" in message
+            assert manager.get_current_revision() == "004"
+            assert app_tables(db_url) == before and schema_snapshot(db_url) == schema
+        else:
+            assert f"the database is at {works}" in message
+            assert manager.get_current_revision() == works
+            assert scalar(db_url, "SELECT count(*) FROM agents") == 1
+            assert scalar(db_url, "SELECT min(title) FROM tasks") == "rewritten by the step that works"
+        # The history shows what ran, the failed step included, whatever was restored.
+        assert history[: len(recorded)] == recorded
+        assert [(e.revision, e.success) for e in history[len(recorded):]] == [
+            (works, True), (fails, False)]
+        assert "RuntimeError: boom" in history[-1].error
+
+
+def test_when_the_automatic_restore_fails_too_the_error_says_how_to_restore(
+    sqlite_url, tmp_path, backups, monkeypatch
+):
+    scripts = copy_scripts(tmp_path)
+    add_revision(scripts, _FAILS)
+    monkeypatch.setenv("ORCH_TEST_DELETE_BACKUPS", str(backups))
+    with MigrationManager(sqlite_url, script_location=str(scripts), backup_dir=backups,
+                          backup_before_migrate=True) as manager:
+        manager.upgrade("004")
+        with pytest.raises(MigrationFailedError) as failure:
+            manager.upgrade()
+    message = str(failure.value)
+    assert "the database is at 004; restoring the backup" in message
+    assert "failed too" in message and "`orchestrator db restore " in message
+
+
+def test_a_failed_migration_without_a_backup_names_the_last_good_revision(sqlite_url, tmp_path):
+    scripts = copy_scripts(tmp_path)
+    add_revision(scripts, 'raise RuntimeError("nope")')
+    with MigrationManager(sqlite_url, script_location=str(scripts), backup_before_migrate=False) as manager:
+        manager.upgrade("004")
+        with pytest.raises(MigrationFailedError, match="the database is at 004; fix the script"):
+            manager.upgrade()
+
+
+# -- the command line --------------------------------------------------------------------------------
+
+
+def test_backup_commands_end_to_end(sqlite_url, run_here, run_cli, tmp_path):
+    env = {"BACKUP_DIR": str(tmp_path / "b")}
+    none = run_here("db", "backups", "--database-url", sqlite_url, env=env)
+    assert none.returncode == 0 and "No backups of" in none.stdout
+    MigrationManager(sqlite_url).upgrade()
+    seed_rows(sqlite_url)
+    before = every_table(sqlite_url)
+    # A real process, to see what it prints when no terminal is attached: no progress bar.
+    made = run_cli("db", "backup", "--database-url", sqlite_url, env=env, input="")
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.startswith("Backed up sqlite:///") and "at revision 004 to" in made.stdout
+    assert made.stderr == ""
+    listed = run_here("db", "backups", "--database-url", sqlite_url, env=env)
+    [line] = listed.stdout.splitlines()
+    path = line.split()[-1]
+    assert " 004 " in line and "manual" in line
+
+    execute(sqlite_url, "DELETE FROM tasks")
+    refused = run_cli("db", "restore", path, "--database-url", sqlite_url, env=env, input="")
+    assert refused.returncode == 2
+    assert "Error: refusing to restore without confirmation" in refused.stderr
+    not_a_backup = run_here("db", "restore", str(Path(path).with_suffix(".sqlite.json")), "--yes",
+                            "--database-url", sqlite_url, env=env)
+    assert not_a_backup.returncode == 2 and "neither a SQLite database" in not_a_backup.stderr
+    restored = run_here("db", "restore", path, "--yes", "--database-url", sqlite_url, env=env)
+    assert restored.returncode == 0, restored.stderr
+    assert "Saved the state it replaced to" in restored.stdout
+    assert "Restored; the database is at 004." in restored.stdout
+    assert every_table(sqlite_url) == before
+
+
+def test_upgrade_command_in_staging_says_where_the_backup_went(sqlite_url, run_here, tmp_path):
+    MigrationManager(sqlite_url).upgrade("002")
+    done = run_here("db", "upgrade", "--env", "staging", "--database-url", sqlite_url,
+                   env={"BACKUP_DIR": str(tmp_path / "b")})
+    assert done.returncode == 0, done.stderr
+    assert "Backed up first, at 002: " in done.stdout
+    undone = run_here("db", "downgrade", "003", "--env", "staging", "--database-url", sqlite_url,
+                     env={"BACKUP_DIR": str(tmp_path / "b")})
+    assert "Backed up first, at 004: " in undone.stdout
+
+
+def test_restore_command_names_a_file_without_sidecar(sqlite_url, run_here, tmp_path):
+    MigrationManager(sqlite_url).upgrade("001")
+    copy = _sqlite_file(tmp_path / "bare.sqlite")
+    shown = run_here("db", "restore", str(copy), "--yes", "--database-url", sqlite_url,
+                    env={"BACKUP_DIR": str(tmp_path / "b")})
+    assert shown.returncode == 0, shown.stderr
+    assert "(no sidecar: revision unknown)" in shown.stdout
+    assert "the database is at base" in shown.stdout
+
+
+def test_the_progress_bar_shows_on_a_terminal_only(monkeypatch):
+    import pty
+
+    from orchestrator import cli
+
+    quiet = cli._ProgressBar("Copying", delay=0)
+    quiet(1, 2)  # pytest's stderr is no terminal
+    assert quiet._bar is None
+    leader, follower = pty.openpty()
+    terminal = os.fdopen(follower, "w")
+    monkeypatch.setattr(sys, "stderr", terminal)
+    waiting = cli._ProgressBar("Copying", delay=60)
+    waiting(1, 2)
+    assert waiting._bar is None  # not long enough yet
+    bar = cli._ProgressBar("Copying", delay=0)
+    bar(10, 100)
+    bar(100, 100)
+    assert bar._bar is not None
+    bar.close()
+    bar.close()
+    terminal.flush()
+    shown = os.read(leader, 65536).decode(errors="replace")
+    terminal.close()
+    os.close(leader)
+    assert "Copying" in shown

@@ -1,0 +1,290 @@
+"""The applied history: a row per step (failed ones too), checksums, and a migrator killed midway."""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from orchestrator import __version__
+from orchestrator.db import create_engine
+from orchestrator.migrations import MigrationFailedError, MigrationManager
+from orchestrator.migrations import history
+from orchestrator.migrations.history import ScriptsChangedError
+from tests.fixtures import add_revision, command_runner, copy_scripts
+from tests.schema import execute, scalar, seed_rows
+
+
+def sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def run_here(monkeypatch, capsys):
+    return command_runner(monkeypatch, capsys)
+
+
+def manager_for(url: str, scripts: Path, **options) -> MigrationManager:
+    return MigrationManager(url, script_location=str(scripts), lock_timeout=30, **options)
+
+
+# -- what a step records ----------------------------------------------------------------------
+
+
+def test_upgrade_records_each_step_with_checksum_operator_and_version(manager: MigrationManager):
+    before = dt.datetime.now(dt.UTC)
+    applied = manager.upgrade()
+    entries = manager.applied_history()
+    assert [e.revision for e in entries] == applied
+    scripts = {info.revision: info.path for info in manager.history()}
+    for entry in entries:
+        assert entry.direction == "upgrade" and entry.success and entry.error is None
+        assert entry.checksum == sha256(scripts[entry.revision])
+        assert entry.os_user == getpass.getuser() and entry.host == socket.gethostname()
+        assert entry.tool_version == __version__
+        assert entry.duration >= 0
+        assert before - dt.timedelta(seconds=5) <= entry.started_at <= dt.datetime.now(dt.UTC)
+    assert entries[0].as_dict()["started_at"] == entries[0].started_at.isoformat()
+
+
+def test_downgrade_and_stamp_are_recorded(manager: MigrationManager):
+    manager.upgrade()
+    head = manager.get_head_revision()
+    manager.downgrade("-1")
+    manager.stamp("base")
+    manager.stamp("head")
+    last = manager.applied_history()[-3:]
+    assert [(e.revision, e.direction, e.success) for e in last] == [
+        (head, "downgrade", True),
+        ("base", "stamp", True),
+        (head, "stamp", True),
+    ]
+    # Stamping vouches for the script as it is; base has none.
+    assert last[1].checksum is None
+    assert last[2].checksum == sha256(manager.history()[-1].path)
+
+
+def test_revisions_stamped_over_have_no_checksum_to_compare(sqlite_url: str):
+    with MigrationManager(sqlite_url) as manager:
+        manager.stamp("head")  # 001 .. head-1 never ran here: nothing to hold them to
+        assert [e.revision for e in manager.applied_history()] == [manager.get_head_revision()]
+        assert manager.changed_scripts() == []
+
+
+def test_a_database_without_history_reads_as_empty(sqlite_url: str):
+    manager = MigrationManager(sqlite_url)
+    assert manager.applied_history() == []  # the file does not exist: nothing is created
+    assert not Path(sqlite_url.removeprefix("sqlite:///")).exists()
+    execute(sqlite_url, "CREATE TABLE unrelated (id INTEGER PRIMARY KEY)")
+    engine = create_engine(sqlite_url)
+    with engine.connect() as connection:
+        assert history.read(connection) == []
+    engine.dispose()
+
+
+def test_a_failed_step_is_recorded_although_its_transaction_rolled_back(db_url: str, tmp_path: Path):
+    scripts = copy_scripts(tmp_path)
+    good = add_revision(scripts, 'op.create_table("notes", sa.Column("id", sa.Integer(), primary_key=True))',
+                        'op.drop_table("notes")')
+    bad = add_revision(scripts, """
+        op.execute("UPDATE tasks SET title = 'half-done'")
+        raise RuntimeError("boom: the data is not what this migration expects")
+    """)
+    with manager_for(db_url, scripts) as manager:
+        manager.upgrade(good)
+        seed_rows(db_url)
+        with pytest.raises(MigrationFailedError) as failure:
+            manager.upgrade()
+        assert failure.value.revision == bad
+        assert f"migration {bad} failed: RuntimeError: boom" in str(failure.value)
+        assert f"the database is at {good}" in str(failure.value)
+        # Nothing of the failed step is left; the step before it stands.
+        assert manager.get_current_revision() == good
+        assert scalar(db_url, "SELECT count(*) FROM tasks WHERE title = 'half-done'") == 0
+        last = manager.applied_history()[-1]
+        assert (last.revision, last.direction, last.success) == (bad, "upgrade", False)
+        assert last.error.startswith("RuntimeError: boom: the data is not")
+        assert last.checksum == sha256(scripts / "versions" / f"{bad}_test_step.py")
+
+
+# -- checksums ----------------------------------------------------------------------------------
+
+
+def test_a_script_edited_after_it_was_applied_is_reported(db_url: str, tmp_path: Path):
+    scripts = copy_scripts(tmp_path)
+    with manager_for(db_url, scripts) as manager:
+        assert manager.changed_scripts() == []  # nothing applied yet
+        manager.upgrade("003")
+        assert manager.changed_scripts() == []
+        edited = next(scripts.glob("versions/002_*.py"))
+        applied = sha256(edited)
+        edited.write_text(edited.read_text() + "\n# an edit made after 002 was applied\n")
+        # A pending script may change freely.
+        next(scripts.glob("versions/004_*.py")).write_text(
+            next(scripts.glob("versions/004_*.py")).read_text() + "\n# still pending\n"
+        )
+        [changed] = manager.changed_scripts()
+        assert changed.revision == "002" and changed.path == str(edited)
+        assert changed.applied_checksum == applied and changed.current_checksum == sha256(edited)
+        assert changed.as_dict()["applied_at"] == changed.applied_at.isoformat()
+
+
+def test_a_script_reapplied_after_its_edit_is_no_longer_reported(sqlite_url: str, tmp_path: Path):
+    scripts = copy_scripts(tmp_path)
+    with manager_for(sqlite_url, scripts) as manager:
+        manager.upgrade("002")
+        edited = next(scripts.glob("versions/002_*.py"))
+        edited.write_text(edited.read_text() + "\n# reviewed wording\n")
+        assert [c.revision for c in manager.changed_scripts()] == ["002"]
+        manager.downgrade("001")
+        assert manager.changed_scripts() == []  # no longer applied
+        manager.upgrade("002")
+        assert manager.changed_scripts() == []
+
+
+def test_history_checksum_of_a_missing_file_is_none(tmp_path: Path):
+    assert history.checksum(tmp_path / "gone.py") is None
+    assert history.checksum(None) is None
+
+
+@pytest.mark.parametrize("environment", ["staging", "production"])
+def test_upgrade_in_staging_and_production_refuses_edited_applied_scripts(
+    sqlite_url: str, tmp_path: Path, environment: str
+):
+    scripts = copy_scripts(tmp_path)
+    with manager_for(sqlite_url, scripts, environment=environment) as manager:
+        manager.upgrade("002")
+        edited = next(scripts.glob("versions/001_*.py"))
+        edited.write_text(edited.read_text() + "\n# edited\n")
+        with pytest.raises(ScriptsChangedError) as refused:
+            manager.upgrade()
+        message = str(refused.value)
+        assert "001" in message and str(edited) in message and "--allow-changed" in message
+        assert manager.get_current_revision() == "002"
+        assert manager.upgrade("003", allow_changed=True) == ["003"]
+
+
+def test_upgrade_in_development_does_not_refuse_edited_scripts(sqlite_url: str, tmp_path: Path):
+    scripts = copy_scripts(tmp_path)
+    with manager_for(sqlite_url, scripts) as manager:
+        manager.upgrade("002")
+        edited = next(scripts.glob("versions/001_*.py"))
+        edited.write_text(edited.read_text() + "\n# edited\n")
+        assert manager.upgrade("003") == ["003"]
+
+
+def test_status_and_history_commands_report_edited_scripts(sqlite_url: str, run_here):
+    MigrationManager(sqlite_url).upgrade()
+    # The project's scripts must not be touched: make the database remember another checksum.
+    execute(sqlite_url, "UPDATE migration_history SET checksum = 'feed' WHERE revision = '002'")
+    status = run_here("db", "status", "--database-url", sqlite_url)
+    assert status.returncode == 0
+    assert "EDITED:   002" in status.stdout and "002_add_priority_level.py" in status.stdout
+    as_json = run_here("db", "status", "--json", "--database-url", sqlite_url)
+    import json
+
+    [changed] = json.loads(as_json.stdout)["changed_scripts"]
+    assert changed["revision"] == "002" and changed["applied_checksum"] == "feed"
+    listing = run_here("db", "history", "--database-url", sqlite_url)
+    assert "002  [applied, EDITED since applied]" in listing.stdout
+    assert listing.stdout.splitlines()[-1].startswith("004  [applied, head]")
+    refused = run_here("db", "upgrade", "--env", "staging", "--database-url", sqlite_url)
+    assert refused.returncode == 0  # at head: nothing to apply, nothing refused
+
+
+def test_upgrade_command_refuses_edited_scripts_in_staging_unless_allowed(sqlite_url: str, run_here):
+    MigrationManager(sqlite_url).upgrade("002")
+    execute(sqlite_url, "UPDATE migration_history SET checksum = 'feed' WHERE revision = '001'")
+    env = {"BACKUP_BEFORE_MIGRATE": "false"}
+    refused = run_here("db", "upgrade", "--env", "staging", "--database-url", sqlite_url, env=env)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("Error: applied migration scripts were edited after they ran: 001")
+    allowed = run_here("db", "upgrade", "--env", "staging", "--allow-changed",
+                      "--database-url", sqlite_url, env=env)
+    assert allowed.returncode == 0, allowed.stderr
+
+
+def test_history_command_shows_failures_and_an_empty_history(sqlite_url: str, run_here, tmp_path: Path):
+    empty = run_here("db", "history", "--log", "--database-url", sqlite_url)
+    assert empty.stdout.rstrip().endswith("No steps recorded yet.")
+    scripts = copy_scripts(tmp_path)
+    failing = add_revision(scripts, 'raise RuntimeError("disk on fire")')
+    with manager_for(sqlite_url, scripts) as manager:
+        with pytest.raises(MigrationFailedError):
+            manager.upgrade()
+    # The command shows the project's scripts; the failed step is in the full log.
+    listing = run_here("db", "history", "--log", "--database-url", sqlite_url)
+    lines = listing.stdout.splitlines()
+    assert lines[0].startswith("001  [applied]  Initial schema") and "<- upgrade ok " in lines[0]
+    assert f"{getpass.getuser()}@{socket.gethostname()}, v{__version__}" in lines[0]
+    assert "Recorded steps, oldest first:" in lines
+    assert lines[-1].startswith(f"  {failing}    upgrade FAILED ")
+    assert lines[-1].endswith("RuntimeError: disk on fire")
+
+
+# -- a migrator killed midway -----------------------------------------------------------------
+
+_HANG = """
+op.create_table("work_log", sa.Column("id", sa.Integer(), primary_key=True))
+op.execute("INSERT INTO work_log (id) VALUES (1)")
+op.execute("UPDATE tasks SET title = 'being migrated'")
+marker = os.environ.get("ORCH_TEST_HANG_MARKER")
+if marker:
+    Path(marker).write_text("started")
+    time.sleep(120)
+"""
+
+
+def test_a_migration_killed_midway_leaves_the_truth_and_a_usable_database(db_url: str, tmp_path: Path):
+    scripts = copy_scripts(tmp_path)
+    slow = add_revision(scripts, _HANG, 'op.drop_table("work_log")')
+    with manager_for(db_url, scripts) as manager:
+        manager.upgrade("004")
+        seed_rows(db_url)
+    marker = tmp_path / "started"
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys; from orchestrator.migrations import MigrationManager; "
+         "MigrationManager(sys.argv[1], script_location=sys.argv[2]).upgrade()",
+         db_url, str(scripts)],
+        env={**os.environ, "ORCH_TEST_HANG_MARKER": str(marker)},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert child.poll() is None, "the migrator ended before reaching the slow step"
+            assert time.monotonic() < deadline, "the migrator never reached the slow step"
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+
+    with manager_for(db_url, scripts) as manager:
+        # `db status` tells the truth: 004 applied, the killed step pending, nothing half-done.
+        status = manager.status()
+        assert (status.current, status.pending) == ("004", (slow,))
+        assert scalar(db_url, "SELECT count(*) FROM tasks WHERE title = 'being migrated'") == 0
+        assert [e.revision for e in manager.applied_history()] == ["001", "002", "003", "004"]
+        # The database is usable ...
+        execute(db_url, "INSERT INTO agents (name) VALUES ('after-the-kill')")
+        assert scalar(db_url, "SELECT count(*) FROM agents") == 2
+        # ... and the upgrade completes (the lock died with its holder).
+        assert manager.upgrade() == [slow]
+        assert manager.status().up_to_date
+        assert scalar(db_url, "SELECT count(*) FROM work_log") == 1
+        assert manager.applied_history()[-1].revision == slow
+    engine = create_engine(db_url)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM tasks")).scalar() == 2
+    engine.dispose()
