@@ -308,3 +308,37 @@ def test_missing_postgresql_database_or_role_is_one_masked_line(postgres_url, ch
         MigrationManager(url.render_as_string(hide_password=False)).status()
     message = str(info.value)
     assert expected in message and "s3cret" not in message and "\n" not in message
+
+
+def test_status_rereads_when_another_migrator_commits_between_two_reads(sqlite_url: str):
+    """Reading "no version table" and then "tables exist" means a migrator just committed 001
+    in between (READ COMMITTED on PostgreSQL): the version is read again, not "unversioned"."""
+    import sqlite3
+
+    from sqlalchemy import event
+
+    manager = MigrationManager(sqlite_url)
+    manager.upgrade("001")
+    execute(sqlite_url, "ALTER TABLE alembic_version RENAME TO hidden_version")
+
+    def another_migrator_commits(conn, cursor, statement, *args) -> None:
+        # Right after the failed read, as the table list is read.
+        if "sqlite_master" in statement and "hidden_version" in _tables(sqlite_url):
+            raw = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"))
+            raw.execute("ALTER TABLE hidden_version RENAME TO alembic_version")
+            raw.commit()
+            raw.close()
+
+    event.listen(manager.engine, "before_cursor_execute", another_migrator_commits)
+    status = manager.status()
+    assert status.current == "001" and not status.unversioned
+
+
+def _tables(sqlite_url: str) -> set[str]:
+    import sqlite3
+
+    raw = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"))
+    try:
+        return {row[0] for row in raw.execute("SELECT name FROM sqlite_master")}
+    finally:
+        raw.close()

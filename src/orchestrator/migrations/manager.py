@@ -43,6 +43,9 @@ if TYPE_CHECKING:
     from alembic.script import Script, ScriptDirectory
     from sqlalchemy.engine import Connection, Engine
 
+    from orchestrator.migrations.backup import BackupInfo, Progress, RestoreReport
+    from orchestrator.migrations.history import ChangedScript, HistoryEntry
+
 logger = logging.getLogger(__name__)
 
 VERSION_TABLE = "alembic_version"
@@ -89,10 +92,13 @@ class _Run:
     progress: Callable[[str, float], None] | None = None
     steps: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
+    # Writes each step to `migration_history`, inside the step's transaction.
+    history: Any = field(kw_only=True)
 
-    def record(self, *, step, **_: Any) -> None:
+    def record(self, *, step, ctx, **_: Any) -> None:
         # For both directions this is the revision whose script ran.
         self.steps.append(step.up_revision_id)
+        self.history.step_done(ctx.connection, step.up_revision_id)
         now = time.perf_counter()
         if self.progress is not None:
             self.progress(step.up_revision_id, now - self.started)
@@ -111,8 +117,24 @@ class MigrationManager:
         notify: Callable[[str], None] | None = None,
         progress: Callable[[str, float], None] | None = None,
         script_location: str = SCRIPT_LOCATION,
+        backup_before_migrate: bool = False,
+        backup_dir: str | Path = "backups",
+        backup_keep: int = 10,
+        environment: str = "development",
+        backup_progress: Callable[[int, int | None], None] | None = None,
     ) -> None:
         self.database_url = normalize_url(database_url)
+        # Safety net (migrations/backup.py): a backup before each upgrade and downgrade, kept
+        # newest first up to `backup_keep`, restored automatically when a SQLite migration fails.
+        self.backup_before_migrate = backup_before_migrate
+        self.backup_dir = Path(backup_dir)
+        self.backup_keep = backup_keep
+        # Staging and production refuse to upgrade over applied scripts that were edited.
+        self.environment = environment
+        # Called with (bytes done, bytes in total or None) during long backups and restores.
+        self.backup_progress = backup_progress
+        # The backup taken by the last upgrade or downgrade, if any.
+        self.last_backup: BackupInfo | None = None
         # Another scripts folder serves tests and the validator; the default is the project's.
         self.script_location = script_location
         self.lock_timeout = lock_timeout
@@ -125,13 +147,16 @@ class MigrationManager:
 
     @classmethod
     def from_settings(cls, settings, **kwargs: Any) -> MigrationManager:
-        """A manager configured from `Settings`."""
-        return cls(
-            settings.database_url,
-            lock_timeout=settings.migration_lock_timeout,
-            db_lock_timeout=settings.db_lock_timeout,
-            **kwargs,
-        )
+        """A manager configured from `Settings`; `kwargs` override them."""
+        options: dict[str, Any] = {
+            "lock_timeout": settings.migration_lock_timeout,
+            "db_lock_timeout": settings.db_lock_timeout,
+            "backup_before_migrate": settings.backup_before_migrate,
+            "backup_dir": settings.backup_dir,
+            "backup_keep": settings.backup_keep,
+            "environment": settings.environment.value,
+        }
+        return cls(settings.database_url, **{**options, **kwargs})
 
     # -- configuration -------------------------------------------------------------------
 
@@ -239,11 +264,24 @@ class MigrationManager:
                 f"cannot downgrade to {target}: it is newer than the database's revision "
                 f"{status.current or 'base'}; use `orchestrator db upgrade {target}`"
             )
-        return list(reversed(self._between(resolved, status.current)))
+        plan = list(reversed(self._between(resolved, status.current)))
+        for revision in plan:
+            if getattr(self._script_for(revision).module, "irreversible", False) is True:
+                from orchestrator.migrations.validate import IrreversibleMigrationError
+
+                raise IrreversibleMigrationError(
+                    f"cannot downgrade past {revision}: the migration declares itself "
+                    "irreversible (`irreversible = True`), its data cannot be brought back; "
+                    f"downgrade no further than {revision}, or restore a backup taken before it "
+                    "(`orchestrator db backups`, then `orchestrator db restore FILE`)"
+                )
+        return plan
 
     # -- changing ------------------------------------------------------------------------
 
-    def upgrade(self, target: str = "head", *, revision: str | None = None) -> list[str]:
+    def upgrade(
+        self, target: str = "head", *, revision: str | None = None, allow_changed: bool = False
+    ) -> list[str]:
         """Apply pending revisions up to `target`; returns what was applied, in order."""
         from alembic import command
 
@@ -254,7 +292,10 @@ class MigrationManager:
             plan = self.plan_upgrade(target)
             if not plan:
                 return []
-            return self._run(command.upgrade, plan[-1], plan)
+            if self.environment in ("staging", "production") and not allow_changed:
+                self._refuse_changed_scripts()
+            backup = self._backup_before("upgrade")
+            return self._run(command.upgrade, plan[-1], plan, backup)
 
     def downgrade(self, target: str, *, revision: str | None = None) -> list[str]:
         """Undo revisions down to `target` (an id, `-N` or `base`); returns what was undone."""
@@ -267,20 +308,33 @@ class MigrationManager:
             if not plan:
                 return []
             destination = self._script_for(plan[-1]).down_revision or "base"
-            return self._run(command.downgrade, destination, plan)
+            backup = self._backup_before("downgrade")
+            return self._run(command.downgrade, destination, plan, backup)
 
     def stamp(self, revision: str) -> None:
         """Record `revision` as the database's revision without running any migration."""
         from alembic import command
 
+        from orchestrator.migrations import history
+
         resolved = self._resolve(revision, None) if revision != "base" else None
         with self._migration_lock():
             with self._connect(create=True) as connection:
+                started = time.perf_counter()
                 self.config.attributes["connection"] = connection
                 try:
                     command.stamp(self.config, resolved or "base", purge=True)
                 finally:
                     self.config.attributes.pop("connection", None)
+                history.ensure_table(connection)
+                history.record(
+                    connection,
+                    revision=resolved or "base",
+                    direction=history.STAMP,
+                    duration=time.perf_counter() - started,
+                    # Stamping vouches that the database matches this script as it is now.
+                    script_checksum=history.checksum(self._script_path(resolved)),
+                )
                 connection.commit()
 
     def create(self, message: str, autogenerate: bool = True) -> Path:
@@ -343,10 +397,112 @@ class MigrationManager:
             command.upgrade(config, f"{begin}:{end}" if begin else end, sql=True)
         return output.getvalue()
 
+    # -- history, backups and restores (migrations/history.py, migrations/backup.py) -----
+
+    def applied_history(self) -> list[HistoryEntry]:
+        """Every revision step the database recorded (`HistoryEntry`), oldest first."""
+        from orchestrator.migrations import history
+
+        if not self.status().database_exists:
+            return []
+        with self._connect() as connection:
+            return history.read(connection)
+
+    def changed_scripts(self) -> list[ChangedScript]:
+        """Applied revisions whose script was edited after it ran (`ChangedScript`)."""
+        from orchestrator.migrations import history
+
+        status = self.status()
+        if status.ahead or not status.database_exists:
+            return []
+        applied = self._chain[: self._position(status.current)]
+        paths = {revision: self._script_path(revision) for revision in applied}
+        return history.changed_scripts(self.applied_history(), applied, paths)
+
+    def backup(
+        self, output: str | Path | None = None, *, progress: Progress | None = None
+    ) -> BackupInfo:
+        """Back up the database (to `output`, or into the backup folder); returns `BackupInfo`."""
+        return self._backup("manual", Path(output) if output else None, progress)
+
+    def backups(self) -> list[BackupInfo]:
+        """This database's backups in the backup folder (`BackupInfo`), newest first."""
+        from orchestrator.migrations import backup
+
+        return backup.list_backups(self.database_url, self.backup_dir)
+
+    def restore(self, path: str | Path, *, progress: Progress | None = None) -> RestoreReport:
+        """Replace the database with a backup, after backing up its current state."""
+        from orchestrator.migrations import backup
+
+        path = Path(path)
+        backup.restorable(self.database_url, path)  # refuse a wrong file before touching anything
+        with self._migration_lock():
+            safety = None
+            if self.status().database_exists:
+                safety = self._backup("before-restore", None, progress, prune=False)
+            self.close()
+            restored = backup.restore(
+                self.database_url, path, progress=progress or self.backup_progress
+            )
+            backup.prune(self.database_url, self.backup_dir, self.backup_keep, exclude=[path])
+        return backup.RestoreReport(restored, safety, self.get_current_revision())
+
     # -- internals -----------------------------------------------------------------------
 
     def _script_for(self, revision: str) -> Script:
         return self.script.get_revision(revision)
+
+    def _script_path(self, revision: str | None) -> str | None:
+        return self._script_for(revision).path if revision is not None else None
+
+    def _backup(
+        self, reason: str, output: Path | None, progress: Progress | None, prune: bool = True
+    ) -> BackupInfo:
+        from orchestrator.migrations import backup
+
+        if not self.status().database_exists:
+            raise backup.BackupError(
+                f"nothing to back up: {sqlite_path(self.database_url)} does not exist yet"
+            )
+        info = backup.create(
+            self.database_url,
+            backup_dir=self.backup_dir,
+            output=output,
+            reason=reason,
+            progress=progress or self.backup_progress,
+        )
+        if prune and output is None:
+            backup.prune(self.database_url, self.backup_dir, self.backup_keep)
+        return info
+
+    def _backup_before(self, action: str) -> BackupInfo | None:
+        """The automatic backup before an upgrade or downgrade, when enabled and worth taking."""
+        from orchestrator.migrations.backup import BackupError
+
+        self.last_backup = None
+        if self.backup_before_migrate and self.get_current_revision() is not None:
+            try:
+                self.last_backup = self._backup(f"before-{action}", None, None)
+            except BackupError as exc:
+                raise type(exc)(
+                    f"{exc} (no {action} without the backup taken before it; to go without, "
+                    "set BACKUP_BEFORE_MIGRATE=false)"
+                ) from exc
+        return self.last_backup
+
+    def _refuse_changed_scripts(self) -> None:
+        from orchestrator.migrations.history import ScriptsChangedError
+
+        changed = self.changed_scripts()
+        if changed:
+            listing = ", ".join(f"{c.revision} ({c.path})" for c in changed)
+            raise ScriptsChangedError(
+                f"applied migration scripts were edited after they ran: {listing}; they no "
+                "longer describe this database. Revert the edits (e.g. `git checkout` the "
+                "files), or if the change cannot alter the schema (a comment, a docstring) "
+                "run again with --allow-changed; `orchestrator db validate` shows details"
+            )
 
     def _position(self, revision: str | None) -> int:
         """0 for base, n for the n-th revision of the chain."""
@@ -403,17 +559,18 @@ class MigrationManager:
         path = sqlite_path(self.database_url)
         if path is not None and not path.exists():
             return None, False, False
-        from sqlalchemy import inspect, text
+        from sqlalchemy import inspect
 
         with self._connect() as connection:
-            try:
-                rows = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
-            except Exception as exc:  # the table is missing: a fresh or unversioned database
-                if not _is_missing_table(exc):
-                    raise self._unreachable(exc) from exc
-                connection.rollback()
-                tables = set(inspect(connection).get_table_names()) - {VERSION_TABLE}
-                return None, True, bool(tables - {"migration_history"})
+            rows = self._version_rows(connection)
+            if rows is None:  # no version table: a fresh or an unversioned database
+                tables = set(inspect(connection).get_table_names())
+                if VERSION_TABLE not in tables:
+                    return None, True, bool(tables - {"migration_history"})
+                # Each statement sees its own snapshot (READ COMMITTED): another migrator
+                # committed its first revision between our two reads. Read the version again
+                # rather than report an "unversioned" database.
+                rows = self._version_rows(connection) or []
         if len(rows) > 1:
             versions = ", ".join(sorted(r[0] for r in rows))
             raise MultipleHeadsError(
@@ -421,6 +578,18 @@ class MigrationManager:
                 "stamp the right one with `orchestrator db stamp <revision>`"
             )
         return (rows[0][0] if rows else None), True, False
+
+    def _version_rows(self, connection: Connection) -> list | None:
+        """The version table's rows, or None when the table does not exist."""
+        from sqlalchemy import text
+
+        try:
+            return list(connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all())
+        except Exception as exc:
+            if not _is_missing_table(exc):
+                raise self._unreachable(exc) from exc
+            connection.rollback()
+            return None
 
     @property
     def engine(self) -> Engine:
@@ -484,11 +653,23 @@ class MigrationManager:
             with lock.advisory_lock(connection, self.lock_timeout, self.notify):
                 yield
 
-    def _run(self, command_fn: Callable[..., Any], destination: str, plan: list[str]) -> list[str]:
+    def _run(
+        self,
+        command_fn: Callable[..., Any],
+        destination: str,
+        plan: list[str],
+        backup: BackupInfo | None = None,
+    ) -> list[str]:
         """Run an Alembic command on our own connection and report what it did."""
-        run = _Run(self.progress)
+        from orchestrator.migrations import history
+
+        recorder = history.Recorder(command_fn.__name__, self._script_path)
+        run = _Run(self.progress, history=recorder)
         attributes = self.config.attributes
+        failure: Exception | None = None
         with self._connect(create=True) as connection:
+            history.ensure_table(connection)
+            connection.commit()
             attributes.update(
                 connection=connection,
                 on_version_apply=run.record,
@@ -496,19 +677,51 @@ class MigrationManager:
             )
             try:
                 command_fn(self.config, destination)
-            except MigrationError:
-                raise
             except Exception as exc:
-                failed = plan[min(len(run.steps), len(plan) - 1)]
-                raise self._failure(exc, failed, command_fn.__name__ == "upgrade") from exc
+                failure = exc
             finally:
                 for key in ("connection", "on_version_apply"):
                     attributes.pop(key, None)
+        if failure is not None:
+            # The failed step's transaction is rolled back and its connection closed: record it
+            # on a fresh one (after putting the database back, on SQLite, so the row survives).
+            failed = plan[min(len(run.steps), len(plan) - 1)]
+            restored = self._restore_after_failure(backup)
+            error = f"{type(failure).__name__}: {failure}"
+            with self._connect() as connection:
+                if restored is True:
+                    recorder.rewrite(connection)
+                recorder.step_failed(connection, failed, error)
+                connection.commit()
+            raise self._failure(
+                failure, failed, command_fn.__name__ == "upgrade", backup, restored
+            ) from failure
         for step in run.steps:
             logger.info("applied %s", step)
         return list(plan[: len(run.steps)])
 
-    def _failure(self, exc: Exception, failed: str, upgrading: bool) -> MigrationError:
+    def _restore_after_failure(self, backup: BackupInfo | None) -> bool | str | None:
+        """On SQLite, put back the backup taken before the run: True, or why it failed."""
+        if backup is None or self.dialect != "sqlite":
+            # PostgreSQL rolled the failed step back; earlier steps stand, and are sound.
+            return None
+        from orchestrator.migrations import backup as backups
+
+        self.close()
+        try:
+            backups.restore(self.database_url, backup.path)
+        except MigrationError as exc:
+            return str(exc)
+        return True
+
+    def _failure(
+        self,
+        exc: Exception,
+        failed: str,
+        upgrading: bool,
+        backup: BackupInfo | None = None,
+        restored: bool | str | None = None,
+    ) -> MigrationError:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         if _is_lock_timeout(exc):
             return DatabaseLockTimeout(
@@ -518,9 +731,22 @@ class MigrationManager:
         # Upgrading, the failed revision was not applied; downgrading, it was not undone.
         position = self._position(failed)
         last_good = (self._chain[position - 2] if position > 1 else None) if upgrading else failed
+        where = f"the database is at {last_good or 'base'}"
+        if restored is True:
+            where = (
+                f"the database was restored automatically from {backup.path} and is back at "
+                f"{backup.revision or 'base'}, as before the command"
+            )
+        elif restored is not None:
+            where += (
+                f"; restoring the backup {backup.path} failed too ({restored}): restore it with "
+                f"`orchestrator db restore {backup.path}`"
+            )
+        elif backup is not None:
+            where += f"; the backup taken before the command is {backup.path}"
         return MigrationFailedError(
-            f"migration {failed} failed: {type(exc).__name__}: {reason}; the database is at "
-            f"{last_good or 'base'}; fix the script and run the command again",
+            f"migration {failed} failed: {type(exc).__name__}: {reason}; {where}; "
+            "fix the script and run the command again",
             revision=failed,
         )
 
