@@ -1,4 +1,4 @@
-"""Every /api/v1 route needs a bearer token; tokens are stored as hashes; users see only their own."""
+"""Every /api/v1 route needs a bearer token; tokens are kept as hashes; users see only their own."""
 
 from __future__ import annotations
 
@@ -73,9 +73,12 @@ def test_a_token_is_shown_only_when_it_is_made(client, alice):
 
 
 def test_a_revoked_token_stops_working(client, alice):
-    made = client.post("/api/v1/users/me/tokens", json={"name": "spare"}, headers=alice.headers).json()
+    made = client.post(
+        "/api/v1/users/me/tokens", json={"name": "spare"}, headers=alice.headers
+    ).json()
     headers = {"Authorization": f"Bearer {made['token']}"}
-    assert client.delete(f"/api/v1/users/me/tokens/{made['id']}", headers=alice.headers).status_code == 204
+    revoked = client.delete(f"/api/v1/users/me/tokens/{made['id']}", headers=alice.headers)
+    assert revoked.status_code == 204
     assert client.get("/api/v1/users/me", headers=headers).status_code == 401
     assert client.get("/api/v1/users/me", headers=alice.headers).status_code == 200
 
@@ -125,4 +128,5 @@ def test_users_see_and_change_only_their_own_projects_and_tasks(client, alice, b
     assert client.post(f"/api/v1/agents/{agent['id']}/claim", headers=as_bob).status_code == 204
     still = client.get(f"/api/v1/tasks/{task['id']}", headers=alice.headers).json()
     assert (still["status"], still["title"]) == ("pending", "plan")
-    assert client.get(f"/api/v1/projects/{project['id']}", headers=alice.headers).json()["name"] == "secret"
+    mine = client.get(f"/api/v1/projects/{project['id']}", headers=alice.headers).json()
+    assert mine["name"] == "secret"

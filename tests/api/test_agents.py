@@ -29,13 +29,15 @@ def test_agents_are_created_listed_updated_and_deleted(client, alice, agent):
     listed = client.get("/api/v1/agents", headers=alice.headers).json()
     assert [a["id"] for a in listed["items"]] == [agent["id"]]
     url = f"/api/v1/agents/{agent['id']}"
-    assert client.patch(url, json={"status": "busy"}, headers=alice.headers).json()["status"] == "busy"
+    busy = client.patch(url, json={"status": "busy"}, headers=alice.headers).json()
+    assert busy["status"] == "busy"
     assert client.delete(url, headers=alice.headers).status_code == 204
     assert client.get(url, headers=alice.headers).status_code == 404
 
 
 def test_an_unknown_agent_status_is_422(client, alice):
-    response = client.post("/api/v1/agents", json={"name": "a", "status": "asleep"}, headers=alice.headers)
+    body = {"name": "a", "status": "asleep"}
+    response = client.post("/api/v1/agents", json=body, headers=alice.headers)
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "status"]
 
@@ -94,4 +96,5 @@ def test_an_agent_with_work_in_progress_cannot_be_deleted(client, alice, agent, 
     client.patch(f"/api/v1/tasks/{task['id']}", json={"status": "done"}, headers=alice.headers)
     assert client.delete(f"/api/v1/agents/{agent['id']}", headers=alice.headers).status_code == 204
     # The task keeps its history without the agent.
-    assert client.get(f"/api/v1/tasks/{task['id']}", headers=alice.headers).json()["agent_id"] is None
+    after = client.get(f"/api/v1/tasks/{task['id']}", headers=alice.headers).json()
+    assert after["agent_id"] is None

@@ -20,7 +20,8 @@ def test_create_read_update_delete_a_project(client, alice):
 
 def test_a_project_name_cannot_be_set_to_null(client, alice):
     project = client.post("/api/v1/projects", json={"name": "p"}, headers=alice.headers).json()
-    response = client.patch(f"/api/v1/projects/{project['id']}", json={"name": None}, headers=alice.headers)
+    url = f"/api/v1/projects/{project['id']}"
+    response = client.patch(url, json={"name": None}, headers=alice.headers)
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "name"]
 

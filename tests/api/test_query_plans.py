@@ -93,11 +93,15 @@ def planned(plan_db: str):
     engine.dispose()
 
 
-def _plan(engine, statement) -> str:
-    sql = str(statement.compile(engine, compile_kwargs={"literal_binds": True}))
+def _plan(engine, statement, parameters: dict | None = None) -> str:
+    """The plan of `statement` as the application sends it (bound parameters and all)."""
+    compiled = statement.compile(dialect=engine.dialect)
+    values = compiled.construct_params(parameters or {})
+    if compiled.positiontup is not None:  # SQLite's "?" placeholders
+        values = tuple(values[name] for name in compiled.positiontup)
     explain = "EXPLAIN QUERY PLAN " if engine.dialect.name == "sqlite" else "EXPLAIN "
     with engine.connect() as connection:
-        rows = connection.exec_driver_sql(explain + sql).all()
+        rows = connection.exec_driver_sql(explain + compiled.string, values).all()
         connection.rollback()  # EXPLAIN of an UPDATE plans it without running it; be sure
     return "\n".join(" | ".join(str(column) for column in row) for row in rows)
 
@@ -133,11 +137,9 @@ def test_task_lists_use_the_003_indexes(planned, filters, expected):
 @pytest.mark.parametrize("by_project", [False, True])
 def test_the_claim_finds_its_task_through_an_index(planned, by_project):
     engine, ids = planned
-    statement = claim_statement(
-        ids["agent"], ids["owner"], ids["project"] if by_project else None,
-        dialect=engine.dialect.name,
-    )
-    plan = _plan(engine, statement)
+    statement = claim_statement(engine.dialect.name, by_project)
+    plan = _plan(engine, statement, {"claimer": ids["agent"], "owner": ids["owner"],
+                                     "project": ids["project"]})
     assert any(index in plan for index in INDEXES_003), plan
     assert not _full_scan_of_tasks(plan), plan
     if not by_project:

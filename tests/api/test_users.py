@@ -69,7 +69,8 @@ def test_changing_to_a_taken_email_is_409(client, alice, bob):
 
 
 def test_a_user_cannot_change_or_delete_another(client, alice, bob):
-    assert client.patch(f"/api/v1/users/{bob.id}", json={"name": "B"}, headers=alice.headers).status_code == 403
+    url = f"/api/v1/users/{bob.id}"
+    assert client.patch(url, json={"name": "B"}, headers=alice.headers).status_code == 403
     assert client.delete(f"/api/v1/users/{bob.id}", headers=alice.headers).status_code == 403
     assert client.get(f"/api/v1/users/{bob.id}", headers=alice.headers).json()["name"] == "Bob"
 
@@ -83,7 +84,8 @@ def test_unknown_user_ids_are_404(client, alice):
 
 def test_deleting_yourself_removes_your_projects_and_tokens(client, alice, bob):
     project = client.post("/api/v1/projects", json={"name": "p"}, headers=alice.headers).json()
-    client.post("/api/v1/tasks", json={"project_id": project["id"], "title": "t"}, headers=alice.headers)
+    body = {"project_id": project["id"], "title": "t"}
+    client.post("/api/v1/tasks", json=body, headers=alice.headers)
     assert client.delete(f"/api/v1/users/{alice.id}", headers=alice.headers).status_code == 204
     assert client.get("/api/v1/users/me", headers=alice.headers).status_code == 401
     assert client.get(f"/api/v1/users/{alice.id}", headers=bob.headers).status_code == 404

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from orchestrator import __version__
-from orchestrator.api.deps import create_api_engine
+from orchestrator.api.deps import open_database
 from orchestrator.api.errors import add_error_handlers
 from orchestrator.api.routes import agents, health, projects, tasks, users
 from orchestrator.migrations import MigrationManager
@@ -28,14 +28,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         manager = MigrationManager.from_settings(settings, notify=logger.warning)
         app.state.migrations = manager
-        # Requests get their sessions from this engine (orchestrator.api.deps).
-        app.state.engine = create_api_engine(settings.database_url)
+        # Requests get their sessions from these engines (orchestrator.api.deps).
+        app.state.db = open_database(settings.database_url)
         try:
             app.state.startup = await run_in_threadpool(prepare_database, settings, manager)
             yield
         finally:
             manager.close()
-            app.state.engine.dispose()
+            app.state.db.dispose()
 
     app = FastAPI(title="Orchestrator", version=__version__, lifespan=lifespan)
     app.state.settings = settings

@@ -1,24 +1,32 @@
-"""Shared dependencies of the routes: the engine, a session per request, the caller, paging.
+"""Shared dependencies of the routes: the database, a session per request, the caller, paging.
 
-The engine is made in the app's lifespan (`create_api_engine`) and kept on `app.state.engine`.
-Requests that may write open their SQLite transaction with BEGIN IMMEDIATE, so concurrent
-writers queue on the write lock (within busy_timeout) instead of failing when a read lock cannot
-be upgraded; PostgreSQL needs nothing of the kind.
+The engines are made in the app's lifespan (`open_database`) and kept on `app.state.db`.
+
+- The caller's token is checked on a connection of its own, before the route's transaction
+  begins (on PostgreSQL in autocommit: one round trip).
+- Requests that may write use the writer engine. On SQLite it has a single connection whose
+  transactions begin IMMEDIATE: writers queue for it in the process, in order, instead of
+  polling the file lock (which makes some wait for seconds) or failing when a read lock cannot
+  be upgraded. On PostgreSQL the writer is the same engine as the reader.
+- Every SQLite write transaction begins and ends within one call to the thread pool or is
+  rolled back on the event loop, so a request never holds the write lock while it waits for a
+  worker thread that the queued writers occupy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
 from pydantic import BaseModel
 from sqlalchemy import Select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from orchestrator.accounts import user_for_token
 from orchestrator.api.schemas import (
@@ -29,7 +37,7 @@ from orchestrator.api.schemas import (
     Page,
     Problem,
 )
-from orchestrator.db import backend_name, create_engine
+from orchestrator.db import create_engine
 from orchestrator.models import User
 
 _READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -37,39 +45,92 @@ _READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # burst of requests waits on the database rather than on the pool.
 _POOL_SIZE = 20
 _MAX_OVERFLOW = 20
+# How long a SQLite writer waits for its turn before the request fails.
+_SQLITE_WRITER_TIMEOUT = 30
 
 _bearer = HTTPBearer(auto_error=False, description="An API token from `orchestrator users create`.")
 
 
-def create_api_engine(database_url: str) -> Engine:
-    """The engine the API serves requests from."""
-    return create_engine(database_url, pool_size=_POOL_SIZE, max_overflow=_MAX_OVERFLOW)
+@dataclass(frozen=True)
+class Database:
+    """The engines the API serves requests from."""
+
+    reader: Engine
+    writer: Engine
+    # Token look-ups: the reader, in autocommit on PostgreSQL.
+    auth: Engine
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.reader.dialect.name == "sqlite"
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.reader.dispose()
+        self.writer.dispose()
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """A session for this request; routes commit what they change, the rest is rolled back."""
-    engine: Engine = request.app.state.engine
-    with Session(engine, expire_on_commit=False) as session:
-        if request.method not in _READ_ONLY_METHODS and backend_name(engine.url) == "sqlite":
-            session.connection(execution_options={"sqlite_begin": "BEGIN IMMEDIATE"})
+def open_database(database_url: str) -> Database:
+    """The API's engines for `database_url` (nothing connects until the first request)."""
+    reader = create_engine(database_url, pool_size=_POOL_SIZE, max_overflow=_MAX_OVERFLOW)
+    if reader.dialect.name != "sqlite":
+        return Database(reader, reader, reader.execution_options(isolation_level="AUTOCOMMIT"))
+    writer = create_engine(
+        database_url,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=_SQLITE_WRITER_TIMEOUT,
+        execution_options={"sqlite_begin": "BEGIN IMMEDIATE"},
+    )
+    return Database(reader, writer, reader)
+
+
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """A session for this request; routes commit what they change, the rest is rolled back.
+
+    Async on purpose: making a session does no I/O (it connects on first use, in the route's
+    worker thread), and every trip to the thread pool costs the event loop more CPU than a
+    simple query does.
+    """
+    db: Database = request.app.state.db
+    engine = db.reader if request.method in _READ_ONLY_METHODS else db.writer
+    session = Session(engine, expire_on_commit=False)
+    try:
         yield session
+    finally:
+        if session.in_transaction() and not db.is_sqlite:
+            await run_in_threadpool(session.close)
+        else:
+            # No transaction left (nothing to send), or a local SQLite rollback: done here
+            # rather than by waiting for a worker thread while holding the write lock.
+            session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_current_user(
-    session: SessionDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> User:
-    """The user whose bearer token came with the request; 401 without a valid one."""
+# The request's `Authorization: Bearer ...` header, if any (no I/O; documents the scheme).
+BearerToken = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def get_current_user(request: Request, credentials: BearerToken) -> User:
+    """The user whose bearer token came with the request; 401 without a valid one.
+
+    The user is detached: a route that changes it loads it into its own session first.
+    """
+    return authenticate(request.app.state.db, credentials)
+
+
+def authenticate(db: Database, credentials: HTTPAuthorizationCredentials | None) -> User:
+    """`get_current_user` for a route that does all its database work in one thread call."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise _unauthorized("send an API token: `Authorization: Bearer <token>`")
     try:
-        user = user_for_token(session, credentials.credentials)
+        with Session(db.auth, expire_on_commit=False) as session:
+            user = user_for_token(session, credentials.credentials)
+            session.commit()
     except DBAPIError as exc:
         # Unreachable or not yet migrated (no api_tokens table): say so instead of a 500.
-        session.rollback()
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             "the database is not ready; see /health/ready",
@@ -114,7 +175,9 @@ def page_params(
 PageDep = Annotated[PageParams, Depends(page_params)]
 
 
-def page_of(session: Session, statement: Select, params: PageParams, schema: type[BaseModel]) -> Page:
+def page_of(
+    session: Session, statement: Select, params: PageParams, schema: type[BaseModel]
+) -> Page:
     """One page of `statement` (which must be ordered deterministically) as `Page[schema]`."""
     rows = session.scalars(statement.limit(params.limit + 1).offset(params.offset)).all()
     more = len(rows) > params.limit
@@ -124,6 +187,17 @@ def page_of(session: Session, statement: Select, params: PageParams, schema: typ
         offset=params.offset,
         next_offset=params.offset + params.limit if more else None,
     )
+
+
+def save(session: Session, row: object) -> None:
+    """Commit the changes to `row`, having read back the columns the database set on update.
+
+    Reading them after the commit would open another transaction that outlives the route
+    (on SQLite, holding the writer connection while the response is validated).
+    """
+    session.flush()
+    session.refresh(row, ["updated_at"])
+    session.commit()
 
 
 def not_found(kind: str, id_: int) -> HTTPException:

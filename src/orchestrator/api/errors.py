@@ -1,4 +1,4 @@
-"""Error responses that are safe to render whatever the request held.
+"""Error responses: input errors that render whatever the request held, and overload as 503.
 
 FastAPI's 422 echoes the offending input; a lone UTF-16 surrogate in it (valid in JSON's
 `\\ud800` escapes, not encodable as UTF-8) would turn the 422 into a 500 while rendering. Here
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import sqlalchemy.exc
 from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -18,6 +19,24 @@ from fastapi.responses import JSONResponse
 def add_error_handlers(app: FastAPI) -> None:
     """Install the API's exception handlers on `app`."""
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(sqlalchemy.exc.TimeoutError, _busy)
+    app.add_exception_handler(sqlalchemy.exc.OperationalError, _operational_error)
+
+
+async def _busy(_request: Request, _exc: Exception) -> JSONResponse:
+    # More requests wait for the database than it serves in time (for SQLite, for its one
+    # writer): an overload to retry, not a fault.
+    return JSONResponse(
+        {"detail": "the database is busy; retry shortly"},
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": "1"},
+    )
+
+
+async def _operational_error(request: Request, exc: Exception) -> JSONResponse:
+    if "database is locked" in str(exc):  # SQLite's busy_timeout ran out
+        return await _busy(request, exc)
+    raise exc
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:

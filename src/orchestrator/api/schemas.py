@@ -3,8 +3,8 @@
 Every string is checked to fit its column and to be storable on both databases (PostgreSQL
 refuses NUL characters, and neither driver can encode a lone UTF-16 surrogate), so that bad
 input is a 422 naming the field, never a database error; the rules are in the OpenAPI schema
-as lengths and patterns, so generated clients and the fuzz test know them. In update bodies a field left out
-keeps its value, and null is accepted only where the column is nullable.
+as lengths and patterns, so generated clients and the fuzz test know them. In update bodies a
+field left out keeps its value, and null is accepted only where the column is nullable.
 """
 
 from __future__ import annotations

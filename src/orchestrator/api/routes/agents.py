@@ -6,28 +6,40 @@ marks it in_progress and returns it, in one statement:
 
 - PostgreSQL: the candidate row is picked with `FOR UPDATE SKIP LOCKED`, so concurrent claimers
   each lock a different task instead of queueing behind (or double-claiming) the same one.
-- SQLite: the request's transaction began with BEGIN IMMEDIATE (see `deps.get_session`), so
-  claims run one at a time, each a short write transaction.
+- SQLite: the request runs on the single writer connection, whose transactions begin
+  IMMEDIATE (see `orchestrator.api.deps`), so claims run one at a time, each one short write
+  transaction.
+
+The caller's token is checked first, on a connection of its own; nothing else runs unless the
+claim comes back empty, when the agent and project are looked at to say why (404, 409 or 204).
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
-from sqlalchemy import Update, delete, exists, select, update
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi.security import HTTPAuthorizationCredentials
+from sqlalchemy import Update, bindparam, delete, exists, select, update
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from orchestrator.api.deps import (
+    BearerToken,
     CurrentUser,
+    Database,
     IdPath,
     PageDep,
     SessionDep,
+    authenticate,
     not_found,
     page_of,
     problems,
+    save,
 )
 from orchestrator.api.routes.projects import own_project
-from orchestrator.api.routes.tasks import TASK_ORDER, owned_project_ids
+from orchestrator.api.routes.tasks import owned_project_ids
 from orchestrator.api.schemas import (
     MAX_ID,
     AgentCreate,
@@ -43,28 +55,41 @@ from orchestrator.models import Agent, Task
 router = APIRouter(prefix="/agents", tags=["agents"], responses=problems(401))
 
 
-def claim_statement(
-    agent_id: int, owner_id: int, project_id: int | None = None, *, dialect: str
-) -> Update:
-    """UPDATE ... RETURNING that marks the next pending task in_progress for the agent."""
+@lru_cache(maxsize=4)
+def claim_statement(dialect: str, by_project: bool = False) -> Update:
+    """UPDATE ... RETURNING that marks the next pending task in_progress for an agent.
+
+    Takes the parameters `claimer` (the agent's id), `owner` (the user's id) and, when
+    `by_project`, `project`. Built once per shape and reused: agents claim in a loop, and
+    building and hashing the statement would cost more than running it.
+    """
+    tasks, agents = Task.__table__, Agent.__table__
     candidate = (
-        select(Task.id)
+        select(tasks.c.id)
         .where(
-            Task.status == TaskStatus.pending.value,
-            Task.project_id.in_(owned_project_ids(owner_id)),
+            tasks.c.status == TaskStatus.pending.value,
+            tasks.c.project_id.in_(owned_project_ids(bindparam("owner"))),
+            # The agent must exist and not be offline; checked here rather than by a query of
+            # its own, so that a successful claim is one statement.
+            exists().where(
+                agents.c.id == bindparam("claimer"), agents.c.status != AgentStatus.offline.value
+            ),
         )
-        .order_by(*TASK_ORDER)
+        .order_by(tasks.c.priority_level, tasks.c.created_at, tasks.c.id)
         .limit(1)
     )
-    if project_id is not None:
-        candidate = candidate.where(Task.project_id == project_id)
+    if by_project:
+        candidate = candidate.where(tasks.c.project_id == bindparam("project"))
     if dialect == "postgresql":
-        candidate = candidate.with_for_update(of=Task, skip_locked=True)
+        candidate = candidate.with_for_update(of=tasks, skip_locked=True)
     return (
-        update(Task)
-        .where(Task.id == candidate.scalar_subquery(), Task.status == TaskStatus.pending.value)
-        .values(status=TaskStatus.in_progress.value, agent_id=agent_id)
-        .returning(*Task.__table__.columns)
+        update(tasks)
+        .where(
+            tasks.c.id == candidate.scalar_subquery(),
+            tasks.c.status == TaskStatus.pending.value,
+        )
+        .values(status=TaskStatus.in_progress.value, agent_id=bindparam("claimer"))
+        .returning(*tasks.c)
     )
 
 
@@ -97,8 +122,7 @@ def update_agent(
     agent = _agent(session, agent_id)
     for name, value in body.changes().items():
         setattr(agent, name, value)
-    session.commit()
-    session.refresh(agent)
+    save(session, agent)
     return AgentRead.model_validate(agent)
 
 
@@ -131,15 +155,38 @@ def delete_agent(agent_id: IdPath, session: SessionDep, _: CurrentUser) -> Respo
         **problems(404, 409),
     },
 )
-def claim(
+async def claim(
+    request: Request,
     agent_id: IdPath,
     session: SessionDep,
-    user: CurrentUser,
+    credentials: BearerToken,
     project_id: Annotated[
         int | None, Query(ge=1, le=MAX_ID, description="Claim only from this project.")
     ] = None,
 ) -> TaskRead:
     """Give the agent your most urgent pending task (priority level, then age): 204 if none."""
+    # Agents call this in a loop, so all of its database work, the token check included, makes
+    # one trip to the thread pool: the `CurrentUser` dependency and a plain `def` route would
+    # take three, each costing more CPU than the claim's own query.
+    db = request.app.state.db
+    return await run_in_threadpool(_claim, db, session, credentials, agent_id, project_id)
+
+
+def _claim(
+    db: Database,
+    session: Session,
+    credentials: HTTPAuthorizationCredentials | None,
+    agent_id: int,
+    project_id: int | None,
+) -> TaskRead | Response:
+    user = authenticate(db, credentials)
+    statement = claim_statement(session.get_bind().dialect.name, project_id is not None)
+    parameters = {"claimer": agent_id, "owner": user.id, "project": project_id}
+    row = session.execute(statement, parameters).first()
+    if row is not None:
+        session.commit()
+        return TaskRead.model_validate(dict(row._mapping))
+    # Nothing was claimed: say why when it is not simply an empty queue.
     agent = _agent(session, agent_id)
     if agent.status == AgentStatus.offline.value:
         raise HTTPException(
@@ -148,17 +195,11 @@ def claim(
         )
     if project_id is not None:
         own_project(session, user, project_id)
-    statement = claim_statement(
-        agent_id, user.id, project_id, dialect=session.get_bind().dialect.name
-    )
-    row = session.execute(statement, execution_options={"synchronize_session": False}).first()
-    session.commit()
-    if row is None:
-        return Response(status_code=status.HTTP_204_NO_CONTENT)
-    return TaskRead.model_validate(dict(row._mapping))
+    session.rollback()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-def _agent(session: SessionDep, agent_id: int) -> Agent:
+def _agent(session: Session, agent_id: int) -> Agent:
     agent = session.get(Agent, agent_id)
     if agent is None:
         raise not_found("agent", agent_id)

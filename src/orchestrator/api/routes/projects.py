@@ -17,6 +17,7 @@ from orchestrator.api.deps import (
     not_found,
     page_of,
     problems,
+    save,
 )
 from orchestrator.api.schemas import Page, ProjectCreate, ProjectRead, ProjectUpdate
 from orchestrator.models import Project, User
@@ -62,8 +63,7 @@ def update_project(
     project = own_project(session, user, project_id)
     for name, value in body.changes().items():
         setattr(project, name, value)
-    session.commit()
-    session.refresh(project)
+    save(session, project)
     return ProjectRead.model_validate(project)
 
 

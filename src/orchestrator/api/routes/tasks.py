@@ -21,6 +21,7 @@ from orchestrator.api.deps import (
     not_found,
     page_of,
     problems,
+    save,
 )
 from orchestrator.api.routes.projects import own_project
 from orchestrator.api.schemas import (
@@ -155,8 +156,7 @@ def update_task(
         raise not_found("agent", changes["agent_id"])
     for name, value in changes.items():
         setattr(task, name, value)
-    session.commit()
-    session.refresh(task)
+    save(session, task)
     return TaskRead.model_validate(task)
 
 

@@ -19,6 +19,7 @@ from orchestrator.api.deps import (
     not_found,
     page_of,
     problems,
+    save,
 )
 from orchestrator.api.schemas import (
     NewToken,
@@ -98,22 +99,22 @@ def read_user(user_id: IdPath, session: SessionDep, _: CurrentUser) -> UserRead:
 
 @router.patch("/{user_id}", responses=problems(400, 403, 404, 409))
 def update_user(
-    user_id: IdPath, body: UserUpdate, session: SessionDep, user: CurrentUser
+    user_id: IdPath, body: UserUpdate, session: SessionDep, caller: CurrentUser
 ) -> UserRead:
     """Change your own name or email."""
-    _require_self(session, user, user_id)
+    _require_self(session, caller, user_id)
+    user = session.get_one(User, caller.id)
     changes = body.changes()
     if "email" in changes and changes["email"] != user.email:
         _require_free_email(session, changes["email"])
     for name, value in changes.items():
         setattr(user, name, value)
     try:
-        session.commit()
+        save(session, user)
     except IntegrityError:
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"a user with email {changes.get('email')} already exists"
         ) from None
-    session.refresh(user)
     return UserRead.model_validate(user)
 
 
