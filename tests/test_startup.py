@@ -41,6 +41,15 @@ def test_development_migrates_at_start_up_and_logs_it(sqlite_url, caplog):
     assert MigrationManager(sqlite_url).status().up_to_date
 
 
+def test_a_second_start_finds_the_schema_at_head(sqlite_url, caplog):
+    with client_for(database_url=sqlite_url):
+        pass
+    caplog.set_level(logging.INFO, logger="orchestrator")
+    with client_for(database_url=sqlite_url) as client:
+        assert client.app.state.startup.applied == []
+    assert "database schema is at head" in caplog.text
+
+
 @pytest.mark.parametrize("environment", ["staging", "production"])
 def test_other_environments_never_migrate_and_name_the_command(sqlite_url, caplog, environment):
     with client_for(environment=environment, database_url=sqlite_url) as client:

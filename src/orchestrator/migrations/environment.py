@@ -76,11 +76,9 @@ def _configure_options(context: EnvironmentContext) -> dict[str, Any]:
 
 def _number_revisions(context, _revision, directives) -> None:
     """Give new scripts the next sequential id, so `alembic revision` keeps the sequence too."""
-    script_directory = context.config.attributes.get("script_directory")
-    if script_directory is None:
-        from alembic.script import ScriptDirectory
+    from alembic.script import ScriptDirectory
 
-        script_directory = ScriptDirectory.from_config(context.config)
+    script_directory = ScriptDirectory.from_config(context.config)
     for directive in directives:
         if not _NUMERIC_ID.match(directive.rev_id or ""):
             directive.rev_id = next_revision_id(script_directory)

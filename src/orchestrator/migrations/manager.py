@@ -612,11 +612,6 @@ class MigrationManager:
         if path is not None:
             if not create and not path.exists():  # pragma: no cover - callers check first
                 raise DatabaseUnreachableError(f"{path} does not exist")
-            if not path.parent.exists():
-                raise DatabaseUnreachableError(
-                    f"cannot create {path}: the folder {path.parent} does not exist; "
-                    "create it or fix DATABASE_URL"
-                )
         try:
             connection = self.engine.connect()
         except DBAPIError as exc:
