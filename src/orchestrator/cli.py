@@ -161,21 +161,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def check(ctx: click.Context, as_json: bool) -> None:
     """Exit 0 when the database is at head, 1 when migrations are pending, 2+ on errors."""
-    from orchestrator.migrations import DatabaseAheadError, UnversionedDatabaseError
-
     manager = _manager(ctx)
     state = manager.status()
     _print_status(manager, state, as_json)
-    if state.ahead:
-        raise DatabaseAheadError(
-            f"the database is at {state.current}, which this code does not know; "
-            "deploy the code that has it"
-        )
-    if state.unversioned:
-        raise UnversionedDatabaseError(
-            "the database has tables but no revision; record its revision with "
-            "`orchestrator db stamp <revision>`"
-        )
+    _refuse_unknown_schema(state)
     if not state.up_to_date:
         ctx.exit(CHECK_PENDING_EXIT)
 
@@ -467,15 +456,10 @@ def users_create(ctx: click.Context, email: str, name: str) -> None:
     click.echo(token)
 
 
-def _require_head(manager: MigrationManager) -> None:
-    """Refuse to touch the data of a database whose schema is not at head."""
-    from orchestrator.migrations import (
-        DatabaseAheadError,
-        NotAtHeadError,
-        UnversionedDatabaseError,
-    )
+def _refuse_unknown_schema(state: MigrationStatus) -> None:
+    """A database ahead of the code, or not under version control, is an error for any command."""
+    from orchestrator.migrations import DatabaseAheadError, UnversionedDatabaseError
 
-    state = manager.status()
     if state.ahead:
         raise DatabaseAheadError(
             f"the database is at {state.current}, which this code does not know; "
@@ -486,6 +470,14 @@ def _require_head(manager: MigrationManager) -> None:
             "the database has tables but no revision; record its revision with "
             "`orchestrator db stamp <revision>`"
         )
+
+
+def _require_head(manager: MigrationManager) -> None:
+    """Refuse to touch the data of a database whose schema is not at head."""
+    from orchestrator.migrations import NotAtHeadError
+
+    state = manager.status()
+    _refuse_unknown_schema(state)
     if not state.up_to_date:
         raise NotAtHeadError(
             f"the database is at {state.current or 'base'}, not at head {state.head}; "
