@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy.orm import Session
 
 from orchestrator import accounts
 from orchestrator.cli import main
@@ -26,11 +25,10 @@ def users_create(capsys):
 
 def _owner_of(url: str, token: str) -> str | None:
     engine = create_engine(url)
-    with Session(engine) as session:
-        user = accounts.user_for_token(session, token)
-        email = user.email if user else None
+    with engine.connect() as connection:
+        caller = accounts.caller_for_token(connection, token)
     engine.dispose()
-    return email
+    return caller.email if caller else None
 
 
 def test_users_create_prints_a_token_that_authenticates_the_user(db_url, users_create):

@@ -28,7 +28,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from orchestrator.accounts import user_for_token
+from orchestrator.accounts import Caller, caller_for_token
 from orchestrator.api.schemas import (
     DEFAULT_PAGE_SIZE,
     MAX_ID,
@@ -38,7 +38,6 @@ from orchestrator.api.schemas import (
     Problem,
 )
 from orchestrator.db import create_engine
-from orchestrator.models import User
 
 _READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Enough connections for the server's worker threads (AnyIO's default limiter is 40), so a
@@ -113,34 +112,34 @@ SessionDep = Annotated[Session, Depends(get_session)]
 BearerToken = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-def get_current_user(request: Request, credentials: BearerToken) -> User:
+def get_current_user(request: Request, credentials: BearerToken) -> Caller:
     """The user whose bearer token came with the request; 401 without a valid one.
 
-    The user is detached: a route that changes it loads it into its own session first.
+    A plain record, not an ORM object: a route that changes the user loads it itself.
     """
     return authenticate(request.app.state.db, credentials)
 
 
-def authenticate(db: Database, credentials: HTTPAuthorizationCredentials | None) -> User:
+def authenticate(db: Database, credentials: HTTPAuthorizationCredentials | None) -> Caller:
     """`get_current_user` for a route that does all its database work in one thread call."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise _unauthorized("send an API token: `Authorization: Bearer <token>`")
     try:
-        with Session(db.auth, expire_on_commit=False) as session:
-            user = user_for_token(session, credentials.credentials)
-            session.commit()
+        with db.auth.connect() as connection:
+            caller = caller_for_token(connection, credentials.credentials)
+            connection.commit()
     except DBAPIError as exc:
         # Unreachable or not yet migrated (no api_tokens table): say so instead of a 500.
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             "the database is not ready; see /health/ready",
         ) from exc
-    if user is None:
+    if caller is None:
         raise _unauthorized("unknown or revoked API token")
-    return user
+    return caller
 
 
-CurrentUser = Annotated[User, Depends(get_current_user)]
+CurrentUser = Annotated[Caller, Depends(get_current_user)]
 
 
 def _unauthorized(detail: str) -> HTTPException:

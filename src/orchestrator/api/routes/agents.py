@@ -180,7 +180,11 @@ def _claim(
     project_id: int | None,
 ) -> TaskRead | Response:
     user = authenticate(db, credentials)
-    statement = claim_statement(session.get_bind().dialect.name, project_id is not None)
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        # The claim is one statement, atomic by itself: no BEGIN and COMMIT round trips.
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    statement = claim_statement(dialect, project_id is not None)
     parameters = {"claimer": agent_id, "owner": user.id, "project": project_id}
     row = session.execute(statement, parameters).first()
     if row is not None:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Response, status
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from orchestrator.accounts import Caller
 from orchestrator.api.deps import (
     CurrentUser,
     IdPath,
@@ -20,12 +21,12 @@ from orchestrator.api.deps import (
     save,
 )
 from orchestrator.api.schemas import Page, ProjectCreate, ProjectRead, ProjectUpdate
-from orchestrator.models import Project, User
+from orchestrator.models import Project
 
 router = APIRouter(prefix="/projects", tags=["projects"], responses=problems(401))
 
 
-def own_project(session: Session, user: User, project_id: int) -> Project:
+def own_project(session: Session, user: Caller, project_id: int) -> Project:
     """The user's project `project_id`; 404 when it is unknown or someone else's."""
     project = session.get(Project, project_id)
     if project is None or project.owner_id != user.id:

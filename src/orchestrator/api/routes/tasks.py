@@ -13,6 +13,7 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 from sqlalchemy import Select, delete, select
 from sqlalchemy.orm import Session
 
+from orchestrator.accounts import Caller
 from orchestrator.api.deps import (
     CurrentUser,
     IdPath,
@@ -32,7 +33,7 @@ from orchestrator.api.schemas import (
     TaskStatus,
     TaskUpdate,
 )
-from orchestrator.models import Agent, Project, Task, User
+from orchestrator.models import Agent, Project, Task
 
 router = APIRouter(prefix="/tasks", tags=["tasks"], responses=problems(401))
 
@@ -87,7 +88,7 @@ def check_move(task: Task, new: TaskStatus) -> None:
     )
 
 
-def own_task(session: Session, user: User, task_id: int, *, for_update: bool = False) -> Task:
+def own_task(session: Session, user: Caller, task_id: int, *, for_update: bool = False) -> Task:
     """The task `task_id` of one of the user's projects; 404 otherwise."""
     statement = select(Task).where(
         Task.id == task_id, Task.project_id.in_(owned_project_ids(user.id))

@@ -11,6 +11,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from orchestrator import accounts
+from orchestrator.accounts import Caller
 from orchestrator.api.deps import (
     CurrentUser,
     IdPath,
@@ -128,7 +129,7 @@ def delete_user(user_id: IdPath, session: SessionDep, user: CurrentUser) -> Resp
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-def _require_self(session: SessionDep, user: User, user_id: int) -> None:
+def _require_self(session: SessionDep, user: Caller, user_id: int) -> None:
     if user_id == user.id:
         return
     if session.get(User, user_id) is None:
