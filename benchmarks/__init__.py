@@ -426,11 +426,16 @@ def _code_version() -> str:
     if os.environ.get("BENCH_CODE_COMMIT"):
         return os.environ["BENCH_CODE_COMMIT"]
     try:
-        done = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
+        done = subprocess.run(["git", "describe", "--always"], cwd=ROOT,
                               capture_output=True, text=True, timeout=10)
+        # The run itself rewrites docs/ (the plot): only changes elsewhere make the code dirty.
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                  ".", ":!docs"], cwd=ROOT, capture_output=True, text=True,
+                                 timeout=10)
     except OSError:
         return "unknown"
-    return done.stdout.strip() or "unknown"
+    commit = done.stdout.strip() or "unknown"
+    return f"{commit}-dirty" if changed.stdout.strip() else commit
 
 
 def machine_info() -> dict[str, str]:
