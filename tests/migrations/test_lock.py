@@ -227,3 +227,38 @@ def test_an_interrupted_concurrent_index_build_is_rebuilt(postgres_url: str):
         unique = "SELECT indisunique FROM pg_index WHERE indexrelid = 'ix_tasks_status'::regclass"
         assert connection.execute(text(unique)).scalar() is False
     engine.dispose()
+
+
+@pytest.mark.parametrize("command", ["upgrade", "downgrade"])
+def test_a_waiter_leaves_without_the_lock_once_the_holder_did_the_work(db_url, command, monkeypatch):
+    """Replicas queued behind the migrator don't each take the lock in turn to find nothing to
+    do: they see the database reach their target while waiting, and leave."""
+    from alembic.config import main as alembic_main
+
+    from tests.conftest import ROOT
+
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    if command == "downgrade":
+        MigrationManager(db_url).upgrade("002")
+    stop, held = threading.Event(), threading.Event()
+    holder = threading.Thread(target=_hold_lock, args=(db_url, stop, held))
+    holder.start()
+    assert held.wait(10)
+    outcome: dict = {}
+
+    def waiter() -> None:
+        manager = MigrationManager(db_url, lock_timeout=60)
+        action = manager.upgrade if command == "upgrade" else manager.downgrade
+        outcome["result"] = action("001")
+        outcome["lock_still_held"] = not stop.is_set()
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.5)  # the waiter is polling the lock
+    # The lock holder's work, done without our lock (as the holder would, under it).
+    alembic_main(["-c", str(ROOT / "alembic.ini"), command, "001"])
+    thread.join(30)
+    stop.set()
+    holder.join()
+    assert outcome == {"result": [], "lock_still_held": True}
+    assert MigrationManager(db_url).get_current_revision() == "001"

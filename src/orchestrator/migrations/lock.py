@@ -19,9 +19,12 @@ from orchestrator.migrations.errors import DatabaseUnreachableError, MigrationLo
 
 # An arbitrary constant shared by every Orchestrator migrator ("orch" in ASCII).
 ADVISORY_LOCK_KEY = 0x6F726368
-_POLL_SECONDS = 0.05
+_POLL_SECONDS = 0.02
 
 Notify = Callable[[str], None]
+# Asked between two tries while waiting: False means the work was done by the holder, and the
+# waiter leaves without the lock (the block then runs with `held` False).
+StillNeeded = Callable[[], bool]
 
 
 def holder_description() -> str:
@@ -30,8 +33,13 @@ def holder_description() -> str:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path, timeout: float, notify: Notify | None = None) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (created if missing) for the block."""
+def file_lock(
+    path: Path,
+    timeout: float,
+    notify: Notify | None = None,
+    still_needed: StillNeeded | None = None,
+) -> Iterator[bool]:
+    """Hold an exclusive lock on `path` (created if missing) for the block; yields whether held."""
     try:
         handle = open(path, "a+")  # noqa: SIM115 - held open for the whole block
     except OSError as exc:
@@ -40,26 +48,35 @@ def file_lock(path: Path, timeout: float, notify: Notify | None = None) -> Itera
             "check that the database's folder exists and is writable"
         ) from None
     with handle:
-        _wait(
+        held = _wait(
             try_acquire=lambda: _try_flock(handle),
             describe_holder=lambda: _read_holder(path),
             timeout=timeout,
             notify=notify,
+            still_needed=still_needed,
         )
+        if not held:
+            yield False
+            return
         try:
             handle.seek(0)
             handle.truncate()
             handle.write(holder_description())
             handle.flush()
-            yield
+            yield True
         finally:
             handle.truncate(0)
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
-def advisory_lock(connection, timeout: float, notify: Notify | None = None) -> Iterator[None]:
-    """Hold PostgreSQL's advisory lock on `connection` (kept for the block) for the block."""
+def advisory_lock(
+    connection,
+    timeout: float,
+    notify: Notify | None = None,
+    still_needed: StillNeeded | None = None,
+) -> Iterator[bool]:
+    """Hold PostgreSQL's advisory lock on `connection` for the block; yields whether held."""
     from sqlalchemy import text
 
     def try_acquire() -> bool:
@@ -86,9 +103,11 @@ def advisory_lock(connection, timeout: float, notify: Notify | None = None) -> I
         name, addr, backend = row
         return name or f"server backend {backend} from {addr or 'local socket'}"
 
-    _wait(try_acquire, describe_holder, timeout, notify)
+    if not _wait(try_acquire, describe_holder, timeout, notify, still_needed):
+        yield False
+        return
     try:
-        yield
+        yield True
     finally:
         connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_LOCK_KEY})
         connection.commit()
@@ -99,10 +118,14 @@ def _wait(
     describe_holder: Callable[[], str],
     timeout: float,
     notify: Notify | None,
-) -> None:
+    still_needed: StillNeeded | None = None,
+) -> bool:
+    """Wait for the lock: True once held, False when `still_needed` says it no longer is."""
     deadline = time.monotonic() + timeout
     told = False
     while not try_acquire():
+        if still_needed is not None and not still_needed():
+            return False
         holder = describe_holder()
         if time.monotonic() >= deadline:
             raise MigrationLockTimeout(
@@ -113,6 +136,7 @@ def _wait(
             notify(f"waiting for the migration lock held by {holder} (up to {timeout:g}s)")
             told = True
         time.sleep(_POLL_SECONDS)
+    return True
 
 
 def _try_flock(handle) -> bool:

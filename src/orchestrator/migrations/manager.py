@@ -286,10 +286,13 @@ class MigrationManager:
         from alembic import command
 
         target = revision or target
-        self.plan_upgrade(target)  # fail early on a bad target, before taking the lock
-        with self._migration_lock():
+        # Fail early on a bad target, and leave at once when there is nothing to do (replicas
+        # starting after the migration never queue for the lock).
+        if not self.plan_upgrade(target):
+            return []
+        with self._migration_lock(still_needed=lambda: bool(self.plan_upgrade(target))) as held:
             # Another migrator may have finished while we waited: plan again under the lock.
-            plan = self.plan_upgrade(target)
+            plan = self.plan_upgrade(target) if held else []
             if not plan:
                 return []
             if self.environment in ("staging", "production") and not allow_changed:
@@ -302,9 +305,10 @@ class MigrationManager:
         from alembic import command
 
         target = revision or target
-        self.plan_downgrade(target)
-        with self._migration_lock():
-            plan = self.plan_downgrade(target)
+        if not self.plan_downgrade(target):
+            return []
+        with self._migration_lock(still_needed=lambda: bool(self.plan_downgrade(target))) as held:
+            plan = self.plan_downgrade(target) if held else []
             if not plan:
                 return []
             destination = self._script_for(plan[-1]).down_revision or "base"
@@ -632,7 +636,8 @@ class MigrationManager:
         )
 
     @contextlib.contextmanager
-    def _migration_lock(self) -> Iterator[None]:
+    def _migration_lock(self, still_needed: lock.StillNeeded | None = None) -> Iterator[bool]:
+        """Hold the migration lock; yields False when `still_needed` ended the wait unheld."""
         path = sqlite_path(self.database_url)
         if path is not None:
             lock_path = path.with_name(path.name + ".migrate.lock")
@@ -641,12 +646,14 @@ class MigrationManager:
                     f"cannot create {path}: the folder {path.parent} does not exist; "
                     "create it or fix DATABASE_URL"
                 )
-            with lock.file_lock(lock_path, self.lock_timeout, self.notify):
-                yield
+            with lock.file_lock(lock_path, self.lock_timeout, self.notify, still_needed) as held:
+                yield held
             return
         with self._connect() as connection:
-            with lock.advisory_lock(connection, self.lock_timeout, self.notify):
-                yield
+            with lock.advisory_lock(
+                connection, self.lock_timeout, self.notify, still_needed
+            ) as held:
+                yield held
 
     def _run(
         self,
