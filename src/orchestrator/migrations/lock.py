@@ -1,7 +1,9 @@
 """One migrator at a time, across processes and hosts.
 
 PostgreSQL: a session-level advisory lock on a dedicated connection. SQLite: an exclusive
-`flock` on a file beside the database. Either way the operating system or the server releases
+`flock` on a file beside the database. Both are polled with short transactions: a waiter
+blocked inside `pg_advisory_lock` would hold a snapshot open, and `CREATE INDEX CONCURRENTLY`
+(migration 003) waits for every such snapshot to end, so the holder would stall on its waiters. Either way the operating system or the server releases
 the lock when the holder dies, so a killed migrator never leaves a stale lock behind.
 """
 
