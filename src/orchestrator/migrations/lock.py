@@ -128,14 +128,18 @@ def _wait(
     while not try_acquire():
         if still_needed is not None and not still_needed():
             return False
-        holder = describe_holder()
+        # Who holds it is asked only when it is said: on PostgreSQL that is a pg_locks query,
+        # too heavy to repeat on every poll while the holder migrates.
         if time.monotonic() >= deadline:
             raise MigrationLockTimeout(
-                f"another migration ({holder}) held the migration lock for more than "
-                f"{timeout:g}s; wait for it to finish and retry, or raise --lock-timeout"
+                f"another migration ({describe_holder()}) held the migration lock for more "
+                f"than {timeout:g}s; wait for it to finish and retry, or raise --lock-timeout"
             )
         if not told and notify is not None:
-            notify(f"waiting for the migration lock held by {holder} (up to {timeout:g}s)")
+            notify(
+                f"waiting for the migration lock held by {describe_holder()} "
+                f"(up to {timeout:g}s)"
+            )
             told = True
         time.sleep(_POLL_SECONDS)
     return True
