@@ -122,6 +122,8 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
     from orchestrator.migrations.startup import prepare_database
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)-8s %(name)s: %(message)s")
+    # Alembic announces each of its autogenerate plugins at INFO; only noise for a server.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     settings = _settings(ctx)
     # Apply the start-up policy before uvicorn starts, so that a database that must stop
     # start-up gives the usual one-line error instead of a lifespan traceback.
