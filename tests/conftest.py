@@ -7,6 +7,7 @@ REQUIRE_POSTGRES=1, where a missing server fails them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import uuid
@@ -71,20 +72,27 @@ def require_postgres() -> str:
     return url
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A freshly created, empty PostgreSQL database, dropped after the test."""
-    admin_url = require_postgres()
+@contextlib.contextmanager
+def scratch_postgres_database(admin_url: str, template: str | None = None) -> Iterator[str]:
+    """A new database on the server of `admin_url` (a copy of `template`), dropped afterwards."""
     name = f"orch_test_{uuid.uuid4().hex[:12]}"
+    copy = f' TEMPLATE "{template}"' if template else ""
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
+        connection.execute(text(f'CREATE DATABASE "{name}"{copy}'))
     try:
         yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A freshly created, empty PostgreSQL database, dropped after the test."""
+    with scratch_postgres_database(require_postgres()) as url:
+        yield url
 
 
 @pytest.fixture

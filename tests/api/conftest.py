@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import itertools
 import shutil
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -20,7 +18,7 @@ from orchestrator.api.app import create_app
 from orchestrator.db import create_engine
 from orchestrator.migrations import MigrationManager
 from orchestrator.settings import Settings
-from tests.conftest import require_postgres
+from tests.conftest import require_postgres, scratch_postgres_database
 
 
 @dataclass
@@ -47,19 +45,10 @@ def _sqlite_at_head(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _postgres_at_head() -> Iterator[tuple[str, str]]:
     """(admin URL, template database) migrated to head once per run."""
     admin_url = require_postgres()
-    template = f"orch_test_api_template_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{template}"'))
-    try:
-        url = make_url(admin_url).set(database=template).render_as_string(hide_password=False)
+    with scratch_postgres_database(admin_url) as url:
         with MigrationManager(url, lock_timeout=30) as manager:
             manager.upgrade()
-        yield admin_url, template
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)'))
-        admin.dispose()
+        yield admin_url, make_url(url).database
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -72,16 +61,8 @@ def api_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{path}"
         return
     admin_url, template = request.getfixturevalue("_postgres_at_head")
-    name = f"orch_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_postgres_database(admin_url, template=template) as url:
+        yield url
 
 
 @pytest.fixture

@@ -421,7 +421,11 @@ class MigrationManager:
             return []
         applied = self._chain[: self._position(status.current)]
         paths = {revision: self._script_path(revision) for revision in applied}
-        return history.changed_scripts(self.applied_history(), applied, paths)
+        # The status above already says the database exists: read the history directly
+        # rather than through applied_history(), which would read the status again.
+        with self._connect() as connection:
+            entries = history.read(connection)
+        return history.changed_scripts(entries, applied, paths)
 
     def backup(
         self, output: str | Path | None = None, *, progress: Progress | None = None
