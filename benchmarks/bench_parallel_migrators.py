@@ -7,7 +7,8 @@ on the time spent migrating, measured inside the processes after start-up (as is
 
 - in process: each process imports `orchestrator.migrations` (and what a migration needs),
   builds a `MigrationManager(url)`, prints "ready" and blocks on stdin. Once every process is
-  ready the parent releases them all at the same moment (a line to each stdin); each times its
+  ready the parent releases them all at the same moment (it sends each the same wall-clock
+  instant, 0.2 s ahead, and each sleeps until then); each times its
   own `manager.upgrade()` and prints its start and end (`time.time()`). The migrators' time is
   the last end − the first start. The reference is one process through the same protocol on a
   fresh database, in the same repetition (the two interleaved, their order swapped every
@@ -52,6 +53,8 @@ from benchmarks import (
 
 TITLE = "{processes} simultaneous migrators on a fresh database"
 TARGET_RATIO = 1.5
+# Time given to the parent to tell every process when to start.
+_RELEASE_DELAY = 0.2
 
 
 def run(options: Options) -> dict[str, Any]:
@@ -205,18 +208,24 @@ def _released(url: str, count: int) -> dict[str, Any]:
             if line.strip() != "ready":
                 _, err = proc.communicate(timeout=60)
                 raise RuntimeError(f"a migrator did not get ready: {(line + err).strip()[-2000:]}")
-        for proc in procs:  # release them all
-            proc.stdin.write("go\n")
+        # Release them all at one instant: each sleeps until the same wall-clock time (writing
+        # "go" to each in turn would start them over ~15 ms, the parent competing for a core).
+        at = time.time() + _RELEASE_DELAY
+        for proc in procs:
+            proc.stdin.write(f"{at}\n")
             proc.stdin.flush()
+        # Each reports, then waits for its stdin to close before exiting: a finished process
+        # tearing down its interpreter would take a core from those still migrating (replicas
+        # go on serving instead).
+        lines = [proc.stdout.readline() for proc in procs]
         outputs = [proc.communicate(timeout=600) for proc in procs]
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
     reports, failed = [], []
-    for proc, (out, err) in zip(procs, outputs):
-        lines = out.strip().splitlines()
-        report = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
+    for proc, line, (_, err) in zip(procs, lines, outputs):
+        report = json.loads(line) if line.startswith("{") else {}
         if proc.returncode != 0 or "error" in report:
             failed.append(report.get("error")
                           or (err.strip().splitlines() or [f"exit {proc.returncode}"])[-1])
@@ -289,24 +298,26 @@ def child(url: str) -> int:
     from orchestrator.migrations import MigrationManager
 
     # What a migration needs, imported before the clock starts (as bench_pg_upgrade does).
-    for module in ("alembic.command", "orchestrator.models", "alembic.runtime.migration",
-                   "alembic.operations", "sqlalchemy.dialects.postgresql",
-                   "sqlalchemy.dialects.sqlite", "psycopg"):
+    for module in ("alembic.command", "alembic.config", "orchestrator.models",
+                   "alembic.runtime.migration", "alembic.operations",
+                   "sqlalchemy.dialects.postgresql", "sqlalchemy.dialects.sqlite", "psycopg",
+                   "sqlite3"):
         __import__(module)
     manager = MigrationManager(url)
     print("ready", flush=True)
-    sys.stdin.readline()
+    time.sleep(max(0.0, float(sys.stdin.readline()) - time.time()))
     start, cpu = time.time(), time.process_time()
     try:
         applied = manager.upgrade()
     except Exception as exc:  # reported by the parent, not a crash of the benchmark
-        end = time.time()
-        print(json.dumps({"start": start, "end": end, "error": f"{type(exc).__name__}: {exc}"}))
-        return 1
-    end, cpu = time.time(), time.process_time() - cpu
+        report = {"start": start, "end": time.time(), "error": f"{type(exc).__name__}: {exc}"}
+    else:
+        end, cpu = time.time(), time.process_time() - cpu
+        report = {"start": start, "end": end, "cpu": cpu, "applied": applied}
+    print(json.dumps(report), flush=True)
+    sys.stdin.readline()  # until every migrator has reported (see _released)
     manager.close()
-    print(json.dumps({"start": start, "end": end, "cpu": cpu, "applied": applied}))
-    return 0
+    return 1 if "error" in report else 0
 
 
 if __name__ == "__main__":

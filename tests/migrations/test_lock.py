@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from sqlalchemy import text
 
 from orchestrator.db import create_engine
 from orchestrator.migrations import DatabaseLockTimeout, MigrationManager
+from orchestrator.migrations import lock
 from orchestrator.migrations.lock import ADVISORY_LOCK_KEY, advisory_lock, file_lock
 from tests.migrations.test_schema import TASK_INDEXES
 from tests.schema import snapshot
@@ -52,17 +55,25 @@ def test_eight_processes_upgrading_at_once_apply_each_revision_once(db_url: str)
     assert indexes == TASK_INDEXES
 
 
-def _hold_lock(db_url: str, stop: threading.Event, held: threading.Event) -> None:
+@contextlib.contextmanager
+def migration_lock(db_url: str, timeout: float, **options) -> Iterator[bool]:
+    """The lock a migrator takes on `db_url`: the lock file, or the advisory lock."""
     if db_url.startswith("sqlite"):
-        with file_lock(lock_file_of(db_url), timeout=5):
-            held.set()
-            stop.wait(30)
+        with file_lock(lock_file_of(db_url), timeout, **options) as held:
+            yield held
         return
     engine = create_engine(db_url)
-    with engine.connect() as connection, advisory_lock(connection, timeout=5):
+    try:
+        with engine.connect() as connection, advisory_lock(connection, timeout, **options) as held:
+            yield held
+    finally:
+        engine.dispose()
+
+
+def _hold_lock(db_url: str, stop: threading.Event, held: threading.Event) -> None:
+    with migration_lock(db_url, timeout=5):
         held.set()
         stop.wait(30)
-    engine.dispose()
 
 
 @pytest.fixture
@@ -104,6 +115,25 @@ def test_a_waiter_proceeds_when_the_lock_is_released(db_url, lock_holder):
     out, err = process.communicate()
     assert "Applied" in out
     assert MigrationManager(db_url).status().up_to_date
+
+
+def test_a_waiter_is_woken_when_the_lock_is_let_go(db_url, lock_holder, monkeypatch):
+    """Waiting costs nothing: the waiter sleeps until the holder lets go (a NOTIFY on
+    PostgreSQL, a free lock file on SQLite), then takes the lock."""
+    monkeypatch.setattr(lock, "_RECHECK_SECONDS", 3600)  # no looking again unless woken
+    waiting, outcome = threading.Event(), {}
+
+    def waiter() -> None:
+        with migration_lock(db_url, timeout=7200, notify=lambda _: waiting.set()) as held:
+            outcome.update(held=held, holder_gone=lock_holder.is_set())
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    assert waiting.wait(30)
+    lock_holder.set()  # the holder lets go
+    thread.join(60)
+    assert not thread.is_alive(), "the waiter was not woken by the release"
+    assert outcome == {"held": True, "holder_gone": True}
 
 
 def _waiting(db_url: str) -> bool:

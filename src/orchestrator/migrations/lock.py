@@ -1,10 +1,16 @@
 """One migrator at a time, across processes and hosts.
 
 PostgreSQL: a session-level advisory lock on a dedicated connection. SQLite: an exclusive
-`flock` on a file beside the database. Both are polled with short transactions: a waiter
-blocked inside `pg_advisory_lock` would hold a snapshot open, and `CREATE INDEX CONCURRENTLY`
-(migration 003) waits for every such snapshot to end, so the holder would stall on its waiters. Either way the operating system or the server releases
+`flock` on a file beside the database. Either way the operating system or the server releases
 the lock when the holder dies, so a killed migrator never leaves a stale lock behind.
+
+Waiting costs the holder nothing. A waiter never sits inside a blocking lock call on
+PostgreSQL: that statement would hold a snapshot open, and `CREATE INDEX CONCURRENTLY`
+(migration 003) waits for every such snapshot to end, so the holder would stall on its
+waiters. Instead a waiter LISTENs on a channel that the holder NOTIFYs as it lets go, and sleeps
+on its socket outside any transaction; on SQLite it probes the file for a shared lock, a system
+call, every few milliseconds. Woken by a release, or every `_RECHECK_SECONDS` in case the holder
+died or already did the waiter's work, it asks `still_needed` and tries the lock again.
 """
 
 from __future__ import annotations
@@ -21,12 +27,19 @@ from orchestrator.migrations.errors import DatabaseUnreachableError, MigrationLo
 
 # An arbitrary constant shared by every Orchestrator migrator ("orch" in ASCII).
 ADVISORY_LOCK_KEY = 0x6F726368
-_POLL_SECONDS = 0.02
+# The holder NOTIFYs this channel when it lets go of the advisory lock.
+RELEASE_CHANNEL = "orchestrator_migration_lock"
+# How often a waiter looks again without having seen a release.
+_RECHECK_SECONDS = 0.25
+# How often a SQLite waiter probes the lock file for a release (a non-blocking flock).
+_PROBE_SECONDS = 0.005
 
 Notify = Callable[[str], None]
 # Asked between two tries while waiting: False means the work was done by the holder, and the
 # waiter leaves without the lock (the block then runs with `held` False).
 StillNeeded = Callable[[], bool]
+# Sleeps up to the given seconds, returning early once the holder has let go.
+WaitForRelease = Callable[[float], None]
 
 
 def holder_description() -> str:
@@ -49,9 +62,20 @@ def file_lock(
             f"cannot create the migration lock file {path}: {exc.strerror}; "
             "check that the database's folder exists and is writable"
         ) from None
+
+    def wait_for_release(seconds: float) -> None:
+        # A shared lock is granted only while nobody holds the exclusive one.
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(_PROBE_SECONDS)
+            if _try_flock(handle, fcntl.LOCK_SH):
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                return
+
     with handle:
         held = _wait(
-            try_acquire=lambda: _try_flock(handle),
+            try_acquire=lambda: _try_flock(handle, fcntl.LOCK_EX),
+            wait_for_release=wait_for_release,
             describe_holder=lambda: _read_holder(path),
             timeout=timeout,
             notify=notify,
@@ -78,15 +102,38 @@ def advisory_lock(
     notify: Notify | None = None,
     still_needed: StillNeeded | None = None,
 ) -> Iterator[bool]:
-    """Hold PostgreSQL's advisory lock on `connection` for the block; yields whether held."""
+    """Hold PostgreSQL's advisory lock on `connection` for the block; yields whether held.
+
+    The connection is switched to autocommit: it never holds a transaction, hence no snapshot,
+    and each statement costs one round trip (no COMMIT).
+    """
     from sqlalchemy import text
 
+    connection.execution_options(isolation_level="AUTOCOMMIT")
+    listening = False
+
+    def try_once() -> bool:
+        return bool(
+            connection.execute(
+                text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
+            ).scalar()
+        )
+
     def try_acquire() -> bool:
-        got = connection.execute(
-            text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
-        ).scalar()
-        connection.commit()
-        return bool(got)
+        nonlocal listening
+        if try_once():
+            return True
+        if listening:
+            return False
+        # First refusal: listen for the holder's release, then look again: LISTEN counts from
+        # its commit, and a release just before it sent us nothing.
+        connection.execute(text(f"LISTEN {RELEASE_CHANNEL}"))
+        listening = True
+        return try_once()
+
+    def wait_for_release(seconds: float) -> None:
+        for _ in connection.connection.driver_connection.notifies(timeout=seconds, stop_after=1):
+            pass
 
     def describe_holder() -> str:
         row = connection.execute(
@@ -99,38 +146,57 @@ def advisory_lock(
             ),
             {"key": ADVISORY_LOCK_KEY},
         ).first()
-        connection.commit()
         if row is None:  # pragma: no cover - the holder let go between our two queries
             return "another migrator"
         name, addr, backend = row
         return name or f"server backend {backend} from {addr or 'local socket'}"
 
-    if not _wait(try_acquire, describe_holder, timeout, notify, still_needed):
+    held = False
+    try:
+        held = _wait(try_acquire, wait_for_release, describe_holder, timeout, notify, still_needed)
+    finally:
+        if listening and not held:
+            # A pooled connection must not go on collecting notifications; closing it costs
+            # no round trip, where UNLISTEN would cost one to each waiter leaving at once.
+            connection.invalidate()
+    if not held:
         yield False
         return
     try:
         yield True
     finally:
-        connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_LOCK_KEY})
-        connection.commit()
+        # Waiters are woken by the notification, sent as this statement ends.
+        connection.execute(
+            text("SELECT pg_advisory_unlock(:key), pg_notify(:channel, '')"),
+            {"key": ADVISORY_LOCK_KEY, "channel": RELEASE_CHANNEL},
+        )
+        if listening:
+            connection.execute(text(f"UNLISTEN {RELEASE_CHANNEL}"))
 
 
 def _wait(
     try_acquire: Callable[[], bool],
+    wait_for_release: WaitForRelease,
     describe_holder: Callable[[], str],
     timeout: float,
     notify: Notify | None,
     still_needed: StillNeeded | None = None,
 ) -> bool:
     """Wait for the lock: True once held, False when `still_needed` says it no longer is."""
+    if try_acquire():
+        return True
     deadline = time.monotonic() + timeout
     told = False
-    while not try_acquire():
+    while True:
+        # Asked before each try, so that waiters woken by a release whose work is done leave
+        # together instead of taking the lock in turn to find nothing to do.
         if still_needed is not None and not still_needed():
             return False
-        # Who holds it is asked only when it is said: on PostgreSQL that is a pg_locks query,
-        # too heavy to repeat on every poll while the holder migrates.
-        if time.monotonic() >= deadline:
+        if try_acquire():
+            return True
+        remaining = deadline - time.monotonic()
+        # Who holds it is asked only when it is said: on PostgreSQL that is a pg_locks query.
+        if remaining <= 0:
             raise MigrationLockTimeout(
                 f"another migration ({describe_holder()}) held the migration lock for more "
                 f"than {timeout:g}s; wait for it to finish and retry, or raise --lock-timeout"
@@ -141,13 +207,12 @@ def _wait(
                 f"(up to {timeout:g}s)"
             )
             told = True
-        time.sleep(_POLL_SECONDS)
-    return True
+        wait_for_release(min(_RECHECK_SECONDS, remaining))
 
 
-def _try_flock(handle) -> bool:
+def _try_flock(handle, kind: int) -> bool:
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(handle, kind | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
     return True
