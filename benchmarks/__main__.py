@@ -27,7 +27,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from benchmarks import DEFAULT_ROWS, DOCS, SMOKE_ROWS, Options, machine_info
+from benchmarks import DEFAULT_ROWS, DOCS, ROOT, SMOKE_ROWS, Options, machine_info
 
 # Run order; `bench_<name>.py` each. Modules not listed here are picked up after these.
 BENCHMARKS = (
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         f" {shlex.quote(a)}" for a in (sys.argv[1:] if argv is None else argv)
     )
     started = time.perf_counter()
+    _compile_project()
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="orch-bench-") as scratch:
         workdir = Path(scratch)
@@ -73,6 +74,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {RESULTS_MD.relative_to(Path.cwd()) if RESULTS_MD.is_relative_to(Path.cwd()) else RESULTS_MD}")
     print(f"benchmarks finished in {elapsed:.1f}s" + (f"; broken: {', '.join(broken)}" if broken else ""))
     return 1 if broken else 0
+
+
+def _compile_project() -> None:
+    """Bytecode for the installed packages and the project's modules and migration scripts, as a
+    deployment image has it (`uv sync --compile-bytecode`). Where PYTHONDONTWRITEBYTECODE is set,
+    as on the CI machine, every measured process would otherwise compile every module it imports
+    from source (`orchestrator db check --help`: 1.9 s instead of 0.8 s)."""
+    import compileall
+    import sysconfig
+
+    for folder in (sysconfig.get_paths()["purelib"], ROOT / "src"):
+        compileall.compile_dir(folder, quiet=1, workers=0)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -176,7 +189,9 @@ def render(stored: dict[str, Any], smoke: bool = False) -> str:
             "options). Each figure is the **median** over repeated runs; each has a **reference** "
             "measured in the same run, and the **ratio** is the median of the per-repetition "
             "ratios (measurement and reference interleaved, their order swapped every "
-            "repetition). The machine is small and noisy, so read the ratios first.",
+            "repetition). The machine is small and noisy, so read the ratios first. Packages "
+            "and the project's modules run from compiled bytecode, as deployed (the runner "
+            "compiles what is missing first, as `uv sync --compile-bytecode` would).",
             "",
         ]
     lines += ["## Summary", "", _summary(results), ""]

@@ -60,7 +60,7 @@ _RELEASE_DELAY = 0.2
 def run(options: Options) -> dict[str, Any]:
     processes = 2 if options.smoke else 8
     # The judged in-process pair is short and cheap: more repetitions than the whole-process one.
-    repeats = options.repeats(5, 1)
+    repeats = options.repeats(9, 1)
     whole_repeats = options.repeats(3, 1)
     admin_url, skip = postgres_or_skip(TITLE.format(processes=processes), 3)
     dialects = ["postgresql", "sqlite"] if admin_url else ["sqlite"]

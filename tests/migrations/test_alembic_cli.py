@@ -10,7 +10,7 @@ import pytest
 from alembic.config import main as alembic_main
 
 from orchestrator.migrations import DatabaseUnreachableError, MigrationManager
-from orchestrator.migrations.environment import FILE_TEMPLATE, SCRIPT_LOCATION
+from orchestrator.migrations.environment import FILE_TEMPLATE, SCRIPT_DIRECTORY, SCRIPT_LOCATION
 from orchestrator.migrations.lock import file_lock
 from tests.conftest import ROOT
 from tests.migrations.test_manager import PROJECT_SCRIPTS
@@ -18,12 +18,21 @@ from tests.migrations.test_manager import PROJECT_SCRIPTS
 INI = str(ROOT / "alembic.ini")
 
 
-def test_alembic_ini_matches_the_programmatic_configuration():
+def test_alembic_ini_matches_the_programmatic_configuration(tmp_path):
     parser = configparser.RawConfigParser()
     parser.read(INI)
     assert parser["alembic"]["script_location"] == SCRIPT_LOCATION
     assert parser["alembic"]["file_template"] == FILE_TEMPLATE
     assert not parser["alembic"].get("sqlalchemy.url")
+    # The manager names the same folder by its path (cheaper to resolve than the resource).
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from orchestrator.migrations import MigrationManager
+
+    ini_scripts = ScriptDirectory.from_config(Config(INI))
+    assert Path(ini_scripts.dir).resolve() == Path(SCRIPT_DIRECTORY).resolve()
+    assert MigrationManager(f"sqlite:///{tmp_path}/x.db").script.dir == SCRIPT_DIRECTORY
 
 
 def test_alembic_upgrade_reads_database_url_from_the_settings(db_url, monkeypatch):

@@ -9,6 +9,7 @@ made from the database URL (the caller's, `sqlalchemy.url`, or the settings').
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.db import backend_name
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
     from alembic.script import ScriptDirectory
 
 SCRIPT_LOCATION = "orchestrator.migrations:alembic"
+# The same folder as a path, which the manager hands Alembic: resolving the package resource
+# above imports importlib's resource readers, 1.4 ms more for every command.
+SCRIPT_DIRECTORY = str(Path(__file__).with_name("alembic"))
 FILE_TEMPLATE = "%%(rev)s_%%(slug)s"
 # Tables that exist beside the schema but are not part of the models.
 UNMANAGED_TABLES = frozenset({"migration_history"})

@@ -22,7 +22,7 @@ from orchestrator.db import backend_name, create_engine, mask_url, normalize_url
 from orchestrator.migrations import lock
 from orchestrator.migrations.environment import (
     FILE_TEMPLATE,
-    SCRIPT_LOCATION,
+    SCRIPT_DIRECTORY,
     next_revision_id,
 )
 from orchestrator.migrations.errors import (
@@ -122,7 +122,7 @@ class MigrationManager:
         db_lock_timeout: str = "5s",
         notify: Callable[[str], None] | None = None,
         progress: Callable[[str, float], None] | None = None,
-        script_location: str = SCRIPT_LOCATION,
+        script_location: str = SCRIPT_DIRECTORY,
         backup_before_migrate: bool = False,
         backup_dir: str | Path = "backups",
         backup_keep: int = 10,
@@ -782,7 +782,7 @@ def end_or_base(revision: str | None) -> str:
 
 
 def alembic_config(
-    database_url: str, output_buffer: Any = None, script_location: str = SCRIPT_LOCATION
+    database_url: str, output_buffer: Any = None, script_location: str = SCRIPT_DIRECTORY
 ) -> Config:
     """The Alembic `Config` used for every programmatic run; mirrors `alembic.ini`."""
     from alembic.config import Config

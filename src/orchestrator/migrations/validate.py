@@ -24,7 +24,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.migrations.environment import SCRIPT_LOCATION
+from orchestrator.migrations.environment import SCRIPT_DIRECTORY
 from orchestrator.migrations.errors import MigrationError
 
 if TYPE_CHECKING:
@@ -457,7 +457,7 @@ RULES = (
 def validate(
     database_url: str,
     *,
-    script_location: str = SCRIPT_LOCATION,
+    script_location: str = SCRIPT_DIRECTORY,
     strict: bool = False,
     metadata: MetaData | None = None,
     rules: Iterable[str] | None = None,
