@@ -570,6 +570,9 @@ class MigrationManager:
         """(current revision, database exists, has tables but no revision)."""
         path = sqlite_path(self.database_url)
         if path is not None and not path.exists():
+            # Made now (no file is touched before a connection): a waiter that finds no
+            # database yet reads it the moment the holder lets go, with nothing left to set up.
+            self.engine  # noqa: B018
             return None, False, False
         with self._reading() as connection:
             rows = self._version_rows(connection)
