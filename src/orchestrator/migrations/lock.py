@@ -131,8 +131,8 @@ def advisory_lock(
             return True
         if listening:
             return False
-        # First refusal: listen for the holder's release, then look again: LISTEN counts from
-        # its commit, and a release just before it sent us nothing.
+        # First refusal: listen for the holder's release, then look again, since a release
+        # just before LISTEN sent us nothing.
         connection.execute(text(f"LISTEN {RELEASE_CHANNEL}"))
         listening = True
         return try_once()
