@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import text
 
 from orchestrator.db import create_engine
-from orchestrator.migrations import DatabaseLockTimeout, MigrationManager
+from orchestrator.migrations import DatabaseLockTimeout, DatabaseUnreachableError, MigrationManager
 from orchestrator.migrations import lock
 from orchestrator.migrations.lock import ADVISORY_LOCK_KEY, advisory_lock, file_lock
 from tests.migrations.test_schema import TASK_INDEXES
@@ -127,13 +127,53 @@ def test_a_waiter_is_woken_when_the_lock_is_let_go(db_url, lock_holder, monkeypa
         with migration_lock(db_url, timeout=7200, notify=lambda _: waiting.set()) as held:
             outcome.update(held=held, holder_gone=lock_holder.is_set())
 
-    thread = threading.Thread(target=waiter)
+    thread = threading.Thread(target=waiter, daemon=True)  # a failure must not hang pytest
     thread.start()
     assert waiting.wait(30)
     lock_holder.set()  # the holder lets go
     thread.join(60)
     assert not thread.is_alive(), "the waiter was not woken by the release"
     assert outcome == {"held": True, "holder_gone": True}
+
+
+def test_an_interrupted_waiter_stops_waiting_before_letting_go(tmp_path):
+    """Ctrl-C while waiting: the helper thread that waits stops before the caller closes the lock
+    file under it, and the interruption reaches the caller."""
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(signum, frame):
+        raise Interrupted
+
+    def interrupt_soon(_message: str) -> None:
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    path = tmp_path / "db.migrate.lock"
+    try:
+        with file_lock(path, timeout=60):
+            with pytest.raises(Interrupted):
+                with file_lock(path, timeout=60, notify=interrupt_soon):
+                    pass  # pragma: no cover - never reached
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    waiters = [t for t in threading.enumerate() if t.name == "migration-lock-waiter"]
+    for thread in waiters:  # it stopped waiting; at most its last lines remain to run
+        thread.join(5)
+    assert not any(thread.is_alive() for thread in waiters)
+    with file_lock(path, timeout=1) as held:  # and nothing holds the lock any more
+        assert held
+
+
+def test_nothing_to_do_needs_no_lock_file(tmp_path):
+    """An up-to-date database whose folder cannot take the lock file is not an error."""
+    unwritable = tmp_path / "missing" / "db.migrate.lock"
+    with file_lock(unwritable, timeout=1, still_needed=lambda: False) as held:
+        assert held is False
+    with pytest.raises(DatabaseUnreachableError, match="cannot create the migration lock file"):
+        with file_lock(unwritable, timeout=1, still_needed=lambda: True):
+            pass  # pragma: no cover - never reached
 
 
 def _waiting(db_url: str) -> bool:

@@ -64,6 +64,10 @@ def file_lock(
     try:
         handle = open(path, "a+")  # noqa: SIM115 - held open for the whole block
     except OSError as exc:
+        if still_needed is not None and not still_needed():
+            # Nothing to do needs no lock: an up-to-date database in a read-only folder is fine.
+            yield False
+            return
         raise DatabaseUnreachableError(
             f"cannot create the migration lock file {path}: {exc.strerror}; "
             "check that the database's folder exists and is writable"
@@ -192,19 +196,29 @@ def _wait(
     if try_acquire():
         return True
     outcome: dict[str, object] = {}
+    stop, done = threading.Event(), threading.Event()
 
     def wait() -> None:
         _lower_priority()
         try:
             outcome["held"] = _wait_for_turn(
-                try_acquire, wait_for_release, describe_holder, timeout, notify, still_needed
+                try_acquire, wait_for_release, describe_holder, timeout, notify, still_needed, stop
             )
         except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
             outcome["error"] = exc
+        finally:
+            done.set()
 
-    waiter = threading.Thread(target=wait, name="migration-lock-waiter", daemon=True)
-    waiter.start()
-    waiter.join()
+    threading.Thread(target=wait, name="migration-lock-waiter", daemon=True).start()
+    try:
+        done.wait()
+    except BaseException:
+        # Interrupted (Ctrl-C): the helper stops at its next wake, before the caller closes the
+        # file or connection it uses (which lets go of the lock, had the helper just taken it).
+        # An Event, not join(): an interrupted join() may report a live thread as finished.
+        stop.set()
+        done.wait()
+        raise
     if "error" in outcome:
         raise outcome["error"]  # type: ignore[misc]
     return bool(outcome["held"])
@@ -217,10 +231,11 @@ def _wait_for_turn(
     timeout: float,
     notify: Notify | None,
     still_needed: StillNeeded | None,
+    stop: threading.Event,
 ) -> bool:
     deadline = time.monotonic() + timeout
     told = False
-    while True:
+    while not stop.is_set():
         # Asked before each try, so that waiters woken by a release whose work is done leave
         # together instead of taking the lock in turn to find nothing to do.
         if still_needed is not None and not still_needed():
@@ -241,6 +256,7 @@ def _wait_for_turn(
             )
             told = True
         wait_for_release(min(_RECHECK_SECONDS, remaining))
+    return False
 
 
 def _lower_priority() -> None:
