@@ -153,14 +153,7 @@ def _claim_all(clients, agent_ids: list[int]):
                 return
             claimed[index].append(response.json()["id"])
 
-    threads = [threading.Thread(target=agent, args=(i,)) for i in range(len(agent_ids))]
-    for thread in threads:
-        thread.start()
-    start.wait()
-    began = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - began
+    seconds = _together(agent, len(agent_ids), start)
     return claimed, [x for per_agent in latencies for x in per_agent], seconds, errors
 
 
@@ -174,14 +167,20 @@ def _floor(clients, requests: int) -> float:
         for _ in range(per_client):
             client.get("/health/live").raise_for_status()
 
-    threads = [threading.Thread(target=caller, args=(client,)) for client in clients]
+    return per_client * len(clients) / _together(lambda i: caller(clients[i]), len(clients), start)
+
+
+def _together(work, count: int, start: threading.Barrier) -> float:
+    """Run `work(i)` for i in range(count) on threads that wait at `start`; seconds from the
+    moment they are let go to the last one's end."""
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(count)]
     for thread in threads:
         thread.start()
     start.wait()
     began = time.perf_counter()
     for thread in threads:
         thread.join()
-    return per_client * len(clients) / (time.perf_counter() - began)
+    return time.perf_counter() - began
 
 
 # -- database and server ------------------------------------------------------------------

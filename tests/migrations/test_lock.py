@@ -324,7 +324,7 @@ def test_a_waiter_leaves_without_the_lock_once_the_holder_did_the_work(db_url, c
 
     thread = threading.Thread(target=waiter)
     thread.start()
-    time.sleep(0.5)  # the waiter is polling the lock
+    time.sleep(0.5)  # the waiter is waiting: it looks again every 0.25 s
     # The lock holder's work, done without our lock (as the holder would, under it).
     alembic_main(["-c", str(ROOT / "alembic.ini"), command, "001"])
     thread.join(30)
