@@ -21,7 +21,7 @@ from orchestrator.db import create_engine
 from orchestrator.migrations import MigrationFailedError, MigrationManager
 from orchestrator.migrations import history
 from orchestrator.migrations.history import ScriptsChangedError
-from tests.fixtures import add_revision, command_runner, copy_scripts
+from tests.fixtures import add_revision, command_runner, copy_scripts, head_of
 from tests.schema import execute, scalar, seed_rows
 
 
@@ -288,3 +288,112 @@ def test_a_migration_killed_midway_leaves_the_truth_and_a_usable_database(db_url
     with engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM tasks")).scalar() == 2
     engine.dispose()
+
+
+# -- plain `alembic` runs ---------------------------------------------------------------------
+
+
+def _plain_alembic(scripts: Path, tmp_path: Path, monkeypatch, url: str, *args: str) -> None:
+    """`alembic ARGS` with the repository's alembic.ini pointed at `scripts`."""
+    from alembic.config import main as alembic_main
+
+    from tests.conftest import ROOT
+
+    ini = tmp_path / "alembic.ini"
+    ini.write_text((ROOT / "alembic.ini").read_text().replace(
+        "orchestrator.migrations:alembic", str(scripts)))
+    monkeypatch.setenv("DATABASE_URL", url)
+    alembic_main(["-c", str(ini), *args])
+
+
+def test_plain_alembic_records_its_steps_like_the_manager(db_url, tmp_path, monkeypatch):
+    scripts = copy_scripts(tmp_path)
+    _plain_alembic(scripts, tmp_path, monkeypatch, db_url, "upgrade", "head")
+    _plain_alembic(scripts, tmp_path, monkeypatch, db_url, "downgrade", "-2")
+    _plain_alembic(scripts, tmp_path, monkeypatch, db_url, "stamp", "head")
+    manager = manager_for(db_url, scripts)
+    chain = [info.revision for info in manager.history()]
+    paths = {info.revision: info.path for info in manager.history()}
+    entries = manager.applied_history()
+    assert [(e.revision, e.direction, e.success) for e in entries] == [
+        *((revision, "upgrade", True) for revision in chain),
+        (chain[-1], "downgrade", True),
+        (chain[-2], "downgrade", True),
+        (chain[-1], "stamp", True),
+    ]
+    assert all(e.checksum == sha256(paths[e.revision]) for e in entries)
+    assert all(e.os_user == getpass.getuser() and e.tool_version == __version__ for e in entries)
+    # The recorded checksums hold plain runs to their scripts as well.
+    first = Path(paths[chain[0]])
+    first.write_text(first.read_text() + "\n# edited after it ran\n")
+    assert [c.revision for c in manager.changed_scripts()] == [chain[0]]
+
+
+def test_plain_alembic_records_a_failed_step_and_keeps_the_last_good_one(
+    db_url, tmp_path, monkeypatch
+):
+    scripts = copy_scripts(tmp_path)
+    good = head_of(scripts)
+    bad = add_revision(scripts, "raise RuntimeError('boom')")
+    with pytest.raises(RuntimeError, match="boom"):
+        _plain_alembic(scripts, tmp_path, monkeypatch, db_url, "upgrade", "head")
+    manager = manager_for(db_url, scripts)
+    assert manager.get_current_revision() == good
+    last = manager.applied_history()[-1]
+    assert (last.revision, last.direction, last.success) == (bad, "upgrade", False)
+    assert "RuntimeError: boom" in last.error
+    # The steps before the failure stay recorded as done.
+    assert manager.applied_history()[-2].revision == good
+
+
+def test_plain_alembic_records_a_failed_downgrade(db_url, tmp_path, monkeypatch):
+    scripts = copy_scripts(tmp_path)
+    bad = add_revision(scripts, "pass", downgrade="raise RuntimeError('no way back')")
+    _plain_alembic(scripts, tmp_path, monkeypatch, db_url, "upgrade", "head")
+    with pytest.raises(RuntimeError, match="no way back"):
+        _plain_alembic(scripts, tmp_path, monkeypatch, db_url, "downgrade", "-1")
+    last = manager_for(db_url, scripts).applied_history()[-1]
+    assert (last.revision, last.direction, last.success) == (bad, "downgrade", False)
+
+
+def test_plain_alembic_records_no_failure_when_no_step_ran(sqlite_url, tmp_path, monkeypatch):
+    scripts = copy_scripts(tmp_path)
+    _plain_alembic(scripts, tmp_path, monkeypatch, sqlite_url, "upgrade", "002")
+    with pytest.raises(SystemExit):  # Alembic's "Can't locate revision identified by '999'"
+        _plain_alembic(scripts, tmp_path, monkeypatch, sqlite_url, "upgrade", "999")
+    assert [e.success for e in manager_for(sqlite_url, scripts).applied_history()] == [True, True]
+
+
+def test_alembic_called_from_code_records_steps_but_cannot_name_a_failure(
+    sqlite_url, tmp_path, monkeypatch
+):
+    from alembic import command
+    from alembic.config import Config
+
+    scripts = copy_scripts(tmp_path)
+    add_revision(scripts, "raise RuntimeError('boom')")
+    config = Config()
+    config.set_main_option("script_location", str(scripts))
+    config.set_main_option("sqlalchemy.url", sqlite_url)
+    with pytest.raises(RuntimeError, match="boom"):
+        command.upgrade(config, "head")
+    entries = manager_for(sqlite_url, scripts).applied_history()
+    assert entries and all(e.success and e.direction == "upgrade" for e in entries)
+
+
+def test_a_failure_that_cannot_be_recorded_leaves_the_migration_error(
+    sqlite_url, tmp_path, monkeypatch, capfd
+):
+    scripts = copy_scripts(tmp_path)
+    add_revision(scripts, "raise RuntimeError('boom')")
+
+    def broken(*_args, **_kwargs):
+        raise OSError("history unwritable")
+
+    monkeypatch.setattr(history.Recorder, "step_failed", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        _plain_alembic(scripts, tmp_path, monkeypatch, sqlite_url, "upgrade", "head")
+    # alembic.ini's logging prints the warning on stderr.
+    assert "could not record the failed step in migration_history: history unwritable" in (
+        capfd.readouterr().err
+    )

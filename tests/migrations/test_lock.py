@@ -299,15 +299,22 @@ def test_an_interrupted_concurrent_index_build_is_rebuilt(postgres_url: str):
     engine.dispose()
 
 
+def migrate_without_the_lock(db_url: str, command: str, target: str) -> None:
+    """Alembic called from code: no lock of its own (the holder's work, done under its lock),
+    with its history recorded as plain runs record it."""
+    from alembic import command as commands
+
+    from orchestrator.migrations.manager import alembic_config
+
+    config = alembic_config(db_url)
+    del config.attributes["managed"]
+    getattr(commands, command)(config, target)
+
+
 @pytest.mark.parametrize("command", ["upgrade", "downgrade"])
 def test_a_waiter_leaves_without_the_lock_once_the_holder_did_the_work(db_url, command, monkeypatch):
     """Replicas queued behind the migrator don't each take the lock in turn to find nothing to
     do: they see the database reach their target while waiting, and leave."""
-    from alembic.config import main as alembic_main
-
-    from tests.conftest import ROOT
-
-    monkeypatch.setenv("DATABASE_URL", db_url)
     if command == "downgrade":
         MigrationManager(db_url).upgrade("002")
     stop, held = threading.Event(), threading.Event()
@@ -326,9 +333,53 @@ def test_a_waiter_leaves_without_the_lock_once_the_holder_did_the_work(db_url, c
     thread.start()
     time.sleep(0.5)  # the waiter is waiting: it looks again every 0.25 s
     # The lock holder's work, done without our lock (as the holder would, under it).
-    alembic_main(["-c", str(ROOT / "alembic.ini"), command, "001"])
+    migrate_without_the_lock(db_url, command, "001")
     thread.join(30)
     stop.set()
     holder.join()
     assert outcome == {"result": [], "lock_still_held": True}
     assert MigrationManager(db_url).get_current_revision() == "001"
+
+
+# -- the plain `alembic` command takes the same lock ---------------------------------------
+
+
+def plain_alembic(db_url: str, *args: str, lock_timeout: str = "60") -> subprocess.Popen:
+    """`alembic ARGS` from the repository root, as an operator would type it."""
+    from tests.conftest import ROOT
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "alembic", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "DATABASE_URL": db_url, "MIGRATION_LOCK_TIMEOUT": lock_timeout},
+    )
+
+
+def test_plain_alembic_upgrade_waits_for_the_migration_lock(db_url, lock_holder):
+    process = plain_alembic(db_url, "upgrade", "head", lock_timeout="0.5")
+    code = process.wait(timeout=60)
+    _, err = process.communicate()
+    assert code != 0
+    assert err.count("waiting for the migration lock held by") == 1
+    assert "held the migration lock for more than 0.5s" in err
+    assert MigrationManager(db_url).get_current_revision() is None
+
+
+def test_plain_alembic_applies_only_what_is_still_missing_after_waiting(db_url, lock_holder):
+    """The holder migrates while `alembic upgrade head` waits; once let in, it applies nothing."""
+    process = plain_alembic(db_url, "upgrade", "head")
+    assert "waiting for the migration lock" in process.stderr.readline()
+    migrate_without_the_lock(db_url, "upgrade", "head")  # the holder's migration
+    lock_holder.set()
+    assert process.wait(timeout=60) == 0, process.communicate()[1]
+    manager = MigrationManager(db_url)
+    revisions = [entry.revision for entry in manager.applied_history()]
+    assert revisions == [info.revision for info in manager.history()]  # each applied once
+
+
+def test_plain_alembic_reads_take_no_lock(db_url, lock_holder):
+    process = plain_alembic(db_url, "current", lock_timeout="0.5")
+    assert process.wait(timeout=60) == 0, process.communicate()[1]

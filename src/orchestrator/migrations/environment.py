@@ -8,7 +8,10 @@ made from the database URL (the caller's, `sqlalchemy.url`, or the settings').
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +30,7 @@ FILE_TEMPLATE = "%%(rev)s_%%(slug)s"
 # Tables that exist beside the schema but are not part of the models.
 UNMANAGED_TABLES = frozenset({"migration_history"})
 _NUMERIC_ID = re.compile(r"^\d+$")
+logger = logging.getLogger(__name__)
 
 
 def next_revision_id(script: ScriptDirectory) -> str:
@@ -116,12 +120,50 @@ def _run_online(context: EnvironmentContext) -> None:
 
     from orchestrator.db import create_engine
 
-    engine = create_engine(database_url(config), poolclass=NullPool)
+    url = database_url(config)
+    engine = create_engine(url, poolclass=NullPool, **_connect_args(url))
     try:
-        with engine.connect() as connection:
+        with _plain_command_lock(context, engine), engine.connect() as connection:
             _migrate(context, connection)
     finally:
         engine.dispose()
+
+
+def _connect_args(url: str) -> dict[str, Any]:
+    if backend_name(url) != "postgresql":
+        return {}
+    from orchestrator.migrations.lock import holder_description
+
+    # What a migrator waiting for our lock is told holds it.
+    return {"connect_args": {"application_name": f"alembic {holder_description()}"}}
+
+
+@contextlib.contextmanager
+def _plain_command_lock(context: EnvironmentContext, engine) -> Iterator[None]:
+    """The migration lock around a plain `alembic upgrade`, `downgrade` or `stamp`.
+
+    The manager takes it itself. Without it, an operator's `alembic upgrade head` could run
+    beside replicas running `orchestrator db upgrade`, and both apply the same revision. Alembic
+    reads the database's revision after this returns, so a run that waited applies only what
+    is still missing. Other commands (current, history, --sql) take no lock.
+    """
+    command = getattr(context.config.cmd_opts, "cmd", None)
+    name = getattr(command[0], "__name__", None) if command else None
+    if name not in ("upgrade", "downgrade", "stamp") or context.config.attributes.get("managed"):
+        yield
+        return
+    from orchestrator.db import sqlite_path
+    from orchestrator.migrations import lock
+    from orchestrator.settings import get_settings
+
+    timeout = get_settings().migration_lock_timeout
+    path = sqlite_path(engine.url)
+    if path is not None:
+        with lock.file_lock(lock.lock_file_for(path), timeout, logger.warning):
+            yield
+        return
+    with engine.connect() as connection, lock.advisory_lock(connection, timeout, logger.warning):
+        yield
 
 
 def _migrate(context: EnvironmentContext, connection) -> None:
@@ -131,9 +173,88 @@ def _migrate(context: EnvironmentContext, connection) -> None:
     else:
         # Our SQLite engines emit a real BEGIN (see orchestrator.db), so DDL is transactional.
         options["transactional_ddl"] = True
+    unmanaged = None
+    if options["on_version_apply"] is None and not context.config.attributes.get("managed"):
+        # Plain `alembic upgrade` (or pytest-alembic): the history is written here instead.
+        unmanaged = _UnmanagedHistory(context)
+        options["on_version_apply"] = unmanaged.step_done
     context.configure(connection=connection, **options)
-    with context.begin_transaction():
-        context.run_migrations()
+    try:
+        with context.begin_transaction():
+            context.run_migrations()
+    except Exception as exc:
+        if unmanaged is not None:
+            unmanaged.step_failed(connection, exc)
+        raise
+
+
+class _UnmanagedHistory:
+    """`migration_history` for Alembic runs the manager did not start, written as it writes it.
+
+    Each step's row goes into the step's own transaction. A failed upgrade or downgrade step is
+    recorded after its transaction was rolled back, when the command is known (Alembic's command
+    line says which it runs; code calling `alembic.command` directly does not).
+    """
+
+    def __init__(self, context: EnvironmentContext) -> None:
+        from orchestrator.migrations import history
+
+        self._context = context
+        self._recorder = history.Recorder(history.UPGRADE, self._script_path)
+
+    def _script_path(self, revision: str | None) -> str | None:
+        script = self._context.script.get_revision(revision) if revision else None
+        return script.path if script is not None else None
+
+    def step_done(self, *, step, ctx, **_: Any) -> None:
+        from orchestrator.migrations import history
+
+        if step.is_stamp:
+            direction = history.STAMP
+            revision = next(iter(step.destination_revision_ids), "base")
+        else:
+            # For both directions the revision whose script ran.
+            direction = history.UPGRADE if step.is_upgrade else history.DOWNGRADE
+            revision = step.up_revision_id
+        history.ensure_table(ctx.connection)
+        self._recorder.step_done(ctx.connection, revision, direction)
+
+    def step_failed(self, connection, exc: Exception) -> None:
+        from orchestrator.migrations import history
+
+        try:
+            connection.rollback()  # what the failed step left, if anything
+            failed = self._failed_step()
+            if failed is None:
+                return
+            history.ensure_table(connection)
+            self._recorder.step_failed(connection, failed[1], f"{type(exc).__name__}: {exc}",
+                                       failed[0])
+            connection.commit()
+        except Exception as error:  # the migration's own error is the one to report
+            logger.warning("could not record the failed step in %s: %s", history.HISTORY_TABLE,
+                           error)
+
+    def _failed_step(self) -> tuple[str, str] | None:
+        """(direction, revision) of the step that failed, or None when it cannot be told."""
+        from orchestrator.migrations import history
+
+        command = getattr(self._context.config.cmd_opts, "cmd", None)
+        direction = getattr(command[0], "__name__", None) if command else None
+        if direction not in (history.UPGRADE, history.DOWNGRADE):
+            return None
+        # The failed step was rolled back: the database is at the last good revision, and the
+        # step that failed is the one after it toward the target (or, going down, that revision).
+        current = self._context.get_context().get_current_revision()
+        try:
+            if direction == history.DOWNGRADE:
+                failed = current
+            else:
+                target = self._context.get_revision_argument()
+                failed = list(self._context.script.iterate_revisions(target, current))[-1].revision
+        except Exception:  # the target itself was bad: no step ran, none failed
+            return None
+        return direction, failed
 
 
 def _set_lock_timeout(config: Config, connection) -> None:

@@ -205,13 +205,15 @@ class Recorder:
         self.written: list[dict[str, Any]] = []
         self._step_started = time.perf_counter()
 
-    def step_done(self, connection: Connection, revision: str) -> None:
+    def step_done(self, connection: Connection, revision: str, direction: str | None = None) -> None:
         """Record a successful step inside its own transaction (called by `on_version_apply`)."""
-        self._write(connection, revision=revision, success=True)
+        self._write(connection, revision=revision, success=True, direction=direction)
 
-    def step_failed(self, connection: Connection, revision: str, error: str) -> None:
+    def step_failed(
+        self, connection: Connection, revision: str, error: str, direction: str | None = None
+    ) -> None:
         """Record the step that failed, on a connection outside the rolled-back transaction."""
-        self._write(connection, revision=revision, success=False, error=error)
+        self._write(connection, revision=revision, success=False, error=error, direction=direction)
 
     def rewrite(self, connection: Connection) -> None:
         """Write this run's rows again (after a restore replaced the table with an older one)."""
@@ -224,7 +226,7 @@ class Recorder:
         now = time.perf_counter()
         duration = now - self._step_started
         row.update(
-            direction=self.direction,
+            direction=row.get("direction") or self.direction,
             duration=duration,
             started_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=duration),
             script_checksum=checksum(self._script_path(row["revision"])),

@@ -48,6 +48,11 @@ StillNeeded = Callable[[], bool]
 WaitForRelease = Callable[[float], None]
 
 
+def lock_file_for(database: Path) -> Path:
+    """The lock file of a SQLite database: beside it, named after it."""
+    return database.with_name(database.name + ".migrate.lock")
+
+
 def holder_description() -> str:
     """Who we are, as other waiters will see it."""
     return f"{socket.gethostname()} pid {os.getpid()}"
@@ -247,7 +252,8 @@ def _wait_for_turn(
         if remaining <= 0:
             raise MigrationLockTimeout(
                 f"another migration ({describe_holder()}) held the migration lock for more "
-                f"than {timeout:g}s; wait for it to finish and retry, or raise --lock-timeout"
+                f"than {timeout:g}s; wait for it to finish and retry, or raise --lock-timeout "
+                "(MIGRATION_LOCK_TIMEOUT)"
             )
         if not told and notify is not None:
             notify(

@@ -663,13 +663,14 @@ class MigrationManager:
         """Hold the migration lock; yields False when `still_needed` ended the wait unheld."""
         path = sqlite_path(self.database_url)
         if path is not None:
-            lock_path = path.with_name(path.name + ".migrate.lock")
             if not path.parent.exists():
                 raise DatabaseUnreachableError(
                     f"cannot create {path}: the folder {path.parent} does not exist; "
                     "create it or fix DATABASE_URL"
                 )
-            with lock.file_lock(lock_path, self.lock_timeout, self.notify, still_needed) as held:
+            with lock.file_lock(
+                lock.lock_file_for(path), self.lock_timeout, self.notify, still_needed
+            ) as held:
                 yield held
             return
         with self._connect() as connection:
