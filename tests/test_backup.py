@@ -72,6 +72,9 @@ def at_head(db_url: str, backups: Path):
 
 
 def test_backup_then_change_then_restore_gives_the_exact_content(at_head: MigrationManager, db_url: str):
+    if at_head.dialect == "postgresql":
+        execute(db_url, "CREATE FUNCTION kept_sum(a integer, b integer) RETURNS integer "
+                        "LANGUAGE sql AS 'SELECT a + b'")
     before = every_table(db_url)
     schema = schema_snapshot(db_url)
     progress: list[tuple[int, int | None]] = []
@@ -93,7 +96,14 @@ def test_backup_then_change_then_restore_gives_the_exact_content(at_head: Migrat
     if at_head.dialect == "postgresql":
         execute(db_url, "CREATE TYPE mood AS ENUM ('calm', 'busy')",
                 "CREATE DOMAIN positive AS integer CHECK (VALUE > 0)",
-                "CREATE SEQUENCE loose_numbers")
+                "CREATE SEQUENCE loose_numbers",
+                "CREATE FUNCTION added_concat(a integer, b text) RETURNS text "
+                "LANGUAGE sql AS 'SELECT a::text || b'",
+                "CREATE PROCEDURE added_procedure() LANGUAGE sql AS 'SELECT 1'",
+                "CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql "
+                "AS 'BEGIN NEW.name := NEW.name; RETURN NEW; END'",
+                "CREATE TRIGGER touch_users BEFORE UPDATE ON users "
+                "FOR EACH ROW EXECUTE FUNCTION touch()")
     assert every_table(db_url) != before
 
     report = at_head.restore(info.path, progress=lambda done, total: progress.append((done, total)))
@@ -104,6 +114,12 @@ def test_backup_then_change_then_restore_gives_the_exact_content(at_head: Migrat
     with engine.connect() as connection:
         assert "view_after_the_backup" not in inspect(connection).get_view_names()
     engine.dispose()
+    if at_head.dialect == "postgresql":
+        # Routines and triggers made after the backup go too; one the backup has stays.
+        routines = "SELECT string_agg(proname, ',' ORDER BY proname) FROM pg_proc " \
+                   "WHERE pronamespace = 'public'::regnamespace"
+        assert scalar(db_url, routines) == "kept_sum"
+        assert scalar(db_url, "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal") == 0
     assert report.restored.path == info.path and report.revision == info.revision
     # The state the restore replaced was saved first, and is itself restorable.
     assert report.safety_backup.reason == "before-restore"

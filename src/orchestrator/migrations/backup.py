@@ -355,6 +355,10 @@ _TOC_ENTRY = re.compile(
     r"^\d+; \d+ \d+ (?P<kind>MATERIALIZED VIEW|FOREIGN TABLE|TABLE|VIEW|SEQUENCE|TYPE|DOMAIN) "
     r"(?P<schema>\S+) (?P<name>\S+) \S*$"
 )
+# Functions are listed with their arguments, which may hold spaces: "add(integer, integer)".
+_TOC_ROUTINE = re.compile(
+    r"^\d+; \d+ \d+ (?:FUNCTION|PROCEDURE|AGGREGATE) (?P<schema>\S+) (?P<name>[^\s(]+)\("
+)
 
 
 def _restore_postgres(database_url: str, path: Path, progress: Progress | None) -> None:
@@ -363,8 +367,8 @@ def _restore_postgres(database_url: str, path: Path, progress: Progress | None) 
     listing = _run_tool([pg_restore, "--list", str(path)], env, database_url, capture=True)
     in_archive = {
         (match["schema"], match["name"])
-        for match in map(_TOC_ENTRY.match, listing.splitlines())
-        if match
+        for line in listing.splitlines()
+        if (match := _TOC_ENTRY.match(line) or _TOC_ROUTINE.match(line))
     }
     _drop_objects_not_in(database_url, in_archive)
     command = [pg_restore, "--clean", "--if-exists", "--single-transaction", "--exit-on-error",
@@ -388,21 +392,21 @@ def _drop_objects_not_in(database_url: str, in_archive: set[tuple[str, str]]) ->
     try:
         with engine.begin() as connection:
             rows = connection.execute(text(_USER_OBJECTS)).all()
-            for kind, schema, name in rows:
+            for kind, schema, name, qualified in rows:
                 if (schema, name) not in in_archive:
-                    connection.execute(
-                        text(f'DROP {kind} IF EXISTS "{schema}"."{name}" CASCADE')
-                    )
+                    connection.execute(text(f"DROP {kind} IF EXISTS {qualified} CASCADE"))
     finally:
         engine.dispose()
 
 
-# Tables, views, sequences and types in user schemas, except those that belong to an extension
-# or live and die with a column (serial and identity sequences).
+# Tables, views, sequences, types and routines in user schemas, except those that belong to an
+# extension or live and die with a column (serial and identity sequences); with the name to
+# drop each by (a routine's includes its arguments). An overload of a routine whose name the
+# archive has is kept: archives list routines by name and arguments in a form not worth parsing.
 _USER_OBJECTS = """
 SELECT CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
        WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END,
-       n.nspname, c.relname
+       n.nspname, c.relname, quote_ident(n.nspname) || '.' || quote_ident(c.relname)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
@@ -411,13 +415,25 @@ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
                   WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
                     AND d.deptype IN ('e', 'a', 'i'))
 UNION ALL
-SELECT CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, n.nspname, t.typname
+SELECT CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, n.nspname, t.typname,
+       quote_ident(n.nspname) || '.' || quote_ident(t.typname)
 FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
 WHERE t.typtype IN ('e', 'd', 'r')
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg\\_%'
   AND NOT EXISTS (SELECT 1 FROM pg_depend d
                   WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e')
+UNION ALL
+SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END,
+       n.nspname, p.proname,
+       quote_ident(n.nspname) || '.' || quote_ident(p.proname)
+       || '(' || pg_get_function_identity_arguments(p.oid) || ')'
+FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE p.prokind IN ('f', 'p', 'a')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_%'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                  WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')
 ORDER BY 1 DESC
 """
 
