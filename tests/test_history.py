@@ -364,21 +364,70 @@ def test_plain_alembic_records_no_failure_when_no_step_ran(sqlite_url, tmp_path,
     assert [e.success for e in manager_for(sqlite_url, scripts).applied_history()] == [True, True]
 
 
-def test_alembic_called_from_code_records_steps_but_cannot_name_a_failure(
-    sqlite_url, tmp_path, monkeypatch
-):
-    from alembic import command
+def _code_config(scripts: Path, url: str):
     from alembic.config import Config
 
-    scripts = copy_scripts(tmp_path)
-    add_revision(scripts, "raise RuntimeError('boom')")
     config = Config()
     config.set_main_option("script_location", str(scripts))
-    config.set_main_option("sqlalchemy.url", sqlite_url)
+    config.set_main_option("sqlalchemy.url", url)
+    return config
+
+
+def test_alembic_called_from_code_records_its_steps_and_its_failure(sqlite_url, tmp_path):
+    from alembic import command
+
+    scripts = copy_scripts(tmp_path)
+    bad = add_revision(scripts, "raise RuntimeError('boom')")
     with pytest.raises(RuntimeError, match="boom"):
-        command.upgrade(config, "head")
+        command.upgrade(_code_config(scripts, sqlite_url), "head")
     entries = manager_for(sqlite_url, scripts).applied_history()
-    assert entries and all(e.success and e.direction == "upgrade" for e in entries)
+    assert all(e.success and e.direction == "upgrade" for e in entries[:-1])
+    assert (entries[-1].revision, entries[-1].success) == (bad, False)
+
+
+def test_a_lent_connection_is_left_to_its_owner_when_a_step_fails(sqlite_url, tmp_path):
+    """Alembic's connection-sharing recipe: the caller's transaction is not ended for a history
+    row; the steps that succeeded are recorded in it, the failure is the caller's to handle."""
+    from alembic import command
+
+    scripts = copy_scripts(tmp_path)
+    good = head_of(scripts)
+    add_revision(scripts, "raise RuntimeError('boom')")
+    engine = create_engine(sqlite_url)
+    config = _code_config(scripts, sqlite_url)
+    with engine.connect() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, good)
+        connection.commit()
+        with pytest.raises(RuntimeError, match="boom"):
+            command.upgrade(config, "head")
+    engine.dispose()
+    entries = manager_for(sqlite_url, scripts).applied_history()
+    assert [e.success for e in entries] == [True] * len(entries)
+    assert entries[-1].revision == good
+
+
+def test_plain_alembic_names_the_failed_step_of_a_relative_upgrade(sqlite_url, tmp_path,
+                                                                   monkeypatch):
+    scripts = copy_scripts(tmp_path)
+    _plain_alembic(scripts, tmp_path, monkeypatch, sqlite_url, "upgrade", "head")
+    passing = add_revision(scripts, "pass")
+    failing = add_revision(scripts, "raise RuntimeError('boom')")
+    add_revision(scripts, "pass")
+    with pytest.raises(RuntimeError, match="boom"):
+        _plain_alembic(scripts, tmp_path, monkeypatch, sqlite_url, "upgrade", "+3")
+    entries = manager_for(sqlite_url, scripts).applied_history()
+    assert [(e.revision, e.success) for e in entries[-2:]] == [(passing, True), (failing, False)]
+
+
+def test_plain_alembic_records_no_failure_for_a_bad_downgrade_target(sqlite_url, tmp_path,
+                                                                     monkeypatch):
+    scripts = copy_scripts(tmp_path)
+    _plain_alembic(scripts, tmp_path, monkeypatch, sqlite_url, "upgrade", "head")
+    for target in ("999", "-9"):
+        with pytest.raises(SystemExit):  # Alembic reports a bad target in one line
+            _plain_alembic(scripts, tmp_path, monkeypatch, sqlite_url, "downgrade", target)
+    assert all(e.success for e in manager_for(sqlite_url, scripts).applied_history())
 
 
 def test_a_failure_that_cannot_be_recorded_leaves_the_migration_error(

@@ -111,10 +111,10 @@ def _run_online(context: EnvironmentContext) -> None:
     if isinstance(connection, Engine):
         # pytest-alembic hands over an engine rather than a connection.
         with connection.connect() as own_connection:
-            _migrate(context, own_connection)
+            _migrate(context, own_connection, owned=True)
         return
     if connection is not None:
-        _migrate(context, connection)
+        _migrate(context, connection, owned=False)
         return
     from sqlalchemy.pool import NullPool
 
@@ -124,7 +124,7 @@ def _run_online(context: EnvironmentContext) -> None:
     engine = create_engine(url, poolclass=NullPool, **_connect_args(url))
     try:
         with _plain_command_lock(context, engine), engine.connect() as connection:
-            _migrate(context, connection)
+            _migrate(context, connection, owned=True)
     finally:
         engine.dispose()
 
@@ -145,28 +145,55 @@ def _plain_command_lock(context: EnvironmentContext, engine) -> Iterator[None]:
     The manager takes it itself. Without it, an operator's `alembic upgrade head` could run
     beside replicas running `orchestrator db upgrade`, and both apply the same revision. Alembic
     reads the database's revision after this returns, so a run that waited applies only what
-    is still missing. Other commands (current, history, --sql) take no lock.
+    is still missing. Other commands (current, history, --sql) take none.
     """
     command = getattr(context.config.cmd_opts, "cmd", None)
     name = getattr(command[0], "__name__", None) if command else None
-    if name not in ("upgrade", "downgrade", "stamp") or context.config.attributes.get("managed"):
+    if name not in ("upgrade", "downgrade", "stamp"):
         yield
         return
+    from alembic.util import CommandError
+
     from orchestrator.db import sqlite_path
     from orchestrator.migrations import lock
+    from orchestrator.migrations.errors import MigrationError
     from orchestrator.settings import get_settings
 
     timeout = get_settings().migration_lock_timeout
     path = sqlite_path(engine.url)
-    if path is not None:
-        with lock.file_lock(lock.lock_file_for(path), timeout, logger.warning):
-            yield
-        return
-    with engine.connect() as connection, lock.advisory_lock(connection, timeout, logger.warning):
+    with contextlib.ExitStack() as stack:
+        try:
+            if path is not None:
+                stack.enter_context(_sqlite_lock(path, timeout))
+            else:
+                connection = stack.enter_context(engine.connect())
+                stack.enter_context(lock.advisory_lock(connection, timeout, logger.warning))
+        except MigrationError as exc:  # Alembic prints a CommandError as one line
+            raise CommandError(str(exc)) from None
         yield
 
 
-def _migrate(context: EnvironmentContext, connection) -> None:
+@contextlib.contextmanager
+def _sqlite_lock(path: Path, timeout: float) -> Iterator[None]:
+    from orchestrator.migrations import lock
+    from orchestrator.migrations.errors import DatabaseUnreachableError
+
+    lock_path = lock.lock_file_for(path)
+    held = contextlib.ExitStack()
+    try:
+        held.enter_context(lock.file_lock(lock_path, timeout, logger.warning))
+    except DatabaseUnreachableError:
+        if not path.parent.is_dir():
+            raise
+        # A folder we may not write in: nor can we change the database in it (SQLite writes
+        # its journal beside it), so there is nothing to serialise; an up-to-date database is
+        # fine, and a change fails with SQLite's own "readonly database".
+        logger.warning("cannot create the migration lock file %s; going on without it", lock_path)
+    with held:
+        yield
+
+
+def _migrate(context: EnvironmentContext, connection, owned: bool) -> None:
     options = _configure_options(context)
     if backend_name(connection.engine.url) == "postgresql":
         _set_lock_timeout(context.config, connection)
@@ -179,11 +206,14 @@ def _migrate(context: EnvironmentContext, connection) -> None:
         unmanaged = _UnmanagedHistory(context)
         options["on_version_apply"] = unmanaged.step_done
     context.configure(connection=connection, **options)
+    if unmanaged is not None:
+        unmanaged.watch(context.get_context())
     try:
         with context.begin_transaction():
             context.run_migrations()
     except Exception as exc:
-        if unmanaged is not None:
+        # A connection the caller lent us is in the caller's transaction: not ours to end.
+        if unmanaged is not None and owned:
             unmanaged.step_failed(connection, exc)
         raise
 
@@ -191,9 +221,9 @@ def _migrate(context: EnvironmentContext, connection) -> None:
 class _UnmanagedHistory:
     """`migration_history` for Alembic runs the manager did not start, written as it writes it.
 
-    Each step's row goes into the step's own transaction. A failed upgrade or downgrade step is
-    recorded after its transaction was rolled back, when the command is known (Alembic's command
-    line says which it runs; code calling `alembic.command` directly does not).
+    Each step's row goes into the step's own transaction. A step that fails is recorded after
+    its transaction was rolled back: which step it was is seen by watching Alembic's plan as it
+    is run, so an error before any step (a bad target) records nothing.
     """
 
     def __init__(self, context: EnvironmentContext) -> None:
@@ -201,60 +231,63 @@ class _UnmanagedHistory:
 
         self._context = context
         self._recorder = history.Recorder(history.UPGRADE, self._script_path)
+        # The step being run: from its start until it is recorded.
+        self._running = None
 
     def _script_path(self, revision: str | None) -> str | None:
         script = self._context.script.get_revision(revision) if revision else None
         return script.path if script is not None else None
 
-    def step_done(self, *, step, ctx, **_: Any) -> None:
+    def watch(self, migration_context: Any) -> None:
+        """Note each step as Alembic takes it from its plan to run it.
+
+        The plan is the command's function that `MigrationContext.run_migrations` iterates
+        (`_migrations_fn`, not public API: without it, failed steps go unrecorded).
+        """
+        plan = getattr(migration_context, "_migrations_fn", None)
+        if plan is None:  # pragma: no cover - an Alembic without it
+            return
+
+        def steps(heads: Any, context: Any) -> Iterator[Any]:
+            for step in plan(heads, context):
+                self._running = step.info
+                yield step
+
+        migration_context._migrations_fn = steps
+
+    @staticmethod
+    def _describe(step) -> tuple[str, str]:
+        """(direction, revision) of a step, as the manager records them."""
         from orchestrator.migrations import history
 
         if step.is_stamp:
-            direction = history.STAMP
-            revision = next(iter(step.destination_revision_ids), "base")
-        else:
-            # For both directions the revision whose script ran.
-            direction = history.UPGRADE if step.is_upgrade else history.DOWNGRADE
-            revision = step.up_revision_id
+            return history.STAMP, next(iter(step.destination_revision_ids), "base")
+        # For both directions the revision whose script ran.
+        return (history.UPGRADE if step.is_upgrade else history.DOWNGRADE), step.up_revision_id
+
+    def step_done(self, *, step, ctx, **_: Any) -> None:
+        from orchestrator.migrations import history
+
+        self._running = None
+        direction, revision = self._describe(step)
         history.ensure_table(ctx.connection)
         self._recorder.step_done(ctx.connection, revision, direction)
 
     def step_failed(self, connection, exc: Exception) -> None:
         from orchestrator.migrations import history
 
+        if self._running is None:
+            return
+        direction, revision = self._describe(self._running)
         try:
             connection.rollback()  # what the failed step left, if anything
-            failed = self._failed_step()
-            if failed is None:
-                return
             history.ensure_table(connection)
-            self._recorder.step_failed(connection, failed[1], f"{type(exc).__name__}: {exc}",
-                                       failed[0])
+            self._recorder.step_failed(connection, revision, f"{type(exc).__name__}: {exc}",
+                                       direction)
             connection.commit()
         except Exception as error:  # the migration's own error is the one to report
             logger.warning("could not record the failed step in %s: %s", history.HISTORY_TABLE,
                            error)
-
-    def _failed_step(self) -> tuple[str, str] | None:
-        """(direction, revision) of the step that failed, or None when it cannot be told."""
-        from orchestrator.migrations import history
-
-        command = getattr(self._context.config.cmd_opts, "cmd", None)
-        direction = getattr(command[0], "__name__", None) if command else None
-        if direction not in (history.UPGRADE, history.DOWNGRADE):
-            return None
-        # The failed step was rolled back: the database is at the last good revision, and the
-        # step that failed is the one after it toward the target (or, going down, that revision).
-        current = self._context.get_context().get_current_revision()
-        try:
-            if direction == history.DOWNGRADE:
-                failed = current
-            else:
-                target = self._context.get_revision_argument()
-                failed = list(self._context.script.iterate_revisions(target, current))[-1].revision
-        except Exception:  # the target itself was bad: no step ran, none failed
-            return None
-        return direction, failed
 
 
 def _set_lock_timeout(config: Config, connection) -> None:
