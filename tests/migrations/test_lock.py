@@ -35,8 +35,7 @@ def orchestrator(*args: str, env: dict | None = None) -> subprocess.Popen:
 
 
 def lock_file_of(url: str) -> Path:
-    path = Path(url.removeprefix("sqlite:///"))
-    return path.with_name(path.name + ".migrate.lock")
+    return lock.lock_file_for(Path(url.removeprefix("sqlite:///")))
 
 
 @pytest.mark.slow
