@@ -59,13 +59,14 @@ def test_check_on_a_database_ahead_exits_2(cli, sqlite_url):
     cli("db", "upgrade")
     execute(sqlite_url, "UPDATE alembic_version SET version_num = '999'")
     code, out, err = cli("db", "check")
-    assert code == 2 and "AHEAD" in out and err.startswith("Error: the database is at 999")
+    assert code == 2 and "AHEAD" in out
+    assert err.startswith("Error: the database is at revision 999, which this code does not know")
 
 
 def test_check_on_an_unversioned_database_exits_2_and_suggests_stamp(cli, sqlite_url):
     execute(sqlite_url, "CREATE TABLE legacy (id INTEGER)")
     code, _, err = cli("db", "check")
-    assert code == 2 and "orchestrator db stamp" in err
+    assert code == 2 and "has tables but no migration revision" in err and "orchestrator db stamp" in err
 
 
 def test_check_on_an_unreachable_database_exits_3_with_a_masked_url(cli):
@@ -126,6 +127,20 @@ def test_downgrade_sql(cli):
     cli("db", "upgrade", "003")
     code, out, _ = cli("db", "downgrade", "001", "--sql")
     assert code == 0 and "DROP COLUMN priority_level" in out
+    assert cli("db", "current")[1].strip() == "003"
+
+
+def test_relative_sql_counts_from_the_start(cli, sqlite_url):
+    cli("db", "upgrade", "003")
+    code, out, _ = cli("db", "downgrade", "-1", "--sql")  # from the database's 003
+    assert code == 0 and "Running downgrade 003 -> 002" in out and "002 -> 001" not in out
+    code, out, _ = cli("db", "downgrade", "003:-2", "--sql")
+    assert code == 0 and "Running downgrade 002 -> 001" in out and "001 -> " not in out
+    code, out, _ = cli("db", "upgrade", "001:+1", "--sql")
+    assert code == 0 and "Running upgrade 001 -> 002" in out and "002 -> 003" not in out
+    code, _, err = cli("db", "upgrade", "003:+9", "--sql")
+    assert code == 2 and "+9 goes past the head from 003" in err
+    assert cli("db", "current")[1].strip() == "003"
 
 
 def test_production_downgrade_refuses_without_a_terminal(cli):

@@ -63,7 +63,7 @@ def test_users_create_refuses_a_duplicate_email(sqlite_url, users_create):
         manager.upgrade()
     assert users_create(sqlite_url, "--email", "ada@example.com", "--name", "Ada")[0] == 0
     code, _, err = users_create(sqlite_url, "--email", "ADA@example.com", "--name", "Ada")
-    assert code == 1
+    assert code == 2
     assert "Error: a user with email ada@example.com already exists" in err
 
 
@@ -76,6 +76,7 @@ def test_users_create_refuses_bad_input_in_one_line(sqlite_url, users_create, ar
     with MigrationManager(sqlite_url) as manager:
         manager.upgrade()
     code, _, err = users_create(sqlite_url, *args)
-    assert code != 0
+    assert code == 2
+    assert err.startswith("Error: ") and len(err.strip().splitlines()) == 1
     assert message in err
     assert "Traceback" not in err

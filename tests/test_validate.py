@@ -560,6 +560,7 @@ def test_validate_command_shows_locations_and_skipped_rules(tmp_path, run_here, 
     url = f"sqlite:///{tmp_path / 'edited.db'}"
     missing = run_here("db", "validate", "--database-url", url)
     assert "skipped MIG005 no-drift: the database" in missing.stdout
+    assert missing.stdout.rstrip().endswith("OK: 0 errors, 0 warnings, 2 rules skipped")
     MigrationManager(url).upgrade()
     # The project's scripts must not be touched: make the database remember another checksum.
     execute(url, "UPDATE migration_history SET checksum = 'feed' WHERE revision = '002'")

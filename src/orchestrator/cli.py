@@ -24,6 +24,12 @@ CHECK_PENDING_EXIT = 1
 UNEXPECTED_ERROR_EXIT = 70
 
 
+class _BadInput(click.ClickException):
+    """Input the command cannot use: one `Error:` line, exit 2 like any usage error."""
+
+    exit_code = 2
+
+
 # -- options shared by `orchestrator` and every `db` command ------------------------------
 
 
@@ -166,7 +172,7 @@ def check(ctx: click.Context, as_json: bool) -> None:
     manager = _manager(ctx)
     state = manager.status()
     _print_status(manager, state, as_json)
-    _refuse_unknown_schema(state)
+    manager.require_known_database(state)
     if not state.up_to_date:
         ctx.exit(CHECK_PENDING_EXIT)
 
@@ -230,13 +236,14 @@ def downgrade(
     lock_timeout: float | None,
     retries: int,
 ) -> None:
-    """Undo migrations down to REVISION (an id, -1, or base)."""
+    """Undo migrations down to REVISION (an id, -1, or base; with --sql also START:END)."""
     from orchestrator.migrations import ConfirmationRequired
 
     manager = _manager(ctx, lock_timeout=lock_timeout)
     if sql:
-        current = manager.get_current_revision() or "head"
-        click.echo(manager.sql(revision, start=current), nl=False)
+        start, _, end = revision.rpartition(":")
+        start = start or manager.get_current_revision() or "head"
+        click.echo(manager.sql(end, start=start), nl=False)
         return
     plan = manager.plan_downgrade(revision)
     if not plan:
@@ -443,14 +450,14 @@ def users_create(ctx: click.Context, email: str, name: str) -> None:
     manager = _manager(ctx)
     _require_head(manager)
     if not name.strip() or len(name.strip()) > 200:
-        raise click.BadParameter("give a name of 1 to 200 characters", param_hint="--name")
+        raise _BadInput("--name: give a name of 1 to 200 characters")
     engine = create_engine(manager.database_url)
     try:
         with Session(engine, expire_on_commit=False) as session:
             try:
                 user, token = create_user(session, email, name.strip())
             except AccountError as exc:
-                raise click.ClickException(str(exc)) from None
+                raise _BadInput(str(exc)) from None
             session.commit()
     finally:
         engine.dispose()
@@ -458,28 +465,11 @@ def users_create(ctx: click.Context, email: str, name: str) -> None:
     click.echo(token)
 
 
-def _refuse_unknown_schema(state: MigrationStatus) -> None:
-    """A database ahead of the code, or not under version control, is an error for any command."""
-    from orchestrator.migrations import DatabaseAheadError, UnversionedDatabaseError
-
-    if state.ahead:
-        raise DatabaseAheadError(
-            f"the database is at {state.current}, which this code does not know; "
-            "deploy the code that has it"
-        )
-    if state.unversioned:
-        raise UnversionedDatabaseError(
-            "the database has tables but no revision; record its revision with "
-            "`orchestrator db stamp <revision>`"
-        )
-
-
 def _require_head(manager: MigrationManager) -> None:
     """Refuse to touch the data of a database whose schema is not at head."""
     from orchestrator.migrations import NotAtHeadError
 
-    state = manager.status()
-    _refuse_unknown_schema(state)
+    state = manager.require_known_database()
     if not state.up_to_date:
         raise NotAtHeadError(
             f"the database is at {state.current or 'base'}, not at head {state.head}; "
@@ -601,8 +591,10 @@ def _print_validation(report) -> None:
         click.echo(f"passed  {passed}")
     errors, warnings = len(report.errors), len(report.warnings)
     verdict = "FAILED" if errors else "OK"
+    skipped = len(report.skipped)
     click.echo(
         f"{verdict}: {errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}"
+        + (f", {skipped} rule{'s' * (skipped != 1)} skipped" if skipped else "")
         + (" (strict)" if report.strict else "")
     )
 

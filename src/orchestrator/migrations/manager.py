@@ -260,12 +260,12 @@ class MigrationManager:
 
     def plan_upgrade(self, target: str = "head") -> list[str]:
         """The revisions `upgrade(target)` would apply, in order."""
-        status = self._require_known_database()
+        status = self.require_known_database()
         return list(self._between(status.current, self._resolve(target, status.current)))
 
     def plan_downgrade(self, target: str) -> list[str]:
         """The revisions `downgrade(target)` would undo, newest first."""
-        status = self._require_known_database()
+        status = self.require_known_database()
         resolved = self._resolve(target, status.current)
         if self._position(resolved) > self._position(status.current):
             raise UnknownRevisionError(
@@ -390,15 +390,18 @@ class MigrationManager:
         return str(self.create(message, autogenerate=auto))
 
     def sql(self, target: str = "head", start: str | None = None) -> str:
-        """The SQL that upgrading from `start` (default: base) to `target` runs, without a database."""
+        """The SQL that migrating from `start` (default: base) to `target` runs, without a database.
+
+        A relative `target` (+1, -2) counts from `start`.
+        """
         from alembic import command
 
         output = io.StringIO()
         config = alembic_config(
             self.database_url, output_buffer=output, script_location=self.script_location
         )
-        end = self._resolve(target, None)
         begin = self._resolve(start, None) if start else None
+        end = self._resolve(target, begin)
         if self._position(begin) > self._position(end):
             command.downgrade(config, f"{end_or_base(begin)}:{end_or_base(end)}", sql=True)
         else:
@@ -550,8 +553,10 @@ class MigrationManager:
             )
         return matches[0]
 
-    def _require_known_database(self) -> MigrationStatus:
-        status = self.status()
+    def require_known_database(self, status: MigrationStatus | None = None) -> MigrationStatus:
+        """`status` (read now when not given); raises when the database is ahead of these scripts
+        (`DatabaseAheadError`) or has tables but no revision (`UnversionedDatabaseError`)."""
+        status = status or self.status()
         if status.ahead:
             raise DatabaseAheadError(
                 f"the database is at revision {status.current}, which this code does not know; "
