@@ -288,6 +288,39 @@ def test_an_unwritable_backup_folder_is_a_clear_error(sqlite_url, tmp_path):
         manager.upgrade("001")
         with pytest.raises(BackupError, match="cannot create the backup folder .*BACKUP_DIR"):
             manager.backup()
+        with pytest.raises(BackupError, match="cannot create the backup folder .*another --output"):
+            manager.backup(blocker / "pre.sqlite")
+    assert blocker.read_text() == "a file where the folder should be"
+
+
+def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_backup(sqlite_url, tmp_path,
+                                                                  monkeypatch):
+    """A full disk cannot be made here: the copy's write fails as it would on one."""
+    import errno
+
+    def disk_full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    folder = tmp_path / "backups"
+    with MigrationManager(sqlite_url, backup_dir=folder) as manager:
+        manager.upgrade("001")
+        monkeypatch.setattr(os, "sendfile", disk_full)
+        with pytest.raises(BackupError, match=r"cannot write the backup .*No space left on device; "
+                                              r"set BACKUP_DIR"):
+            manager.backup()
+    assert list(folder.iterdir()) == []
+
+
+def test_an_interrupted_backup_leaves_no_partial_file(sqlite_url, tmp_path):
+    def interrupt(done, total):
+        raise KeyboardInterrupt
+
+    folder = tmp_path / "backups"
+    with MigrationManager(sqlite_url, backup_dir=folder) as manager:
+        manager.upgrade("001")
+        with pytest.raises(KeyboardInterrupt):
+            manager.backup(progress=interrupt)
+    assert list(folder.iterdir()) == []
 
 
 # -- SQLite: consistent while the API writes --------------------------------------------------------

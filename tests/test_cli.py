@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -283,3 +284,38 @@ def test_seed_script_builds_orchestrator_arguments():
     assert build_argv(["create", "-m", "add x", "-e", "staging"]) == [
         "db", "create", "-m", "add x", "--env", "staging"]
     assert build_argv(["upgrade", "-r", "003"]) == ["db", "upgrade", "003"]
+
+
+def test_a_file_it_cannot_use_is_one_line_exit_2(cli, monkeypatch):
+    """Any OSError the commands do not word themselves (here a read-only mount, which root, who
+    runs CI, cannot be stopped by otherwise) is one line naming the file."""
+    import errno
+
+    from orchestrator.migrations import MigrationManager
+
+    def read_only(self, output=None, progress=None):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), "/mnt/backups/b.sqlite")
+
+    monkeypatch.setattr(MigrationManager, "backup", read_only)
+    code, _, err = cli("db", "backup")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith("Error: cannot use /mnt/backups/b.sqlite: Read-only file system; ")
+
+
+def test_a_database_that_refuses_writes_is_one_line_exit_3(cli, sqlite_url, monkeypatch):
+    """A read-only database file: root (which runs CI) can write any file, so the refusal SQLite
+    gives for one is raised where the stamp would write."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from orchestrator.migrations import MigrationManager
+
+    def read_only(self, revision):
+        raise OperationalError("UPDATE alembic_version", {},
+                               sqlite3.OperationalError("attempt to write a readonly database"))
+
+    monkeypatch.setattr(MigrationManager, "stamp", read_only)
+    code, _, err = cli("db", "stamp", "002")
+    assert code == 3 and len(err.strip().splitlines()) == 1
+    assert err.startswith("Error: the database refused: attempt to write a readonly database;")

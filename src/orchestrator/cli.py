@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 ENVIRONMENTS = ("development", "staging", "production")
 CHECK_PENDING_EXIT = 1
 UNEXPECTED_ERROR_EXIT = 70
+INTERRUPTED_EXIT = 130  # what a shell reports for Ctrl-C
 
 
 class _BadInput(click.ClickException):
@@ -669,7 +670,34 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        # Migrations and restores are transactional and the lock dies with its holder.
+        if ctx_meta.get("orchestrator.verbose"):
+            traceback.print_exc()
+        click.echo("Interrupted.", err=True)
+        sys.exit(INTERRUPTED_EXIT)
+    except OSError as exc:
+        # A file the command needed: a read-only folder, a missing mount, a full disk.
+        if ctx_meta.get("orchestrator.verbose"):
+            traceback.print_exc()
+        where = f" {exc.filename}" if exc.filename else ""
+        click.echo(
+            f"Error: cannot use{where}: {exc.strerror or exc}; check the path, its permissions "
+            "and free space",
+            err=True,
+        )
+        sys.exit(2)
     except Exception as exc:
+        if _is_operational_error(exc):
+            if ctx_meta.get("orchestrator.verbose"):
+                traceback.print_exc()
+            reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+            click.echo(
+                f"Error: the database refused: {reason}; check that it is writable "
+                "(file permissions, a read-only mount, the role's privileges)",
+                err=True,
+            )
+            sys.exit(3)
         if ctx_meta.get("orchestrator.verbose"):
             traceback.print_exc()
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -680,6 +708,12 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(UNEXPECTED_ERROR_EXIT)
     sys.exit(0)
+
+
+def _is_operational_error(exc: BaseException) -> bool:
+    """A database that refused to work (read-only, full, gone): not a bug in this code."""
+    module = sys.modules.get("sqlalchemy.exc")  # never imported just to ask
+    return module is not None and isinstance(exc, module.OperationalError)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -116,6 +116,19 @@ def test_a_waiter_proceeds_when_the_lock_is_released(db_url, lock_holder):
     assert MigrationManager(db_url).status().up_to_date
 
 
+def test_ctrl_c_while_waiting_exits_130_in_one_line(db_url, lock_holder):
+    process = orchestrator("db", "upgrade", "--database-url", db_url)
+    assert "waiting for the migration lock" in process.stderr.readline()
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 130
+    _, err = process.communicate()
+    assert err.strip() == "Interrupted." and "Traceback" not in err
+    lock_holder.set()
+    assert MigrationManager(db_url).get_current_revision() is None
+    with migration_lock(db_url, timeout=10) as held:  # nothing was left holding the lock
+        assert held
+
+
 def test_a_waiter_is_woken_when_the_lock_is_let_go(db_url, lock_holder, monkeypatch):
     """Waiting costs nothing: the waiter sleeps until the holder lets go (a NOTIFY on
     PostgreSQL, a free lock file on SQLite), then takes the lock."""

@@ -144,6 +144,18 @@ def test_stamp_records_a_revision_without_running_it(manager: MigrationManager):
         manager.stamp("nope")
 
 
+def test_a_relative_stamp_counts_from_the_database_revision(manager: MigrationManager):
+    manager.upgrade("002")
+    manager.stamp("+1")
+    assert manager.get_current_revision() == "003"
+    manager.stamp("-2")
+    assert manager.get_current_revision() == "001"
+    execute(manager.database_url, "UPDATE alembic_version SET version_num = '999'")
+    with pytest.raises(UnknownRevisionError, match="counts from the database's revision 999"):
+        manager.stamp("-1")
+    assert manager.get_current_revision() == "999"
+
+
 def _copy_scripts(tmp_path: Path, keep: tuple[str, ...] = ("001", "002", "003")) -> str:
     """A scratch copy of the project's scripts folder holding only `keep`."""
     target = tmp_path / "scripts"

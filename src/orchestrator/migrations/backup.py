@@ -125,13 +125,11 @@ def create(
     if output is not None and (output.exists() or sidecar_path(output).exists()):
         raise BackupError(f"{output} already exists; choose another --output or delete it first")
     folder = output.parent if output is not None else backup_dir
+    hint = "choose another --output" if output is not None else "set BACKUP_DIR to a writable folder"
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise BackupError(
-            f"cannot create the backup folder {folder}: {exc.strerror}; "
-            "set BACKUP_DIR to a writable folder"
-        ) from None
+        raise BackupError(f"cannot create the backup folder {folder}: {exc.strerror}; {hint}") from None
     created_at = dt.datetime.now(dt.UTC)
     dialect = backend_name(database_url)
 
@@ -145,10 +143,15 @@ def create(
         stamp = created_at.strftime("%Y%m%dT%H%M%S%fZ")
         return backup_dir / f"{name}-{stamp}-{revision or 'base'}-{reason}{_EXTENSIONS[dialect]}"
 
-    if dialect == "sqlite":
-        path, revision = _backup_sqlite(sqlite_path(database_url), target, progress)
-    else:
-        path, revision = _backup_postgres(database_url, target, progress)
+    try:
+        if dialect == "sqlite":
+            path, revision = _backup_sqlite(sqlite_path(database_url), target, progress)
+        else:
+            path, revision = _backup_postgres(database_url, target, progress)
+    except OSError as exc:  # a read-only folder, a full disk
+        raise BackupError(
+            f"cannot write the backup {exc.filename or folder}: {exc.strerror}; {hint}"
+        ) from None
     info = BackupInfo(
         path=path,
         dialect=dialect,
@@ -211,11 +214,15 @@ def _copy_file(data, path: Path, progress: Progress | None) -> None:
     # it guards against a migration that fails, and the database file keeps its own journal.
     size = os.fstat(data.fileno()).st_size
     with open(path, "xb") as out:
-        done = 0
-        while done < size:
-            done += os.sendfile(out.fileno(), data.fileno(), done, min(_CHUNK, size - done))
-            if progress is not None:
-                progress(done, size)
+        try:
+            done = 0
+            while done < size:
+                done += os.sendfile(out.fileno(), data.fileno(), done, min(_CHUNK, size - done))
+                if progress is not None:
+                    progress(done, size)
+        except BaseException:  # a full disk, Ctrl-C: a partial copy is not a backup
+            path.unlink(missing_ok=True)
+            raise
 
 
 def _backup_api(connection: sqlite3.Connection, path: Path) -> None:

@@ -325,8 +325,10 @@ class MigrationManager:
 
         from orchestrator.migrations import history
 
-        resolved = self._resolve(revision, None) if revision != "base" else None
         with self._migration_lock():
+            # A relative revision (+1, -1) counts from the database's revision, as upgrade does.
+            current = self.get_current_revision() if _RELATIVE.match(revision) else None
+            resolved = self._resolve(revision, current)
             with self._connect(create=True) as connection:
                 started = time.perf_counter()
                 self.config.attributes["connection"] = connection
@@ -534,6 +536,11 @@ class MigrationManager:
             return None
         relative = _RELATIVE.match(target)
         if relative:
+            if current is not None and current not in self._chain:
+                raise UnknownRevisionError(
+                    f"{target} counts from the database's revision {current}, which these "
+                    "scripts do not have; give a revision id (`orchestrator db history`)"
+                )
             step = int(relative.group(2)) * (1 if relative.group(1) == "+" else -1)
             position = self._position(current) + step
             if not 0 <= position <= len(self._chain):
