@@ -319,3 +319,10 @@ def test_a_database_that_refuses_writes_is_one_line_exit_3(cli, sqlite_url, monk
     code, _, err = cli("db", "stamp", "002")
     assert code == 3 and len(err.strip().splitlines()) == 1
     assert err.startswith("Error: the database refused: attempt to write a readonly database;")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_lock_timeout_must_be_a_finite_number_of_seconds(cli, sqlite_url, value):
+    code, _, err = cli("db", "upgrade", "--lock-timeout", value)
+    assert code == 2 and "Invalid value for '--lock-timeout'" in err
+    assert not Path(sqlite_url.removeprefix("sqlite:///")).exists()

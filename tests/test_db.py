@@ -30,6 +30,21 @@ def test_mask_url_hides_the_password():
     assert mask_url("no url here") == "no url here"
 
 
+def test_an_unencoded_at_sign_in_the_password_is_masked_and_refused():
+    url = "postgresql://ada:s3c@retPW@127.0.0.1/app"
+    assert mask_url(url) == "postgresql://ada:***@127.0.0.1/app"
+    with pytest.raises(InvalidDatabaseUrl, match="write it as %40") as info:
+        normalize_url(url)
+    assert "s3c" not in str(info.value) and "retPW" not in str(info.value)
+    assert normalize_url("postgresql://ada:s3c%40retPW@127.0.0.1/app").endswith("@127.0.0.1/app")
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_an_in_memory_sqlite_database_is_refused(url):
+    with pytest.raises(InvalidDatabaseUrl, match="in-memory SQLite database"):
+        normalize_url(url)
+
+
 def test_bad_url_error_hides_the_password():
     with pytest.raises(InvalidDatabaseUrl) as info:
         normalize_url("nonsense://ada:s3cret@")

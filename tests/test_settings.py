@@ -60,6 +60,26 @@ def test_bad_boolean_names_the_variable(monkeypatch):
         load_settings()
 
 
+@pytest.mark.parametrize("value", ["abc", "5 seconds", "-1s", ""])
+def test_a_malformed_db_lock_timeout_is_refused_before_anything_runs(monkeypatch, value):
+    monkeypatch.setenv("DB_LOCK_TIMEOUT", value)
+    with pytest.raises(SettingsError, match="^DB_LOCK_TIMEOUT is invalid: .* is not a duration"):
+        load_settings()
+
+
+@pytest.mark.parametrize("value", ["5s", "500ms", "1min", "2000", "1.5 s", " 0 "])
+def test_db_lock_timeout_takes_postgresql_durations(monkeypatch, value):
+    monkeypatch.setenv("DB_LOCK_TIMEOUT", value)
+    assert load_settings().db_lock_timeout == value.strip()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_migration_lock_timeout_must_be_a_finite_number_of_seconds(monkeypatch, value):
+    monkeypatch.setenv("MIGRATION_LOCK_TIMEOUT", value)
+    with pytest.raises(SettingsError, match="^MIGRATION_LOCK_TIMEOUT is invalid"):
+        load_settings()
+
+
 def test_overrides_win_over_the_environment(monkeypatch):
     monkeypatch.setenv("ENVIRONMENT", "staging")
     settings = load_settings(environment="development", database_url="sqlite:///x.db")

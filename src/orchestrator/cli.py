@@ -7,6 +7,7 @@ one line, by `main()`; `--verbose` adds the traceback.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 import traceback
@@ -178,6 +179,13 @@ def check(ctx: click.Context, as_json: bool) -> None:
         ctx.exit(CHECK_PENDING_EXIT)
 
 
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """FloatRange lets nan through (it compares false with any bound)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number of seconds")
+    return value
+
+
 # REVISION may be relative ("-1", "+2"): it must not be parsed as an option.
 _REVISION_ARGS = {"ignore_unknown_options": True}
 
@@ -186,7 +194,8 @@ _REVISION_ARGS = {"ignore_unknown_options": True}
 @common_options
 @click.argument("revision", default="head")
 @click.option("--sql", is_flag=True, help="Print the SQL instead of running it (REV may be START:END).")
-@click.option("--lock-timeout", type=click.FloatRange(min=0), help="Seconds to wait for another migrator.")
+@click.option("--lock-timeout", type=click.FloatRange(min=0), callback=_finite,
+              help="Seconds to wait for another migrator.")
 @click.option("--retries", type=click.IntRange(min=0), default=0, help="Retries after a table-lock timeout.")
 @click.option(
     "--allow-changed",
@@ -226,7 +235,8 @@ def upgrade(
 @click.argument("revision")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--sql", is_flag=True, help="Print the SQL instead of running it.")
-@click.option("--lock-timeout", type=click.FloatRange(min=0), help="Seconds to wait for another migrator.")
+@click.option("--lock-timeout", type=click.FloatRange(min=0), callback=_finite,
+              help="Seconds to wait for another migrator.")
 @click.option("--retries", type=click.IntRange(min=0), default=0, help="Retries after a table-lock timeout.")
 @click.pass_context
 def downgrade(

@@ -40,7 +40,12 @@ def normalize_url(url: str | URL) -> str:
             f"{parsed.drivername!r} is not a supported database; "
             "use sqlite:///path/to/file.db or postgresql://user@host/dbname"
         ) from None
-    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, ""):
+    if "@" in (parsed.host or ""):
+        raise InvalidDatabaseUrl(
+            f"{mask_url(parsed)!r} has an '@' in its user name or password; "
+            "write it as %40 (e.g. postgresql://app:p%40ss@host/db)"
+        )
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
         raise InvalidDatabaseUrl(
             "an in-memory SQLite database cannot be migrated and kept; "
             "give a file, e.g. sqlite:///orchestrator_dev.db"
@@ -51,16 +56,20 @@ def normalize_url(url: str | URL) -> str:
 def mask_url(url: str | URL) -> str:
     """The URL with its password replaced by `***`, safe to print or log."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except ArgumentError:
-        # Unparseable: hide anything between "://user:" and "@".
-        text = str(url)
-        head, sep, rest = text.partition("://")
-        if sep and "@" in rest:
-            creds, _, host = rest.rpartition("@")
-            user = creds.split(":", 1)[0]
-            return f"{head}://{user}:***@{host}"
-        return text
+        parsed = None
+    if parsed is not None and "@" not in (parsed.host or ""):
+        return parsed.render_as_string(hide_password=True)
+    # Unparseable, or an '@' left unencoded in the password (which SQLAlchemy splits at the
+    # first '@'): hide anything between "://user:" and the last "@".
+    text = str(url) if parsed is None else parsed.render_as_string(hide_password=False)
+    head, sep, rest = text.partition("://")
+    if sep and "@" in rest:
+        creds, _, host = rest.rpartition("@")
+        user = creds.split(":", 1)[0]
+        return f"{head}://{user}:***@{host}"
+    return text
 
 
 def backend_name(url: str | URL) -> str:

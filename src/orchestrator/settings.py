@@ -7,6 +7,7 @@ Settings are built, never imported as a ready object: call `get_settings()` (cac
 from __future__ import annotations
 
 import enum
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -38,6 +39,9 @@ _VARIABLES = {
 }
 
 
+_DURATION = re.compile(r"\d+(\.\d+)?\s*(us|ms|s|min|h|d)?")
+
+
 class SettingsError(Exception):
     """A setting is missing or malformed; the message names the variable."""
 
@@ -52,7 +56,7 @@ class Settings(BaseSettings):
     # None means "the environment's default": on in development, off elsewhere.
     auto_migrate: bool | None = None
     # Seconds a migrator waits for another one to finish before giving up.
-    migration_lock_timeout: float = Field(default=300.0, ge=0)
+    migration_lock_timeout: float = Field(default=300.0, ge=0, allow_inf_nan=False)
     # PostgreSQL `lock_timeout` for migration sessions: fail fast instead of queueing traffic.
     db_lock_timeout: str = "5s"
     backup_dir: Path = Path("backups")
@@ -68,6 +72,16 @@ class Settings(BaseSettings):
         from orchestrator.db import normalize_url
 
         return normalize_url(value.strip())
+
+    @field_validator("db_lock_timeout")
+    @classmethod
+    def _is_a_duration(cls, value: str) -> str:
+        # PostgreSQL reads a number as milliseconds, or a number with one of these units.
+        if not _DURATION.fullmatch(value.strip()):
+            raise ValueError(
+                f"{value!r} is not a duration; give e.g. 5s, 500ms or 1min (0 waits forever)"
+            )
+        return value.strip()
 
     @model_validator(mode="after")
     def _apply_environment_defaults(self) -> Settings:

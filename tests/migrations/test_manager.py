@@ -185,6 +185,21 @@ def test_create_writes_the_next_numbered_revision_and_refuses_empty(sqlite_url, 
     assert manager.create_migration("second", auto=False).endswith("005_second.py")
 
 
+def test_any_message_gives_a_script_that_loads(sqlite_url, tmp_path):
+    """The message becomes the script's docstring: quotes and backslashes must not break it."""
+    import ast
+
+    manager = MigrationManager(sqlite_url, script_location=_copy_scripts(tmp_path))
+    manager.upgrade()
+    message = 'say """hi""" to C:\\new\\N{x} and \\'
+    path = manager.create(message, autogenerate=False)
+    docstring = ast.get_docstring(ast.parse(path.read_text()), clean=False)
+    assert docstring.splitlines()[0] == message
+    assert manager.get_head_revision() == "004"
+    manager.upgrade()
+    assert manager.get_current_revision() == "004"
+
+
 def test_autogenerate_finds_model_changes_and_refuses_no_change(sqlite_url, tmp_path):
     manager = MigrationManager(sqlite_url, script_location=_copy_scripts(tmp_path, ("001",)))
     manager.upgrade()
