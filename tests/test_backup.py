@@ -205,6 +205,87 @@ def test_restore_refuses_a_damaged_sqlite_file(sqlite_url, tmp_path):
         assert manager.get_current_revision() == "001"
 
 
+def test_restore_refuses_a_sqlite_backup_damaged_past_its_first_page(sqlite_url, tmp_path):
+    with MigrationManager(sqlite_url, backup_dir=tmp_path / "b") as manager:
+        manager.upgrade()
+        seed_rows(sqlite_url)
+        info = manager.backup()
+        with open(info.path, "r+b") as data:  # the header stays good: only later pages are hit
+            data.seek(4096 * 3)
+            data.write(os.urandom(4096 * 4))
+        before = every_table(sqlite_url)
+        with pytest.raises(NotABackupError, match="is a damaged SQLite file"):
+            manager.restore(info.path)
+        assert every_table(sqlite_url) == before
+
+
+def test_restore_refuses_the_database_itself(sqlite_url, tmp_path):
+    with MigrationManager(sqlite_url, backup_dir=tmp_path / "b") as manager:
+        manager.upgrade("001")
+        with pytest.raises(NotABackupError, match="is the database itself"):
+            manager.restore(sqlite_url.removeprefix("sqlite:///"))
+        assert manager.backups() == [] and manager.get_current_revision() == "001"
+
+
+def test_a_sqlite_restore_gives_up_when_another_connection_keeps_the_database_busy(
+    sqlite_url, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(backup, "_BUSY_TIMEOUT", 0.5)
+    with MigrationManager(sqlite_url, backup_dir=tmp_path / "b") as manager:
+        manager.upgrade("001")
+        info = manager.backup()
+        manager.upgrade()
+        reader = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"))
+        try:
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM users").fetchone()  # holds a read lock
+            with pytest.raises(BackupError, match=r"stayed busy for more than 0.5s"):
+                manager.restore(info.path)
+        finally:
+            reader.close()
+        assert manager.get_current_revision() == manager.get_head_revision()
+
+
+@pytest.mark.postgres
+def test_a_failed_postgres_restore_puts_the_database_back(postgres_url, tmp_path):
+    with MigrationManager(postgres_url, backup_dir=tmp_path / "b") as manager:
+        manager.upgrade()
+        seed_rows(postgres_url)
+        info = manager.backup()
+        execute(postgres_url, "CREATE TABLE created_after_the_backup (id integer)",
+                "INSERT INTO created_after_the_backup VALUES (1), (2)")
+        before = every_table(postgres_url)
+        truncated = tmp_path / "truncated.dump"  # its table of contents is whole, its data not
+        truncated.write_bytes(info.path.read_bytes()[: info.size * 3 // 4])
+        with pytest.raises(BackupError, match="pg_restore failed .*; the database was put back "
+                                              "as it was, from .*before-restore"):
+            manager.restore(truncated)
+        assert every_table(postgres_url) == before
+
+
+@pytest.mark.postgres
+def test_when_putting_back_fails_too_the_error_names_the_safety_backup(postgres_url, tmp_path,
+                                                                      monkeypatch):
+    """Both restores failing cannot be arranged with real files: the second one is made to."""
+    with MigrationManager(postgres_url, backup_dir=tmp_path / "b") as manager:
+        manager.upgrade("001")
+        info = manager.backup()
+        truncated = tmp_path / "truncated.dump"
+        truncated.write_bytes(info.path.read_bytes()[: info.size // 2])
+        real_restore = backup.restore
+
+        def restore_once(url, path, progress=None):
+            if path != truncated:
+                raise BackupError("pg_restore failed again")
+            return real_restore(url, path, progress=progress)
+
+        monkeypatch.setattr(backup, "restore", restore_once)
+        with pytest.raises(BackupError, match=r"putting the database back failed too \(pg_restore "
+                                              r"failed again\): restore .*before-restore.* with "
+                                              r"`orchestrator db restore`"):
+            manager.restore(truncated)
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize("password", [None, "s3cret-word"])
 def test_restore_reports_a_damaged_archive_without_the_password(postgres_url, tmp_path, password):

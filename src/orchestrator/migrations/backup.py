@@ -43,10 +43,12 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 PGDUMP_MAGIC = b"PGDMP"
 _EXTENSIONS = {"sqlite": ".sqlite", "postgresql": ".dump"}
 _KINDS = {"sqlite": "a SQLite database", "postgresql": "a PostgreSQL pg_dump archive"}
+_DATABASES = {"sqlite": "a SQLite database", "postgresql": "a PostgreSQL database"}
 _CHUNK = 64 * 1024 * 1024
 _POLL_SECONDS = 0.1
 # Seconds a backup or restore waits for a writer to finish its transaction.
 _BUSY_TIMEOUT = 30.0
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6  # result codes of a backup step that must wait
 _CLIENT_PACKAGE = (
     "install the PostgreSQL client tools, matching the server's major version: "
     "`apt-get install postgresql-client` (Debian/Ubuntu; the package `postgresql-client`)"
@@ -314,9 +316,14 @@ def restorable(database_url: str, path: Path) -> BackupInfo:
         _tool("pg_restore")  # before the safety backup, not after it
     if info.dialect != dialect:
         raise NotABackupError(
-            f"{path} is {_KINDS[info.dialect]}, not a backup of {_KINDS[dialect]}; "
+            f"{path} is {_KINDS[info.dialect]}, not a backup of {_DATABASES[dialect]}; "
             f"restore it into a {info.dialect} database, or pick another file "
             "(`orchestrator db backups`)"
+        )
+    database = sqlite_path(database_url)
+    if database is not None and database.exists() and path.resolve() == database.resolve():
+        raise NotABackupError(
+            f"{path} is the database itself; pick a backup from `orchestrator db backups`"
         )
     return info
 
@@ -335,16 +342,33 @@ def _restore_sqlite(path: Path, database: Path, progress: Progress | None) -> No
     source = _sqlite_connect(path, mode="ro")
     try:
         try:
-            source.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            # Every page, not just the first: a backup damaged past its header must not
+            # replace a good database.
+            problems = [row[0] for row in source.execute("PRAGMA quick_check(1)")]
         except sqlite3.DatabaseError as exc:
+            problems = [str(exc)]
+        if problems != ["ok"]:
             raise NotABackupError(
-                f"{path} is a damaged SQLite file ({exc}); pick another backup"
-            ) from None
+                f"{path} is a damaged SQLite file ({problems[0]}); pick another backup"
+            )
         page_size = source.execute("PRAGMA page_size").fetchone()[0]
         destination = sqlite3.connect(database, timeout=_BUSY_TIMEOUT)
         try:
 
-            def report(_status: int, remaining: int, total: int) -> None:
+            busy_since: list[float] = []
+
+            def report(status: int, remaining: int, total: int) -> None:
+                # Python retries a busy step forever: give up as a writer would.
+                if status not in (_SQLITE_BUSY, _SQLITE_LOCKED):
+                    busy_since.clear()
+                elif not busy_since:
+                    busy_since.append(time.monotonic())
+                elif time.monotonic() - busy_since[0] > _BUSY_TIMEOUT:
+                    raise BackupError(
+                        f"{database} stayed busy for more than {_BUSY_TIMEOUT:g}s: another "
+                        "connection keeps a transaction open on it; stop it (or the API) and "
+                        "restore again"
+                    )
                 if progress is not None:
                     progress((total - remaining) * page_size, total * page_size)
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from orchestrator.db import backend_name, create_engine, mask_url, normalize_url, sqlite_path
 from orchestrator.migrations import lock
@@ -459,13 +459,35 @@ class MigrationManager:
             if self.status().database_exists:
                 safety = self._backup("before-restore", None, progress, prune=False)
             self.close()
-            restored = backup.restore(
-                self.database_url, path, progress=progress or self.backup_progress
-            )
+            try:
+                restored = backup.restore(
+                    self.database_url, path, progress=progress or self.backup_progress
+                )
+            except backup.BackupError as exc:
+                # SQLite's restore is one transaction; PostgreSQL's first drops what the backup
+                # lacks, so a pg_restore that fails midway is undone from the safety backup.
+                if safety is None or sqlite_path(self.database_url) is not None:
+                    raise
+                self._put_back(exc, safety)
             backup.prune(self.database_url, self.backup_dir, self.backup_keep, exclude=[path])
         return backup.RestoreReport(restored, safety, self.get_current_revision())
 
     # -- internals -----------------------------------------------------------------------
+
+    def _put_back(self, failure: Exception, safety: BackupInfo) -> NoReturn:
+        """Restore the state a failed restore replaced; raise `failure`, saying what was done."""
+        from orchestrator.migrations import backup
+
+        try:
+            backup.restore(self.database_url, safety.path)
+        except backup.BackupError as again:
+            raise type(failure)(
+                f"{failure}; putting the database back failed too ({again}): restore "
+                f"{safety.path} with `orchestrator db restore`"
+            ) from None
+        raise type(failure)(
+            f"{failure}; the database was put back as it was, from {safety.path}"
+        ) from None
 
     def _script_for(self, revision: str) -> Script:
         return self.script.get_revision(revision)
