@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from orchestrator.db import create_engine
+from orchestrator.db import create_engine, mask_url
 from orchestrator.migrations import MigrationManager
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,9 +44,10 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 @cache
 def postgres_admin_url() -> str | None:
     """A URL of a server that answers, or None."""
-    candidates = [os.environ["TEST_DATABASE_URL"]] if os.environ.get("TEST_DATABASE_URL") else []
-    candidates += _CANDIDATE_SERVERS
-    for url in candidates:
+    # A TEST_DATABASE_URL that does not answer is not replaced by another server: the tests
+    # would silently run somewhere the caller did not ask for.
+    chosen = os.environ.get("TEST_DATABASE_URL")
+    for url in [chosen] if chosen else _CANDIDATE_SERVERS:
         engine = create_engine(url, connect_args={"connect_timeout": 3})
         try:
             with engine.connect() as connection:
@@ -63,8 +64,11 @@ def require_postgres() -> str:
     url = postgres_admin_url()
     if url is None:
         reason = (
-            "no PostgreSQL server answers (tried TEST_DATABASE_URL and 127.0.0.1:5432 as "
-            "postgres/root); start one or set TEST_DATABASE_URL"
+            f"no PostgreSQL server answers at TEST_DATABASE_URL ({mask_url(chosen)}); "
+            "start it or fix the URL"
+            if (chosen := os.environ.get("TEST_DATABASE_URL"))
+            else "no PostgreSQL server answers (tried 127.0.0.1:5432 as postgres and root); "
+            "start one or set TEST_DATABASE_URL"
         )
         if os.environ.get("REQUIRE_POSTGRES") == "1":
             pytest.fail(f"REQUIRE_POSTGRES=1 but {reason}")

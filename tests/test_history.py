@@ -44,6 +44,7 @@ def manager_for(url: str, scripts: Path, **options) -> MigrationManager:
 def test_upgrade_records_each_step_with_checksum_operator_and_version(manager: MigrationManager):
     before = dt.datetime.now(dt.UTC)
     applied = manager.upgrade()
+    after = dt.datetime.now(dt.UTC)
     entries = manager.applied_history()
     assert [e.revision for e in entries] == applied
     scripts = {info.revision: info.path for info in manager.history()}
@@ -52,8 +53,15 @@ def test_upgrade_records_each_step_with_checksum_operator_and_version(manager: M
         assert entry.checksum == sha256(scripts[entry.revision])
         assert entry.os_user == getpass.getuser() and entry.host == socket.gethostname()
         assert entry.tool_version == __version__
-        assert entry.duration >= 0
-        assert before - dt.timedelta(seconds=5) <= entry.started_at <= dt.datetime.now(dt.UTC)
+        assert before <= entry.started_at <= after
+    # Each step's own start and duration: one step ends before the next begins, and together
+    # they fit in the upgrade (a cumulative duration, or every step stamped "now", would not).
+    slack = dt.timedelta(milliseconds=5)  # stored timestamps may be rounded
+    for step, following in zip(entries, entries[1:]):
+        assert step.started_at < following.started_at
+        assert step.started_at + dt.timedelta(seconds=step.duration) <= following.started_at + slack
+    assert sum(e.duration for e in entries) <= (after - before).total_seconds()
+    assert all(e.duration > 0 for e in entries)
     assert entries[0].as_dict()["started_at"] == entries[0].started_at.isoformat()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from orchestrator.migrations.validate import (
 )
 from orchestrator.models import NAMING_CONVENTION
 from tests.fixtures import VALIDATOR_SETS, add_revision, command_runner, copy_scripts
-from tests.schema import execute
+from tests.schema import execute, scalar
 
 ALL_CODES = [rule.code for rule in RULES]
 
@@ -50,11 +51,23 @@ def check(url: str, scripts: Path, metadata: MetaData | None = None, **options):
 # -- the project's own migrations ---------------------------------------------------------------
 
 
-def test_the_projects_own_migrations_pass_strict_validation(manager: MigrationManager):
+def scratch_databases(url: str) -> set[str]:
+    """The validator's scratch databases on `url`'s server, or its scratch folders."""
+    if url.startswith("sqlite"):
+        return {p.name for p in Path(tempfile.gettempdir()).glob("orchestrator-validate-*")}
+    return set(scalar(url, "SELECT coalesce(string_agg(datname, ','), '') FROM pg_database "
+                           "WHERE datname LIKE 'orchestrator\\_validate\\_%'").split(",")) - {""}
+
+
+def test_the_projects_own_migrations_pass_strict_validation(manager: MigrationManager, tmp_path,
+                                                            monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # scratch folders land here
     manager.upgrade()
+    before = scratch_databases(manager.database_url)
     report = validate(manager.database_url, strict=True)
     assert report.findings == [] and report.skipped == []
     assert report.passed == ALL_CODES and report.ok
+    assert scratch_databases(manager.database_url) == before  # the scratch database is gone
 
 
 # -- each rule on its broken set ------------------------------------------------------------------

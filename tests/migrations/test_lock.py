@@ -21,7 +21,7 @@ from orchestrator.migrations import DatabaseLockTimeout, DatabaseUnreachableErro
 from orchestrator.migrations import lock
 from orchestrator.migrations.lock import ADVISORY_LOCK_KEY, advisory_lock, file_lock
 from tests.migrations.test_schema import TASK_INDEXES
-from tests.schema import snapshot
+from tests.schema import scalar, snapshot
 
 
 def orchestrator(*args: str, env: dict | None = None) -> subprocess.Popen:
@@ -103,12 +103,8 @@ def test_a_waiter_says_once_for_whom_it_waits_then_times_out(db_url, lock_holder
 
 def test_a_waiter_proceeds_when_the_lock_is_released(db_url, lock_holder):
     process = orchestrator("db", "upgrade", "--database-url", db_url)
-    deadline = time.monotonic() + 30
-    # Release only once the waiter has started waiting.
-    while time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.2)
-        if _waiting(db_url):
-            break
+    # Release only once the waiter says it waits.
+    assert "waiting for the migration lock" in process.stderr.readline()
     lock_holder.set()
     assert process.wait(timeout=120) == 0
     out, err = process.communicate()
@@ -188,19 +184,6 @@ def test_nothing_to_do_needs_no_lock_file(tmp_path):
             pass  # pragma: no cover - never reached
 
 
-def _waiting(db_url: str) -> bool:
-    """True once some process other than us tries the lock (approximated by time on SQLite)."""
-    if db_url.startswith("sqlite"):
-        return True
-    engine = create_engine(db_url)
-    with engine.connect() as connection:
-        count = connection.execute(
-            text("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'orchestrator-migrate%'")
-        ).scalar()
-    engine.dispose()
-    return bool(count)
-
-
 HOLD_AND_SLEEP = """
 import sys, time
 from orchestrator.db import create_engine
@@ -269,25 +252,33 @@ def test_a_migration_behind_a_long_transaction_fails_fast(postgres_url, long_tra
 
 
 @pytest.mark.postgres
+def test_migration_sessions_run_with_the_configured_lock_timeout(postgres_url, tmp_path):
+    from tests.fixtures import add_revision, copy_scripts
+
+    scripts = copy_scripts(tmp_path)
+    revision = add_revision(scripts, "op.execute(\"CREATE TABLE seen AS SELECT "
+                                     "current_setting('lock_timeout') AS lock_timeout\")",
+                            "op.execute('DROP TABLE seen')")
+    manager = MigrationManager(postgres_url, script_location=str(scripts), db_lock_timeout="1234ms")
+    assert manager.upgrade()[-1] == revision
+    assert scalar(postgres_url, "SELECT lock_timeout FROM seen") == "1234ms"
+
+
+@pytest.mark.postgres
 def test_retries_wait_out_a_long_transaction(postgres_url, long_transaction):
     process = orchestrator(
         "db", "upgrade", "002", "--retries", "50", "--database-url", postgres_url,
         env={"DB_LOCK_TIMEOUT": "200ms"},
     )
-    engine = create_engine(postgres_url)
-    with engine.connect() as observer:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not observer.execute(
-            text("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'tasks'::regclass")
-        ).scalar():
-            observer.rollback()
-            time.sleep(0.05)
-    engine.dispose()
-    time.sleep(1)  # the migrator's 200 ms lock_timeout has fired at least once by now
+    # Let the long transaction go only once the migrator has timed out and said it retries.
+    said = []
+    while not said or ("retry 1 of 50" not in said[-1] and said[-1]):
+        said.append(process.stderr.readline())
+    assert "retry 1 of 50" in said[-1], said
     long_transaction.rollback()
     assert process.wait(timeout=120) == 0
-    out, err = process.communicate()
-    assert "retry 1 of 50" in err and "Applied 002" in out
+    out, _ = process.communicate()
+    assert "Applied 002" in out
 
 
 @pytest.mark.postgres
@@ -383,10 +374,11 @@ def alembic_here(db_url: str, *args: str, monkeypatch, lock_timeout: str = "60")
     alembic_main(["-c", str(ROOT / "alembic.ini"), *args])
 
 
-def test_plain_alembic_upgrade_waits_for_the_migration_lock(db_url, lock_holder, monkeypatch,
-                                                            capfd):
+@pytest.mark.parametrize("command", [("upgrade", "head"), ("downgrade", "base"), ("stamp", "002")])
+def test_plain_alembic_writes_wait_for_the_migration_lock(db_url, lock_holder, monkeypatch,
+                                                          capfd, command):
     with pytest.raises(SystemExit):  # Alembic's exit on a CommandError
-        alembic_here(db_url, "upgrade", "head", monkeypatch=monkeypatch, lock_timeout="0.5")
+        alembic_here(db_url, *command, monkeypatch=monkeypatch, lock_timeout="0.5")
     err = capfd.readouterr().err
     assert err.count("waiting for the migration lock held by") == 1
     # One line, as Alembic reports its own errors, naming the setting plain alembic reads.

@@ -94,6 +94,9 @@ def test_database_recording_several_revisions_is_reported(manager: MigrationMana
     execute(manager.database_url, "INSERT INTO alembic_version (version_num) VALUES ('001')")
     with pytest.raises(MultipleHeadsError, match="several revisions"):
         manager.status()
+    manager.stamp("002")  # what the message says to do
+    assert scalar(manager.database_url, "SELECT count(*) FROM alembic_version") == 1
+    assert manager.get_current_revision() == "002"
 
 
 # -- targets --------------------------------------------------------------------------------
