@@ -544,14 +544,17 @@ def test_the_password_goes_through_the_environment_and_is_never_shown(postgres_u
         assert "s3cret-word" not in shown
     assert info["database"] == make_url(postgres_url).set(drivername="postgresql").render_as_string()
 
-    # What `ps` would show of pg_dump and pg_restore while they run.
+    # What `ps` would show of pg_dump and pg_restore while they run, and their environment
+    # (where the password must be: this server trusts everyone, so it would not complain).
     seen: list[str] = []
+    environments: list[bytes] = []
 
     def look_at_children(done, total):
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
                 if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
                     seen.append((stat.parent / "cmdline").read_bytes().decode())
+                    environments.append((stat.parent / "environ").read_bytes())
             except (OSError, ValueError):
                 continue  # the process ended while we looked
 
@@ -559,6 +562,7 @@ def test_the_password_goes_through_the_environment_and_is_never_shown(postgres_u
         manager.restore(manager.backup(progress=look_at_children).path, progress=look_at_children)
     assert any("pg_dump" in line for line in seen) and any("pg_restore" in line for line in seen)
     assert not any("s3cret-word" in line for line in seen)
+    assert environments and all(b"PGPASSWORD=s3cret-word\0" in env for env in environments)
 
 
 @pytest.mark.postgres

@@ -171,6 +171,15 @@ def test_history_marks_applied_and_head(cli):
     assert "head" in lines[-1]
 
 
+def test_history_of_a_database_ahead_does_not_guess(cli, sqlite_url):
+    cli("db", "upgrade")
+    execute(sqlite_url, "UPDATE alembic_version SET version_num = '999'")
+    code, out, _ = cli("db", "history")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].startswith("The database is at 999, which these scripts do not")
+    assert lines[1].startswith("001  [?]") and "pending" not in out
+
+
 def test_create_refuses_when_not_at_head(cli):
     code, _, err = cli("db", "create", "-m", "x")
     assert code == 2 and "run `orchestrator db upgrade` first" in err
