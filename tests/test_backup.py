@@ -18,7 +18,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 
 from orchestrator.db import create_engine
-from orchestrator.migrations import MigrationFailedError, MigrationManager
+from orchestrator.migrations import DatabaseUnreachableError, MigrationFailedError, MigrationManager
 from orchestrator.migrations import backup
 from orchestrator.migrations.backup import BackupError, BackupToolMissing, NotABackupError
 from tests.conftest import require_postgres
@@ -217,6 +217,44 @@ def test_restore_refuses_a_sqlite_backup_damaged_past_its_first_page(sqlite_url,
         with pytest.raises(NotABackupError, match="is a damaged SQLite file"):
             manager.restore(info.path)
         assert every_table(sqlite_url) == before
+
+
+@pytest.mark.parametrize("damage_from", [4096, 0], ids=["pages", "header"])
+def test_restore_puts_a_backup_in_place_of_a_database_too_damaged_to_read(sqlite_url, tmp_path,
+                                                                        run_here, damage_from):
+    database = Path(sqlite_url.removeprefix("sqlite:///"))
+    with MigrationManager(sqlite_url, backup_dir=tmp_path / "b") as manager:
+        manager.upgrade()
+        seed_rows(sqlite_url)
+        good = manager.backup()
+    before = every_table(sqlite_url)
+    with open(database, "r+b") as data:
+        data.seek(damage_from)
+        data.write(os.urandom(database.stat().st_size - damage_from))
+    damaged_bytes = database.read_bytes()
+    env = {"BACKUP_DIR": str(tmp_path / "b")}
+    status = run_here("db", "status", "--database-url", sqlite_url, env=env)
+    assert status.returncode == 3
+
+    restored = run_here("db", "restore", str(good.path), "--yes", "--database-url", sqlite_url,
+                        env=env)
+    assert restored.returncode == 0, restored.stderr
+    assert every_table(sqlite_url) == before
+    [kept] = [info for info in MigrationManager(sqlite_url, backup_dir=tmp_path / "b").backups()
+              if info.reason == "damaged"]
+    assert kept.path.read_bytes() == damaged_bytes and kept.revision is None
+    assert f"Saved the state it replaced to {kept.path}" in restored.stdout
+    listed = run_here("db", "backups", "--database-url", sqlite_url, env=env)
+    assert any(line.split()[2:4] == ["?", "damaged"] for line in listed.stdout.splitlines())
+
+
+def test_restore_into_a_folder_where_the_database_should_be_says_so(tmp_path):
+    backup_file = _sqlite_file(tmp_path / "some.sqlite")
+    (tmp_path / "folder.db").mkdir()
+    manager = MigrationManager(f"sqlite:///{tmp_path / 'folder.db'}", backup_dir=tmp_path / "b")
+    with pytest.raises(DatabaseUnreachableError, match="cannot reach the database"):
+        manager.restore(backup_file)
+    assert (tmp_path / "folder.db").is_dir() and not (tmp_path / "b").exists()
 
 
 def test_restore_refuses_the_database_itself(sqlite_url, tmp_path):

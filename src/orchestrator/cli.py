@@ -380,7 +380,8 @@ def backups(ctx: click.Context, as_json: bool) -> None:
         return
     for info in found:
         click.echo(
-            f"{info.created_at:%Y-%m-%d %H:%M:%S}  {info.revision or 'base':<6}  "
+            f"{info.created_at:%Y-%m-%d %H:%M:%S}  "
+            f"{'?' if info.reason == 'damaged' else info.revision or 'base':<6}  "
             f"{info.reason:<17} {_size(info.size):>9}  {info.path}"
         )
 

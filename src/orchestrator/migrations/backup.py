@@ -122,8 +122,12 @@ def create(
     output: Path | None = None,
     reason: str = "manual",
     progress: Progress | None = None,
+    damaged: bool = False,
 ) -> BackupInfo:
-    """Back up the database to `output`, or to a new file in `backup_dir`."""
+    """Back up the database to `output`, or to a new file in `backup_dir`.
+
+    `damaged`: a SQLite file SQLite cannot read, kept byte for byte.
+    """
     if output is not None and (output.exists() or sidecar_path(output).exists()):
         raise BackupError(f"{output} already exists; choose another --output or delete it first")
     folder = output.parent if output is not None else backup_dir
@@ -146,7 +150,9 @@ def create(
         return backup_dir / f"{name}-{stamp}-{revision or 'base'}-{reason}{_EXTENSIONS[dialect]}"
 
     try:
-        if dialect == "sqlite":
+        if damaged:
+            path, revision = _keep_damaged_sqlite(sqlite_path(database_url), target("unknown"))
+        elif dialect == "sqlite":
             path, revision = _backup_sqlite(sqlite_path(database_url), target, progress)
         else:
             path, revision = _backup_postgres(database_url, target, progress)
@@ -199,6 +205,40 @@ def _backup_sqlite(
         finally:
             connection.close()
     return path, revision
+
+
+def _keep_damaged_sqlite(source: Path, path: Path) -> tuple[Path, None]:
+    # Its journal files were dealt with by SQLite when the damage was found (it rolls a hot
+    # journal back or removes a stale one on opening the file).
+    shutil.copyfile(source, path)
+    return path, None
+
+
+def sqlite_damage(database_url: str) -> str | None:
+    """Why SQLite cannot read the SQLite database's file (`PRAGMA quick_check`), or None when
+    it can, or when the trouble is not damage (a folder in its place, a lock)."""
+    try:
+        connection = _sqlite_connect(sqlite_path(database_url), mode="rw")
+        try:
+            problems = [row[0] for row in connection.execute("PRAGMA quick_check(1)")]
+        finally:
+            connection.close()
+    except sqlite3.OperationalError:  # cannot open it, or busy
+        return None
+    except sqlite3.DatabaseError as exc:  # not a database, malformed
+        return str(exc)
+    return None if problems == ["ok"] else problems[0]
+
+
+def replace_damaged_sqlite(database_url: str, path: Path) -> BackupInfo:
+    """Put the backup at `path` in place of a database file SQLite cannot read (and so cannot
+    restore into through its backup API)."""
+    info = restorable(database_url, path)
+    database = sqlite_path(database_url)
+    incoming = database.with_name(database.name + ".restoring")
+    shutil.copyfile(path, incoming)
+    os.replace(incoming, database)  # atomic: the damaged file or the backup, never half of each
+    return info
 
 
 def _sqlite_revision(connection: sqlite3.Connection) -> str | None:

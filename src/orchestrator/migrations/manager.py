@@ -456,7 +456,13 @@ class MigrationManager:
         backup.restorable(self.database_url, path)  # refuse a wrong file before touching anything
         with self._migration_lock():
             safety = None
-            if self.status().database_exists:
+            try:
+                exists = self.status().database_exists
+            except DatabaseUnreachableError:
+                if self.dialect != "sqlite" or backup.sqlite_damage(self.database_url) is None:
+                    raise
+                return self._restore_over_damage(path)
+            if exists:
                 safety = self._backup("before-restore", None, progress, prune=False)
             self.close()
             try:
@@ -473,6 +479,19 @@ class MigrationManager:
         return backup.RestoreReport(restored, safety, self.get_current_revision())
 
     # -- internals -----------------------------------------------------------------------
+
+    def _restore_over_damage(self, path: Path) -> RestoreReport:
+        """A SQLite file too damaged to read: keep its bytes, then put the backup in its place."""
+        from orchestrator.migrations import backup
+
+        self.close()
+        safety = backup.create(
+            self.database_url, backup_dir=self.backup_dir, reason="damaged", damaged=True
+        )
+        logger.warning("the database file was damaged; its bytes were kept in %s", safety.path)
+        restored = backup.replace_damaged_sqlite(self.database_url, path)
+        backup.prune(self.database_url, self.backup_dir, self.backup_keep, exclude=[path])
+        return backup.RestoreReport(restored, safety, self.get_current_revision())
 
     def _put_back(self, failure: Exception, safety: BackupInfo) -> NoReturn:
         """Restore the state a failed restore replaced; raise `failure`, saying what was done."""
