@@ -228,6 +228,7 @@ def test_restore_puts_a_backup_in_place_of_a_database_too_damaged_to_read(sqlite
         seed_rows(sqlite_url)
         good = manager.backup()
     before = every_table(sqlite_url)
+    database.chmod(0o640)
     with open(database, "r+b") as data:
         data.seek(damage_from)
         data.write(os.urandom(database.stat().st_size - damage_from))
@@ -239,13 +240,41 @@ def test_restore_puts_a_backup_in_place_of_a_database_too_damaged_to_read(sqlite
     restored = run_here("db", "restore", str(good.path), "--yes", "--database-url", sqlite_url,
                         env=env)
     assert restored.returncode == 0, restored.stderr
-    assert every_table(sqlite_url) == before
+    assert every_table(sqlite_url) == before and database.stat().st_mode & 0o777 == 0o640
     [kept] = [info for info in MigrationManager(sqlite_url, backup_dir=tmp_path / "b").backups()
               if info.reason == "damaged"]
     assert kept.path.read_bytes() == damaged_bytes and kept.revision is None
     assert f"Saved the state it replaced to {kept.path}" in restored.stdout
     listed = run_here("db", "backups", "--database-url", sqlite_url, env=env)
     assert any(line.split()[2:4] == ["?", "damaged"] for line in listed.stdout.splitlines())
+
+
+def test_restoring_over_a_damaged_wal_database_replays_nothing_of_it(sqlite_url, tmp_path):
+    """The damaged file's write-ahead log, still open in another connection (a running API),
+    must not be replayed into the restored file; it is kept with the damaged copy."""
+    database = Path(sqlite_url.removeprefix("sqlite:///"))
+    with MigrationManager(sqlite_url, backup_dir=tmp_path / "b") as manager:
+        manager.upgrade()
+        seed_rows(sqlite_url)
+        good = manager.backup()
+    before = every_table(sqlite_url)
+    api = sqlite3.connect(database, isolation_level=None)
+    try:
+        api.execute("PRAGMA journal_mode=WAL")
+        api.execute("PRAGMA wal_autocheckpoint=0")
+        api.execute("INSERT INTO agents (name) VALUES ('only in the damaged WAL')")
+        with open(database, "r+b") as data:  # damage the main file; its log holds the insert
+            data.seek(4096)
+            data.write(os.urandom(database.stat().st_size - 4096))
+        with MigrationManager(sqlite_url, backup_dir=tmp_path / "b") as manager:
+            report = manager.restore(good.path)
+        assert report.safety_backup.reason == "damaged"
+        kept_log = report.safety_backup.path.with_name(report.safety_backup.path.name + "-wal")
+        assert kept_log.exists() and kept_log.stat().st_size > 0
+        assert every_table(sqlite_url) == before
+    finally:
+        api.close()
+    assert every_table(sqlite_url) == before
 
 
 def test_restore_into_a_folder_where_the_database_should_be_says_so(tmp_path):
@@ -284,8 +313,37 @@ def test_a_sqlite_restore_gives_up_when_another_connection_keeps_the_database_bu
         assert manager.get_current_revision() == manager.get_head_revision()
 
 
+@pytest.fixture
+def archive_naming_a_lost_role(postgres_url, tmp_path):
+    """A whole, readable backup whose restore fails midway: a table in it belongs to a role
+    that was dropped since (as when an archive comes from another server)."""
+    role = f"orch_gone_{uuid.uuid4().hex[:8]}"
+    execute(postgres_url, f'CREATE ROLE "{role}"')
+    with MigrationManager(postgres_url, backup_dir=tmp_path / "b") as manager:
+        manager.upgrade()
+        seed_rows(postgres_url)
+        execute(postgres_url, f'ALTER TABLE agents OWNER TO "{role}"')
+        info = manager.backup()
+    execute(postgres_url, "ALTER TABLE agents OWNER TO CURRENT_USER", f'DROP ROLE "{role}"')
+    return info.path
+
+
 @pytest.mark.postgres
-def test_a_failed_postgres_restore_puts_the_database_back(postgres_url, tmp_path):
+def test_a_failed_postgres_restore_puts_the_database_back(postgres_url, tmp_path,
+                                                          archive_naming_a_lost_role):
+    execute(postgres_url, "CREATE TABLE created_after_the_backup (id integer)",
+            "INSERT INTO created_after_the_backup VALUES (1), (2)")
+    before = every_table(postgres_url)
+    with MigrationManager(postgres_url, backup_dir=tmp_path / "b") as manager:
+        with pytest.raises(BackupError, match=r"pg_restore failed .*role .* does not exist.*; "
+                                              r"the database was put back as it was, from "
+                                              r".*before-restore"):
+            manager.restore(archive_naming_a_lost_role)
+    assert every_table(postgres_url) == before
+
+
+@pytest.mark.postgres
+def test_a_postgres_restore_interrupted_midway_is_put_back(postgres_url, tmp_path):
     with MigrationManager(postgres_url, backup_dir=tmp_path / "b") as manager:
         manager.upgrade()
         seed_rows(postgres_url)
@@ -293,35 +351,51 @@ def test_a_failed_postgres_restore_puts_the_database_back(postgres_url, tmp_path
         execute(postgres_url, "CREATE TABLE created_after_the_backup (id integer)",
                 "INSERT INTO created_after_the_backup VALUES (1), (2)")
         before = every_table(postgres_url)
-        truncated = tmp_path / "truncated.dump"  # its table of contents is whole, its data not
-        truncated.write_bytes(info.path.read_bytes()[: info.size * 3 // 4])
-        with pytest.raises(BackupError, match="pg_restore failed .*; the database was put back "
-                                              "as it was, from .*before-restore"):
-            manager.restore(truncated)
-        assert every_table(postgres_url) == before
+
+        def ctrl_c(done, total):
+            if total is not None:  # pg_restore's progress (pg_dump's has no total)
+                raise KeyboardInterrupt  # after the drops, before the end
+
+        with pytest.raises(BackupError, match=r"the restore was stopped \(KeyboardInterrupt\); "
+                                              r"the database was put back as it was"):
+            manager.restore(info.path, progress=ctrl_c)
+    assert every_table(postgres_url) == before
+    assert "pg_restore" not in subprocess.run(["ps", "-eo", "args"], capture_output=True,
+                                              text=True).stdout
 
 
 @pytest.mark.postgres
-def test_when_putting_back_fails_too_the_error_names_the_safety_backup(postgres_url, tmp_path,
-                                                                      monkeypatch):
+def test_when_putting_back_fails_too_the_error_names_the_safety_backup(
+    postgres_url, tmp_path, monkeypatch, archive_naming_a_lost_role
+):
     """Both restores failing cannot be arranged with real files: the second one is made to."""
+    real_restore = backup.restore
+
+    def restore_once(url, path, progress=None):
+        if path != archive_naming_a_lost_role:
+            raise BackupError("pg_restore failed again")
+        return real_restore(url, path, progress=progress)
+
+    monkeypatch.setattr(backup, "restore", restore_once)
     with MigrationManager(postgres_url, backup_dir=tmp_path / "b") as manager:
-        manager.upgrade("001")
-        info = manager.backup()
-        truncated = tmp_path / "truncated.dump"
-        truncated.write_bytes(info.path.read_bytes()[: info.size // 2])
-        real_restore = backup.restore
-
-        def restore_once(url, path, progress=None):
-            if path != truncated:
-                raise BackupError("pg_restore failed again")
-            return real_restore(url, path, progress=progress)
-
-        monkeypatch.setattr(backup, "restore", restore_once)
         with pytest.raises(BackupError, match=r"putting the database back failed too \(pg_restore "
                                               r"failed again\): restore .*before-restore.* with "
                                               r"`orchestrator db restore`"):
+            manager.restore(archive_naming_a_lost_role)
+
+
+@pytest.mark.postgres
+def test_an_archive_pg_restore_cannot_read_is_refused_before_anything_is_touched(postgres_url,
+                                                                                tmp_path):
+    with MigrationManager(postgres_url, backup_dir=tmp_path / "b") as manager:
+        manager.upgrade()
+        info = manager.backup()
+        before = every_table(postgres_url)
+        truncated = tmp_path / "truncated.dump"
+        truncated.write_bytes(info.path.read_bytes()[: info.size * 3 // 4])
+        with pytest.raises(NotABackupError, match="end of file; pick another backup"):
             manager.restore(truncated)
+        assert every_table(postgres_url) == before and manager.backups() == [info]
 
 
 @pytest.mark.postgres
@@ -430,12 +504,12 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_backup(sqlite_url, t
     assert list(folder.iterdir()) == []
 
 
-def test_an_interrupted_backup_leaves_no_partial_file(sqlite_url, tmp_path):
+def test_an_interrupted_backup_leaves_no_partial_file(db_url, tmp_path):
     def interrupt(done, total):
         raise KeyboardInterrupt
 
     folder = tmp_path / "backups"
-    with MigrationManager(sqlite_url, backup_dir=folder) as manager:
+    with MigrationManager(db_url, backup_dir=folder) as manager:
         manager.upgrade("001")
         with pytest.raises(KeyboardInterrupt):
             manager.backup(progress=interrupt)

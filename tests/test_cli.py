@@ -335,3 +335,35 @@ def test_lock_timeout_must_be_a_finite_number_of_seconds(cli, sqlite_url, value)
     code, _, err = cli("db", "upgrade", "--lock-timeout", value)
     assert code == 2 and "Invalid value for '--lock-timeout'" in err
     assert not Path(sqlite_url.removeprefix("sqlite:///")).exists()
+
+
+def test_other_database_errors_stay_unexpected(cli, monkeypatch):
+    """Only SQLite refusing to write its file is the machine's doing; anything else is a bug."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from orchestrator.migrations import MigrationManager
+
+    def broken(self, revision):
+        raise OperationalError("SELECT nope", {}, sqlite3.OperationalError("no such table: nope"))
+
+    monkeypatch.setattr(MigrationManager, "stamp", broken)
+    code, _, err = cli("db", "stamp", "002")
+    assert code == 70 and err.startswith("Error: unexpected OperationalError")
+
+
+def test_a_closed_pipe_ends_the_command_quietly(monkeypatch, capsys, sqlite_url):
+    """`orchestrator db history | head -1`: the reader leaves, no error or traceback follows."""
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    with pytest.raises(SystemExit) as exited:
+        main(["db", "history", "--database-url", sqlite_url])
+    assert exited.value.code == 1 and capsys.readouterr().err == ""

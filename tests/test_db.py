@@ -30,12 +30,24 @@ def test_mask_url_hides_the_password():
     assert mask_url("no url here") == "no url here"
 
 
-def test_an_unencoded_at_sign_in_the_password_is_masked_and_refused():
-    url = "postgresql://ada:s3c@retPW@127.0.0.1/app"
+@pytest.mark.parametrize("url", [
+    "postgresql://ada:s3c@retPW@127.0.0.1/app",
+    "postgresql://ada:s3c@ret/PW@127.0.0.1/app",
+    "postgresql://ada:s3c@ret?PW@127.0.0.1/app",
+    "postgresql://ada:s3c@ret:PW@127.0.0.1/app",
+])
+def test_an_unencoded_at_sign_in_the_password_is_masked_and_refused(url):
     assert mask_url(url) == "postgresql://ada:***@127.0.0.1/app"
-    with pytest.raises(InvalidDatabaseUrl, match="write it as %40") as info:
+    with pytest.raises(InvalidDatabaseUrl, match="as %40") as info:
         normalize_url(url)
-    assert "s3c" not in str(info.value) and "retPW" not in str(info.value)
+    assert "s3c" not in str(info.value) and "PW" not in str(info.value)
+
+
+def test_a_port_that_is_not_a_number_is_refused_without_the_password():
+    with pytest.raises(InvalidDatabaseUrl, match="is not a database URL") as info:
+        normalize_url("postgresql://ada:s3cret@host:x/app")
+    assert "s3cret" not in str(info.value) and "s3cret" not in mask_url(
+        "postgresql://ada:s3cret@host:x/app")
     assert normalize_url("postgresql://ada:s3c%40retPW@127.0.0.1/app").endswith("@127.0.0.1/app")
 
 

@@ -692,6 +692,10 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         click.echo("Interrupted.", err=True)
         sys.exit(INTERRUPTED_EXIT)
+    except BrokenPipeError:
+        # The reader went away (`orchestrator db history | head -1`): nothing left to say.
+        sys.stdout = None  # type: ignore[assignment]  # no flush at exit into a closed pipe
+        sys.exit(1)
     except OSError as exc:
         # A file the command needed: a read-only folder, a missing mount, a full disk.
         if ctx_meta.get("orchestrator.verbose"):
@@ -704,13 +708,13 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(2)
     except Exception as exc:
-        if _is_operational_error(exc):
+        refusal = _storage_refusal(exc)
+        if refusal is not None:
             if ctx_meta.get("orchestrator.verbose"):
                 traceback.print_exc()
-            reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
             click.echo(
-                f"Error: the database refused: {reason}; check that it is writable "
-                "(file permissions, a read-only mount, the role's privileges)",
+                f"Error: the database refused: {refusal}; check that it is writable and has "
+                "room (file permissions, a read-only mount, a full disk)",
                 err=True,
             )
             sys.exit(3)
@@ -726,10 +730,19 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(0)
 
 
-def _is_operational_error(exc: BaseException) -> bool:
-    """A database that refused to work (read-only, full, gone): not a bug in this code."""
+# What SQLite says when its file cannot be written: the machine's doing, not a bug here.
+_STORAGE_REFUSALS = ("readonly database", "disk is full", "disk I/O error",
+                     "unable to open database file")
+
+
+def _storage_refusal(exc: BaseException) -> str | None:
+    """The reason, when `exc` is SQLite refusing to write its file; None for anything else
+    (a bug stays an unexpected error)."""
     module = sys.modules.get("sqlalchemy.exc")  # never imported just to ask
-    return module is not None and isinstance(exc, module.OperationalError)
+    if module is None or not isinstance(exc, module.OperationalError):
+        return None
+    reason = str(exc.orig).strip().splitlines()[0]
+    return reason if any(phrase in reason for phrase in _STORAGE_REFUSALS) else None
 
 
 if __name__ == "__main__":  # pragma: no cover

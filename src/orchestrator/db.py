@@ -24,11 +24,16 @@ class InvalidDatabaseUrl(ValueError):
 
 def normalize_url(url: str | URL) -> str:
     """Return `url` as a string, with `postgres://` and `postgresql://` mapped to psycopg 3."""
+    if _several_at_signs(url):
+        raise InvalidDatabaseUrl(
+            f"{mask_url(url)!r} has more than one '@'; write an '@' in the user name or "
+            "password as %40 (e.g. postgresql://app:p%40ss@host/db)"
+        )
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise InvalidDatabaseUrl(
-            f"{mask_url(str(url))!r} is not a database URL; "
+            f"{mask_url(url)!r} is not a database URL; "
             "expected e.g. sqlite:///orchestrator_dev.db or postgresql://user@host/dbname"
         ) from None
     if parsed.drivername in _POSTGRES_ALIASES:
@@ -40,11 +45,6 @@ def normalize_url(url: str | URL) -> str:
             f"{parsed.drivername!r} is not a supported database; "
             "use sqlite:///path/to/file.db or postgresql://user@host/dbname"
         ) from None
-    if "@" in (parsed.host or ""):
-        raise InvalidDatabaseUrl(
-            f"{mask_url(parsed)!r} has an '@' in its user name or password; "
-            "write it as %40 (e.g. postgresql://app:p%40ss@host/db)"
-        )
     if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
         raise InvalidDatabaseUrl(
             "an in-memory SQLite database cannot be migrated and kept; "
@@ -55,21 +55,25 @@ def normalize_url(url: str | URL) -> str:
 
 def mask_url(url: str | URL) -> str:
     """The URL with its password replaced by `***`, safe to print or log."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        parsed = None
-    if parsed is not None and "@" not in (parsed.host or ""):
-        return parsed.render_as_string(hide_password=True)
-    # Unparseable, or an '@' left unencoded in the password (which SQLAlchemy splits at the
-    # first '@'): hide anything between "://user:" and the last "@".
-    text = str(url) if parsed is None else parsed.render_as_string(hide_password=False)
+    if not _several_at_signs(url):
+        try:
+            return make_url(url).render_as_string(hide_password=True)
+        except (ArgumentError, ValueError):
+            pass
+    # Unparseable, or an '@' left unencoded in the password (SQLAlchemy would split at the
+    # first one): hide everything between "://user:" and the last "@".
+    text = url.render_as_string(hide_password=False) if isinstance(url, URL) else str(url)
     head, sep, rest = text.partition("://")
     if sep and "@" in rest:
         creds, _, host = rest.rpartition("@")
         user = creds.split(":", 1)[0]
         return f"{head}://{user}:***@{host}"
     return text
+
+
+def _several_at_signs(url: str | URL) -> bool:
+    """An '@' left unencoded in a password: nothing can tell where the password ends."""
+    return not isinstance(url, URL) and str(url).partition("://")[2].count("@") > 1
 
 
 def backend_name(url: str | URL) -> str:

@@ -194,7 +194,7 @@ def test_any_message_gives_a_script_that_loads(sqlite_url, tmp_path):
 
     manager = MigrationManager(sqlite_url, script_location=_copy_scripts(tmp_path))
     manager.upgrade()
-    message = 'say """hi""" to C:\\new\\N{x} and \\'
+    message = 'say """"hi""""" to C:\\new\\N{x} and "\\'
     path = manager.create(message, autogenerate=False)
     docstring = ast.get_docstring(ast.parse(path.read_text()), clean=False)
     assert docstring.splitlines()[0] == message

@@ -15,6 +15,7 @@ through a callback that the CLI renders.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -49,6 +50,7 @@ _POLL_SECONDS = 0.1
 # Seconds a backup or restore waits for a writer to finish its transaction.
 _BUSY_TIMEOUT = 30.0
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6  # result codes of a backup step that must wait
+_SIDE_FILES = ("-wal", "-journal", "-shm")  # what SQLite keeps beside a database file
 _CLIENT_PACKAGE = (
     "install the PostgreSQL client tools, matching the server's major version: "
     "`apt-get install postgresql-client` (Debian/Ubuntu; the package `postgresql-client`)"
@@ -208,9 +210,12 @@ def _backup_sqlite(
 
 
 def _keep_damaged_sqlite(source: Path, path: Path) -> tuple[Path, None]:
-    # Its journal files were dealt with by SQLite when the damage was found (it rolls a hot
-    # journal back or removes a stale one on opening the file).
+    # With its write-ahead log or journal, if it has one: they may hold its last commits.
     shutil.copyfile(source, path)
+    for suffix in _SIDE_FILES[:2]:
+        side = source.with_name(source.name + suffix)
+        if side.exists():
+            shutil.copyfile(side, path.with_name(path.name + suffix))
     return path, None
 
 
@@ -237,8 +242,26 @@ def replace_damaged_sqlite(database_url: str, path: Path) -> BackupInfo:
     database = sqlite_path(database_url)
     incoming = database.with_name(database.name + ".restoring")
     shutil.copyfile(path, incoming)
+    old = database.stat()
+    os.chmod(incoming, old.st_mode & 0o7777)  # the file keeps its permissions and owner
+    with contextlib.suppress(PermissionError):  # only root may give a file to another user
+        os.chown(incoming, old.st_uid, old.st_gid)
+    _fsync(incoming)
+    # A write-ahead log or journal left beside the damaged file would be replayed into the
+    # restored one: they were kept with the damaged copy, and go.
+    for suffix in _SIDE_FILES:
+        database.with_name(database.name + suffix).unlink(missing_ok=True)
     os.replace(incoming, database)  # atomic: the damaged file or the backup, never half of each
+    _fsync(database.parent)
     return info
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _sqlite_revision(connection: sqlite3.Connection) -> str | None:
@@ -365,7 +388,35 @@ def restorable(database_url: str, path: Path) -> BackupInfo:
         raise NotABackupError(
             f"{path} is the database itself; pick a backup from `orchestrator db backups`"
         )
+    if dialect == "sqlite":
+        _check_sqlite_pages(path)
+    else:
+        _archive_listing(database_url, path)
     return info
+
+
+def _check_sqlite_pages(path: Path) -> None:
+    """Every page, not just the first: a backup damaged past its header must not replace a
+    good database."""
+    source = _sqlite_connect(path, mode="ro")
+    try:
+        problems = [row[0] for row in source.execute("PRAGMA quick_check(1)")]
+    except sqlite3.DatabaseError as exc:
+        problems = [str(exc)]
+    finally:
+        source.close()
+    if problems != ["ok"]:
+        raise NotABackupError(f"{path} is a damaged SQLite file ({problems[0]}); pick another backup")
+
+
+def _archive_listing(database_url: str, path: Path) -> str:
+    """The archive's table of contents; an archive pg_restore cannot read is not a backup."""
+    _, env = _libpq(database_url)
+    command = [_tool("pg_restore"), "--list", str(path)]
+    try:
+        return _run_tool(command, env, database_url, capture=True)
+    except BackupError as exc:
+        raise NotABackupError(f"{exc}; pick another backup") from None
 
 
 def restore(database_url: str, path: Path, *, progress: Progress | None = None) -> BackupInfo:
@@ -381,18 +432,9 @@ def restore(database_url: str, path: Path, *, progress: Progress | None = None) 
 def _restore_sqlite(path: Path, database: Path, progress: Progress | None) -> None:
     source = _sqlite_connect(path, mode="ro")
     try:
-        try:
-            # Every page, not just the first: a backup damaged past its header must not
-            # replace a good database.
-            problems = [row[0] for row in source.execute("PRAGMA quick_check(1)")]
-        except sqlite3.DatabaseError as exc:
-            problems = [str(exc)]
-        if problems != ["ok"]:
-            raise NotABackupError(
-                f"{path} is a damaged SQLite file ({problems[0]}); pick another backup"
-            )
         page_size = source.execute("PRAGMA page_size").fetchone()[0]
-        destination = sqlite3.connect(database, timeout=_BUSY_TIMEOUT)
+        # A short busy timeout per step: the clock in report() decides when to give up.
+        destination = sqlite3.connect(database, timeout=0.1)
         try:
 
             busy_since: list[float] = []
@@ -435,7 +477,7 @@ _TOC_ROUTINE = re.compile(
 def _restore_postgres(database_url: str, path: Path, progress: Progress | None) -> None:
     pg_restore = _tool("pg_restore")
     conninfo, env = _libpq(database_url)
-    listing = _run_tool([pg_restore, "--list", str(path)], env, database_url, capture=True)
+    listing = _archive_listing(database_url, path)
     in_archive = {
         (match["schema"], match["name"])
         for line in listing.splitlines()
@@ -631,11 +673,18 @@ def _run_tool(
             stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
             stderr=errors,
         )
-        output = process.communicate()[0] if capture else b""
-        while process.poll() is None:
-            poll()
-            time.sleep(_POLL_SECONDS)
-        poll()  # the final figure
+        try:
+            output = process.communicate()[0] if capture else b""
+            while process.poll() is None:
+                poll()
+                time.sleep(_POLL_SECONDS)
+            poll()  # the final figure
+        except BaseException:  # Ctrl-C, or the progress display failed: the tool stops too
+            process.kill()
+            process.wait()
+            if cleanup is not None:
+                cleanup.unlink(missing_ok=True)
+            raise
         errors.seek(0)
         message = errors.read().decode(errors="replace")
     if process.returncode != 0:

@@ -469,9 +469,10 @@ class MigrationManager:
                 restored = backup.restore(
                     self.database_url, path, progress=progress or self.backup_progress
                 )
-            except backup.BackupError as exc:
+            except BaseException as exc:
                 # SQLite's restore is one transaction; PostgreSQL's first drops what the backup
-                # lacks, so a pg_restore that fails midway is undone from the safety backup.
+                # lacks, so a pg_restore that fails or is interrupted midway is undone from the
+                # safety backup.
                 if safety is None or sqlite_path(self.database_url) is not None:
                     raise
                 self._put_back(exc, safety)
@@ -493,20 +494,23 @@ class MigrationManager:
         backup.prune(self.database_url, self.backup_dir, self.backup_keep, exclude=[path])
         return backup.RestoreReport(restored, safety, self.get_current_revision())
 
-    def _put_back(self, failure: Exception, safety: BackupInfo) -> NoReturn:
-        """Restore the state a failed restore replaced; raise `failure`, saying what was done."""
+    def _put_back(self, failure: BaseException, safety: BackupInfo) -> NoReturn:
+        """Restore the state a failed restore replaced; raise a `BackupError` saying what
+        failed (`failure`: a BackupError, or Ctrl-C) and what was done."""
         from orchestrator.migrations import backup
 
+        what = str(failure) if isinstance(failure, backup.BackupError) else (
+            f"the restore was stopped ({type(failure).__name__})"
+        )
+        error = type(failure) if isinstance(failure, backup.BackupError) else backup.BackupError
         try:
             backup.restore(self.database_url, safety.path)
         except backup.BackupError as again:
-            raise type(failure)(
-                f"{failure}; putting the database back failed too ({again}): restore "
+            raise error(
+                f"{what}; putting the database back failed too ({again}): restore "
                 f"{safety.path} with `orchestrator db restore`"
             ) from None
-        raise type(failure)(
-            f"{failure}; the database was put back as it was, from {safety.path}"
-        ) from None
+        raise error(f"{what}; the database was put back as it was, from {safety.path}") from None
 
     def _script_for(self, revision: str) -> Script:
         return self.script.get_revision(revision)
