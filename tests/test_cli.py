@@ -195,6 +195,8 @@ def test_stamp(cli, sqlite_url):
     code, out, _ = cli("db", "stamp", "002")
     assert code == 0 and "at 002" in out
     assert cli("db", "current")[1].strip() == "002"
+    code, out, _ = cli("db", "stamp", "-1")  # relative, as for upgrade and downgrade
+    assert code == 0 and "at 001" in out
 
 
 def test_options_on_the_group_and_on_the_command(cli, sqlite_url, tmp_path):

@@ -331,7 +331,7 @@ def create(ctx: click.Context, message: str, empty: bool) -> None:
     click.echo("Review it (docs/migrations.md), then run `orchestrator db upgrade`.")
 
 
-@db.command()
+@db.command(context_settings=_REVISION_ARGS)
 @common_options
 @click.argument("revision")
 @click.pass_context
