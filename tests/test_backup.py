@@ -219,15 +219,19 @@ def test_restore_refuses_a_sqlite_backup_damaged_past_its_first_page(sqlite_url,
         assert every_table(sqlite_url) == before
 
 
-@pytest.mark.parametrize("damage_from", [4096, 0], ids=["pages", "header"])
-def test_restore_puts_a_backup_in_place_of_a_database_too_damaged_to_read(sqlite_url, tmp_path,
-                                                                        run_here, damage_from):
-    database = Path(sqlite_url.removeprefix("sqlite:///"))
-    with MigrationManager(sqlite_url, backup_dir=tmp_path / "b") as manager:
+def seeded_with_a_backup(sqlite_url: str, folder: Path):
+    """(the database file, a backup of it at head with rows, its tables' content)."""
+    with MigrationManager(sqlite_url, backup_dir=folder) as manager:
         manager.upgrade()
         seed_rows(sqlite_url)
         good = manager.backup()
-    before = every_table(sqlite_url)
+    return Path(sqlite_url.removeprefix("sqlite:///")), good, every_table(sqlite_url)
+
+
+@pytest.mark.parametrize("damage_from", [4096, 0], ids=["pages", "header"])
+def test_restore_puts_a_backup_in_place_of_a_database_too_damaged_to_read(sqlite_url, tmp_path,
+                                                                        run_here, damage_from):
+    database, good, before = seeded_with_a_backup(sqlite_url, tmp_path / "b")
     database.chmod(0o640)
     with open(database, "r+b") as data:
         data.seek(damage_from)
@@ -252,12 +256,7 @@ def test_restore_puts_a_backup_in_place_of_a_database_too_damaged_to_read(sqlite
 def test_restoring_over_a_damaged_wal_database_replays_nothing_of_it(sqlite_url, tmp_path):
     """The damaged file's write-ahead log, still open in another connection (a running API),
     must not be replayed into the restored file; it is kept with the damaged copy."""
-    database = Path(sqlite_url.removeprefix("sqlite:///"))
-    with MigrationManager(sqlite_url, backup_dir=tmp_path / "b") as manager:
-        manager.upgrade()
-        seed_rows(sqlite_url)
-        good = manager.backup()
-    before = every_table(sqlite_url)
+    database, good, before = seeded_with_a_backup(sqlite_url, tmp_path / "b")
     api = sqlite3.connect(database, isolation_level=None)
     try:
         api.execute("PRAGMA journal_mode=WAL")
