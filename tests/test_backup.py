@@ -370,10 +370,10 @@ def test_when_putting_back_fails_too_the_error_names_the_safety_backup(
     """Both restores failing cannot be arranged with real files: the second one is made to."""
     real_restore = backup.restore
 
-    def restore_once(url, path, progress=None):
+    def restore_once(url, path, **options):
         if path != archive_naming_a_lost_role:
             raise BackupError("pg_restore failed again")
-        return real_restore(url, path, progress=progress)
+        return real_restore(url, path, **options)
 
     monkeypatch.setattr(backup, "restore", restore_once)
     with MigrationManager(postgres_url, backup_dir=tmp_path / "b") as manager:

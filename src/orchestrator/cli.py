@@ -285,12 +285,13 @@ def history(ctx: click.Context, full_log: bool) -> None:
     edited = {changed.revision for changed in manager.changed_scripts()}
     applied = manager.applied_history()
     last = {entry.revision: entry for entry in applied}
+    scripts = manager.history()
     current = manager.get_current_revision()
-    ahead = current is not None and current not in {info.revision for info in manager.history()}
+    ahead = current is not None and current not in {info.revision for info in scripts}
     if ahead:
         click.echo(f"The database is at {current}, which these scripts do not know: whether each "
                    "script below was applied cannot be told from its revision.")
-    for info in manager.history():
+    for info in scripts:
         marks = ["?" if ahead else "applied" if info.applied else "pending"]
         if info.is_head:
             marks.append("head")

@@ -235,10 +235,10 @@ def sqlite_damage(database_url: str) -> str | None:
     return None if problems == ["ok"] else problems[0]
 
 
-def replace_damaged_sqlite(database_url: str, path: Path) -> BackupInfo:
-    """Put the backup at `path` in place of a database file SQLite cannot read (and so cannot
-    restore into through its backup API)."""
-    info = restorable(database_url, path)
+def replace_damaged_sqlite(database_url: str, info: BackupInfo) -> BackupInfo:
+    """Put the backup `info` (checked by `restorable`) in place of a database file SQLite
+    cannot read (and so cannot restore into through its backup API)."""
+    path = info.path
     database = sqlite_path(database_url)
     incoming = database.with_name(database.name + ".restoring")
     shutil.copyfile(path, incoming)
@@ -419,9 +419,16 @@ def _archive_listing(database_url: str, path: Path) -> str:
         raise NotABackupError(f"{exc}; pick another backup") from None
 
 
-def restore(database_url: str, path: Path, *, progress: Progress | None = None) -> BackupInfo:
-    """Replace the database's whole content with the backup at `path`."""
-    info = restorable(database_url, path)
+def restore(
+    database_url: str,
+    path: Path,
+    *,
+    progress: Progress | None = None,
+    checked: BackupInfo | None = None,
+) -> BackupInfo:
+    """Replace the database's whole content with the backup at `path` (`checked`: what
+    `restorable` already said of it, so its pages or archive are not read twice)."""
+    info = checked or restorable(database_url, path)
     if info.dialect == "sqlite":
         _restore_sqlite(path, sqlite_path(database_url), progress)
     else:

@@ -453,7 +453,7 @@ class MigrationManager:
         from orchestrator.migrations import backup
 
         path = Path(path)
-        backup.restorable(self.database_url, path)  # refuse a wrong file before touching anything
+        checked = backup.restorable(self.database_url, path)  # before touching anything
         with self._migration_lock():
             safety = None
             try:
@@ -461,13 +461,14 @@ class MigrationManager:
             except DatabaseUnreachableError:
                 if self.dialect != "sqlite" or backup.sqlite_damage(self.database_url) is None:
                     raise
-                return self._restore_over_damage(path)
+                return self._restore_over_damage(checked)
             if exists:
                 safety = self._backup("before-restore", None, progress, prune=False)
             self.close()
             try:
                 restored = backup.restore(
-                    self.database_url, path, progress=progress or self.backup_progress
+                    self.database_url, path, progress=progress or self.backup_progress,
+                    checked=checked,
                 )
             except BaseException as exc:
                 # SQLite's restore is one transaction; PostgreSQL's first drops what the backup
@@ -481,7 +482,7 @@ class MigrationManager:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _restore_over_damage(self, path: Path) -> RestoreReport:
+    def _restore_over_damage(self, checked: BackupInfo) -> RestoreReport:
         """A SQLite file too damaged to read: keep its bytes, then put the backup in its place."""
         from orchestrator.migrations import backup
 
@@ -490,8 +491,8 @@ class MigrationManager:
             self.database_url, backup_dir=self.backup_dir, reason="damaged", damaged=True
         )
         logger.warning("the database file was damaged; its bytes were kept in %s", safety.path)
-        restored = backup.replace_damaged_sqlite(self.database_url, path)
-        backup.prune(self.database_url, self.backup_dir, self.backup_keep, exclude=[path])
+        restored = backup.replace_damaged_sqlite(self.database_url, checked)
+        backup.prune(self.database_url, self.backup_dir, self.backup_keep, exclude=[checked.path])
         return backup.RestoreReport(restored, safety, self.get_current_revision())
 
     def _put_back(self, failure: BaseException, safety: BackupInfo) -> NoReturn:
