@@ -93,12 +93,20 @@ def _number_revisions(context, _revision, directives) -> None:
 
 
 def _run_offline(context: EnvironmentContext) -> None:
+    url = database_url(context.config)
     context.configure(
-        url=database_url(context.config),
+        url=url,
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},
         **_configure_options(context),
     )
+    if backend_name(url) == "postgresql":
+        from sqlalchemy import text
+
+        # The script is applied by hand (psql -f): it must give up on a busy table as online
+        # runs do. A session-level SET holds across the script's transactions.
+        context.execute(text("SET lock_timeout = :value").bindparams(
+            value=lock_timeout(context.config)))
     with context.begin_transaction():
         context.run_migrations()
 
@@ -290,15 +298,21 @@ class _UnmanagedHistory:
                            error)
 
 
-def _set_lock_timeout(config: Config, connection) -> None:
-    """Fail fast when a table lock is held by traffic, instead of queueing all traffic behind us."""
-    from sqlalchemy import text
-
+def lock_timeout(config: Config) -> str:
+    """How long a statement waits for a table lock: the caller's, else DB_LOCK_TIMEOUT."""
     timeout = config.attributes.get("db_lock_timeout")
     if timeout is None:
         from orchestrator.settings import get_settings
 
         timeout = get_settings().db_lock_timeout
-    connection.execute(text("SELECT set_config('lock_timeout', :value, false)"), {"value": timeout})
+    return timeout
+
+
+def _set_lock_timeout(config: Config, connection) -> None:
+    """Fail fast when a table lock is held by traffic, instead of queueing all traffic behind us."""
+    from sqlalchemy import text
+
+    connection.execute(text("SELECT set_config('lock_timeout', :value, false)"),
+                       {"value": lock_timeout(config)})
     # The setting is session-wide; end the implicit transaction so Alembic starts its own.
     connection.commit()

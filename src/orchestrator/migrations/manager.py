@@ -402,6 +402,8 @@ class MigrationManager:
         config = alembic_config(
             self.database_url, output_buffer=output, script_location=self.script_location
         )
+        # The same lock_timeout as an online run's (applied by hand, it must give up as fast).
+        config.attributes["db_lock_timeout"] = self.db_lock_timeout
         begin = self._resolve(start, None) if start else None
         end = self._resolve(target, begin)
         if self._position(begin) > self._position(end):

@@ -24,6 +24,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.migrations import lint
 from orchestrator.migrations.environment import SCRIPT_DIRECTORY
 from orchestrator.migrations.errors import MigrationError
 
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
     from orchestrator.migrations.manager import MigrationManager
 
 ERROR, WARNING = "error", "warning"
-IGNORE_COMMENT = "validate: ignore[{code}]"
 # Tables that are bookkeeping, not schema.
 _BOOKKEEPING = frozenset({"alembic_version", "migration_history"})
 _DIALECTS = frozenset({"sqlite", "postgresql"})
@@ -133,14 +133,17 @@ class ScriptFile:
 
     @classmethod
     def read(cls, path: Path) -> ScriptFile:
-        source = path.read_text()
-        script = cls(path=path, source=source)
+        """Read as Python compiles it: the coding line (or UTF-8) decides the text, a byte-order
+        mark is dropped; a file Python cannot read is reported with the line, not raised."""
         try:
-            script.tree = ast.parse(source, filename=str(path))
-        except SyntaxError as exc:
-            script.syntax_error = f"line {exc.lineno}: {exc.msg}"
-            script.lines["revision"] = exc.lineno or 1
+            source = lint.read_source(path)
+            tree = ast.parse(source, filename=str(path))
+        except (SyntaxError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+            line = getattr(exc, "lineno", None) or _decode_error_line(path, exc)
+            script = cls(path=path, source="", syntax_error=f"line {line}: {_reason(exc)}")
+            script.lines["revision"] = line
             return script
+        script = cls(path=path, source=source, tree=tree)
         for node in script.tree.body:
             target, value = _assignment(node)
             if target is None:
@@ -162,10 +165,20 @@ class ScriptFile:
                 return node
         return None
 
-    def ignored(self, node: ast.AST, code: str) -> bool:
-        """True when the statement carries `# validate: ignore[CODE]`."""
-        lines = self.source.splitlines()[node.lineno - 1 : node.end_lineno]
-        return any(IGNORE_COMMENT.format(code=code) in line for line in lines)
+
+
+def _decode_error_line(path: Path, exc: Exception) -> int:
+    """The line of the first byte the file's encoding cannot decode (1 otherwise)."""
+    start = getattr(exc, "start", None)
+    if start is None:
+        return 1
+    return path.read_bytes()[:start].count(b"\n") + 1
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not valid {exc.encoding} text ({exc.reason}); save it as UTF-8 or fix its coding line"
+    return getattr(exc, "msg", None) or str(exc)
 
 
 def _assignment(node: ast.stmt) -> tuple[str | None, ast.expr | None]:
@@ -254,6 +267,15 @@ class Context:
     @cached_property
     def chain(self) -> tuple[str, ...]:
         return self.manager._chain
+
+    @cached_property
+    def lint(self) -> list[Finding]:
+        """The linter's findings for every revision (orchestrator.migrations.lint)."""
+        self.require_chain()
+        return [
+            Finding(f.code, f.name, self.severity(), f.message, f.fix, f.file, f.line)
+            for f in lint.lint(self.manager.script, self.chain)
+        ]
 
     def script_for(self, revision: str) -> ScriptFile:
         return next(s for s in self.scripts if s.revision == revision)
@@ -404,29 +426,12 @@ def scripts_unchanged(ctx: Context) -> list[Finding]:
     ]
 
 
-def dangerous_operations(ctx: Context) -> list[Finding]:
-    """Dangerous operations reviewed. Dropping a table or column destroys data; NOT NULL without a
-    default fails on existing rows; a type change or a plain CREATE INDEX locks a busy table
-    on PostgreSQL; a rename breaks the code still running against the old name. Warnings,
-    errors with --strict; a reviewed line says `# validate: ignore[MIG007]`."""
-    findings = []
-    for script in ctx.scripts:
-        if script.tree is None:
-            continue
-        for node, message, fix in _dangers(script):
-            if not script.ignored(node, "MIG007"):
-                findings.append(
-                    Finding(
-                        "MIG007",
-                        "dangerous-operation",
-                        ctx.severity(),
-                        f"revision {script.revision}: {message}",
-                        f"{fix}; once reviewed, mark the line `# validate: ignore[MIG007]`",
-                        str(script.path),
-                        node.lineno,
-                    )
-                )
-    return findings
+def _lint_rule(code: str) -> Callable[[Context], list[Finding]]:
+    def check(ctx: Context) -> list[Finding]:
+        return [finding for finding in ctx.lint if finding.code == code]
+
+    check.__doc__ = f"{code}: see orchestrator.migrations.lint and docs/migrations.md."
+    return check
 
 
 def round_trip(ctx: Context) -> list[Finding]:
@@ -449,8 +454,10 @@ RULES = (
     Rule("MIG004", "models-match", models_match),
     Rule("MIG005", "no-drift", no_drift),
     Rule("MIG006", "scripts-unchanged", scripts_unchanged),
-    Rule("MIG007", "dangerous-operation", dangerous_operations),
     Rule("MIG008", "round-trip", round_trip),
+    # What would take a table down on PostgreSQL under traffic (the linter, one rule each):
+    # warnings, errors with --strict.
+    *(Rule(rule.code, rule.name, _lint_rule(rule.code)) for rule in lint.RULES),
 )
 
 
@@ -571,324 +578,6 @@ def _does_nothing(function: ast.FunctionDef) -> bool:
         or (isinstance(stmt, ast.Raise) and "NotImplementedError" in ast.unparse(stmt))
         for stmt in body
     )
-
-
-# -- dangerous operations -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Call:
-    """An `op.<method>(...)` (or batch) call, with the dialects it can run on."""
-
-    node: ast.Call
-    method: str
-    # The table of a batch operation, whose calls do not name it.
-    batch_table: str | None
-    dialects: frozenset[str]
-
-
-_SQL_CREATE_TABLE = re.compile(r"\bCREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?\"?(\w+)", re.I)
-_SQL_ADD_COLUMN = re.compile(
-    r"\bALTER\s+TABLE\s+(?:ONLY\s+)?\"?(\w+)\"?\s+ADD\s+(?:COLUMN\s+)?(?:IF\s+NOT\s+EXISTS\s+)?"
-    r"(?!CONSTRAINT\b|PRIMARY\b|FOREIGN\b|UNIQUE\b|CHECK\b)\"?(\w+)",
-    re.I,
-)
-_SQL_DROP_TABLE = re.compile(r"\bDROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?\"?(\w+)", re.I)
-_SQL_DROP_COLUMN = re.compile(
-    r"\bALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?\"?(\w+)\"?\s+DROP\s+COLUMN\s+"
-    r"(?:IF\s+EXISTS\s+)?\"?(\w+)",
-    re.I,
-)
-_SQL_RENAME = re.compile(r"\bRENAME\s+(?:COLUMN\s+|CONSTRAINT\s+)?(?:\"?\w+\"?\s+)?TO\b", re.I)
-_SQL_TYPE = re.compile(r"\bALTER\s+COLUMN\s+\"?\w+\"?\s+(?:SET\s+DATA\s+)?TYPE\b", re.I)
-_SQL_SET_NOT_NULL = re.compile(r"\bALTER\s+COLUMN\s+\"?(\w+)\"?\s+SET\s+NOT\s+NULL\b", re.I)
-_SQL_CREATE_INDEX = re.compile(
-    r"\bCREATE\s+(?:UNIQUE\s+)?INDEX\s+(?!CONCURRENTLY\b).*?\bON\s+(?:ONLY\s+)?\"?(\w+)",
-    re.I | re.S,
-)
-
-
-def _dangers(script: ScriptFile) -> Iterator[tuple[ast.AST, str, str]]:
-    """(node, what is dangerous, what to do) for each dangerous call of a script."""
-    upgrade = script.function("upgrade")
-    downgrade = script.function("downgrade")
-    up_calls = _op_calls(upgrade) if upgrade else []
-    tables, columns = _created(script, up_calls)
-    for call in up_calls:
-        yield from _upgrade_dangers(script, call, tables, columns)
-    for call in _op_calls(downgrade) if downgrade else []:
-        yield from _downgrade_dangers(script, call, tables, columns)
-
-
-def _created(script: ScriptFile, calls: list[_Call]) -> tuple[set[str], set[tuple[str, str]]]:
-    """Tables and (table, column)s that this upgrade creates."""
-    tables: set[str] = set()
-    columns: set[tuple[str, str]] = set()
-    for call in calls:
-        args = _Args(script, call)
-        if call.method == "create_table":
-            tables.add(args.text(0, "table_name"))
-        elif call.method == "add_column":
-            column = args.node(0 if call.batch_table else 1, "column")
-            if isinstance(column, ast.Call) and column.args:
-                columns.add((args.table(), _text(script, column.args[0])))
-        elif call.method == "execute":
-            sql = args.text(0, "sqltext") or ""
-            tables.update(_SQL_CREATE_TABLE.findall(sql))
-            columns.update(_SQL_ADD_COLUMN.findall(sql))
-    return tables, columns
-
-
-def _upgrade_dangers(script, call: _Call, tables, columns) -> Iterator[tuple[ast.AST, str, str]]:
-    args = _Args(script, call)
-    node = call.node
-    if call.method == "drop_table":
-        table = args.text(0, "table_name")
-        if table not in tables:
-            yield node, f"drops table {table} with all its rows", (
-                "make sure nothing reads it any more and that its data is archived or migrated")
-    elif call.method == "drop_column":
-        table, column = args.table(), args.text(1 if not call.batch_table else 0, "column_name")
-        if table not in tables and (table, column) not in columns:
-            yield node, f"drops column {table}.{column} and its data", (
-                "first deploy code that no longer uses it, and copy the data if it is needed")
-    elif call.method == "alter_column" and args.table() not in tables:
-        table, column = args.table(), args.text(1 if not call.batch_table else 0, "column_name")
-        if args.is_false("nullable") and args.missing("server_default"):
-            yield node, (f"makes {table}.{column} NOT NULL without a server default: fails "
-                         "on existing NULLs, and scans the table under a lock"), (
-                "backfill the NULLs first and give the column a server_default")
-        if args.given("type_"):
-            yield node, (f"changes the type of {table}.{column}: rewrites the table under an "
-                         "exclusive lock and can fail on, or truncate, existing values"), (
-                "add a new column, backfill it, and switch over in later releases")
-        if args.given("new_column_name"):
-            yield node, f"renames {table}.{column}: code running against the old name breaks", (
-                "add the new column, write both, then drop the old one in a later release")
-    elif call.method == "rename_table":
-        yield node, f"renames table {args.text(0, 'old_table_name')}: code running against "\
-            "the old name breaks", (
-            "create the new table, copy and write both, then drop the old one later")
-    elif call.method == "create_index" and "postgresql" in call.dialects:
-        table = args.table(positional=1)
-        if table not in tables and not args.is_true("postgresql_concurrently"):
-            yield node, (f"builds index {args.text(0, 'index_name')} on {table} without "
-                         "CONCURRENTLY: on PostgreSQL it blocks writes to the table for the "
-                         "whole build"), (
-                "build it with postgresql_concurrently=True inside "
-                "op.get_context().autocommit_block()")
-    elif call.method == "execute":
-        yield from _sql_dangers(args.text(0, "sqltext") or "", call, tables, columns)
-
-
-def _sql_dangers(sql: str, call: _Call, tables, columns) -> Iterator[tuple[ast.AST, str, str]]:
-    node = call.node
-    for table in _SQL_DROP_TABLE.findall(sql):
-        if table not in tables:
-            yield node, f"drops table {table} with all its rows (raw SQL)", (
-                "make sure nothing reads it any more and that its data is archived or migrated")
-    for table, column in _SQL_DROP_COLUMN.findall(sql):
-        if table not in tables and (table, column) not in columns:
-            yield node, f"drops column {table}.{column} and its data (raw SQL)", (
-                "first deploy code that no longer uses it, and copy the data if it is needed")
-    if _SQL_RENAME.search(sql):
-        yield node, "renames a table or column (raw SQL): code using the old name breaks", (
-            "add the new name beside the old one and drop the old one in a later release")
-    if _SQL_TYPE.search(sql):
-        yield node, "changes a column's type (raw SQL): rewrites the table under a lock", (
-            "add a new column, backfill it, and switch over in later releases")
-    if _SQL_SET_NOT_NULL.search(sql):
-        yield node, "sets NOT NULL on an existing column (raw SQL): scans the table under a "\
-            "lock and fails on existing NULLs", (
-            "add a CHECK (... IS NOT NULL) NOT VALID constraint, VALIDATE it, then SET NOT NULL")
-    if "postgresql" in call.dialects:
-        for table in _SQL_CREATE_INDEX.findall(sql):
-            if table not in tables:
-                yield node, (f"builds an index on {table} without CONCURRENTLY (raw SQL): on "
-                             "PostgreSQL it blocks writes for the whole build"), (
-                    "use CREATE INDEX CONCURRENTLY inside op.get_context().autocommit_block()")
-
-
-def _downgrade_dangers(script, call: _Call, tables, columns) -> Iterator[tuple[ast.AST, str, str]]:
-    """In downgrade(), dropping what the same revision's upgrade created is the point; dropping
-    anything else destroys data that an earlier revision owns."""
-    args = _Args(script, call)
-    if call.method == "drop_table":
-        table = args.text(0, "table_name")
-        if table not in tables:
-            yield call.node, (f"downgrade() drops table {table}, which this revision's upgrade "
-                              "did not create"), "undo only what upgrade() did"
-    elif call.method == "drop_column":
-        table, column = args.table(), args.text(1 if not call.batch_table else 0, "column_name")
-        if table not in tables and (table, column) not in columns:
-            yield call.node, (f"downgrade() drops column {table}.{column}, which this "
-                              "revision's upgrade did not add"), "undo only what upgrade() did"
-    elif call.method == "execute":
-        sql = args.text(0, "sqltext") or ""
-        for table in _SQL_DROP_TABLE.findall(sql):
-            if table not in tables:
-                yield call.node, (
-                    f"downgrade() drops table {table}, which this revision's upgrade did not "
-                    "create (raw SQL)"
-                ), "undo only what upgrade() did"
-
-
-class _Args:
-    """Arguments of an op call by position or keyword, resolved to text where possible."""
-
-    def __init__(self, script: ScriptFile, call: _Call) -> None:
-        self.script = script
-        self.call = call
-
-    def node(self, position: int, keyword: str) -> ast.expr | None:
-        for kw in self.call.node.keywords:
-            if kw.arg == keyword:
-                return kw.value
-        args = self.call.node.args
-        return args[position] if position < len(args) else None
-
-    def text(self, position: int, keyword: str) -> str | None:
-        value = self.node(position, keyword)
-        return _text(self.script, value) if value is not None else None
-
-    def table(self, positional: int = 0) -> str | None:
-        if self.call.batch_table is not None:
-            return self.call.batch_table
-        return self.text(positional, "table_name")
-
-    def _keyword(self, name: str) -> ast.expr | None:
-        return next((kw.value for kw in self.call.node.keywords if kw.arg == name), None)
-
-    def given(self, name: str) -> bool:
-        value = self._keyword(name)
-        return value is not None and not (isinstance(value, ast.Constant) and value.value is None)
-
-    def missing(self, name: str) -> bool:
-        return not self.given(name)
-
-    def is_true(self, name: str) -> bool:
-        value = self._keyword(name)
-        return isinstance(value, ast.Constant) and value.value is True
-
-    def is_false(self, name: str) -> bool:
-        value = self._keyword(name)
-        return isinstance(value, ast.Constant) and value.value is False
-
-
-def _text(script: ScriptFile, node: ast.expr) -> str | None:
-    """A string argument's value: a literal, a module constant, `op.f(...)`, or an f-string."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        return node.value
-    if isinstance(node, ast.Name):
-        return script.constants.get(node.id)
-    if isinstance(node, ast.Call) and ast.unparse(node.func) == "op.f" and node.args:
-        return _text(script, node.args[0])
-    if isinstance(node, ast.JoinedStr):
-        parts = []
-        for value in node.values:
-            if isinstance(value, ast.FormattedValue):
-                parts.append(_text(script, value.value) or "?")
-            else:
-                parts.append(str(value.value))
-        return "".join(parts)
-    return None
-
-
-def _op_calls(function: ast.FunctionDef) -> list[_Call]:
-    """Every op call in a function body, with the dialects that reach it."""
-    calls: list[_Call] = []
-
-    def block(statements: list[ast.stmt], dialects: frozenset[str], batch: dict[str, str]):
-        for statement in statements:
-            if isinstance(statement, ast.If) and (on := _dialect_test(statement.test)) is not None:
-                block(statement.body, dialects & on, batch)
-                block(statement.orelse, dialects - on, batch)
-                # `if sqlite: ...; return` leaves the rest of the block to the other dialects.
-                if _leaves(statement.body):
-                    dialects = dialects - on
-                elif _leaves(statement.orelse):
-                    dialects = dialects & on
-                continue
-            if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                continue
-            inner = dict(batch)
-            if isinstance(statement, ast.With):
-                for item in statement.items:
-                    table = _batch_table(item.context_expr)
-                    if table and isinstance(item.optional_vars, ast.Name):
-                        inner[item.optional_vars.id] = table
-            visit(statement, dialects, inner)
-
-    def visit(node: ast.AST, dialects: frozenset[str], batch: dict[str, str]):
-        for _name, value in ast.iter_fields(node):
-            values = value if isinstance(value, list) else [value]
-            if values and all(isinstance(v, ast.stmt) for v in values):
-                block(values, dialects, batch)
-                continue
-            for item in values:
-                if isinstance(item, ast.expr):
-                    expression(item, dialects, batch)
-                elif isinstance(item, ast.AST):
-                    visit(item, dialects, batch)
-
-    def expression(node: ast.expr, dialects: frozenset[str], batch: dict[str, str]):
-        for sub in ast.walk(node):
-            if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Attribute):
-                owner = sub.func.value
-                if isinstance(owner, ast.Name) and owner.id == "op":
-                    calls.append(_Call(sub, sub.func.attr, None, dialects))
-                elif isinstance(owner, ast.Name) and owner.id in batch:
-                    calls.append(_Call(sub, sub.func.attr, batch[owner.id], dialects))
-
-    block(function.body, _DIALECTS, {})
-    return calls
-
-
-def _batch_table(node: ast.expr) -> str | None:
-    if (
-        isinstance(node, ast.Call)
-        and ast.unparse(node.func) == "op.batch_alter_table"
-        and node.args
-        and isinstance(node.args[0], ast.Constant)
-    ):
-        return str(node.args[0].value)
-    return None
-
-
-def _dialect_test(test: ast.expr) -> frozenset[str] | None:
-    """The dialects for which `test` is true, when it compares the dialect's name."""
-    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
-        inner = _dialect_test(test.operand)
-        return None if inner is None else _DIALECTS - inner
-    if not (isinstance(test, ast.Compare) and len(test.ops) == 1):
-        return None
-    left, op, right = test.left, test.ops[0], test.comparators[0]
-    if "dialect" not in ast.unparse(left):
-        left, right = right, left
-    if "dialect" not in ast.unparse(left):
-        return None
-    names = _names(right)
-    if names is None:
-        return None
-    if isinstance(op, (ast.Eq, ast.In)):
-        return _DIALECTS & names
-    if isinstance(op, (ast.NotEq, ast.NotIn)):
-        return _DIALECTS - names
-    return None
-
-
-def _names(node: ast.expr) -> frozenset[str] | None:
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        return frozenset({node.value})
-    if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and all(
-        isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts
-    ):
-        return frozenset(e.value for e in node.elts)
-    return None
-
-
-def _leaves(statements: list[ast.stmt]) -> bool:
-    return bool(statements) and isinstance(statements[-1], (ast.Return, ast.Raise))
 
 
 # -- schemas ------------------------------------------------------------------------------

@@ -1,0 +1,470 @@
+"""The rules that read a revision's PostgreSQL SQL, one small function per danger.
+
+Each rule looks at one parsed statement (or one `ALTER TABLE` command) together with where the
+migration stands when it runs (`At`): the schema the earlier revisions built, what this revision
+created so far, and which tables its current transaction already holds a lock on that blocks
+writers. A rule yields `Hit`s: the code, what is wrong with the names involved, and the fix.
+
+Everything is judged for PostgreSQL 12 or later with live traffic: what matters is how long a
+lock that blocks readers or writers is held, whether a table is rewritten, and whether the code
+still running against the previous schema breaks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from orchestrator.migrations.lint.render import Statement
+from orchestrator.migrations.lint.sql import (
+    BATCH_TEMP_PREFIX,
+    SERIAL_TYPES,
+    AlterTableType,
+    ConstrType,
+    ObjectType,
+    Schema,
+    ast,
+    constraints,
+    default_of,
+    names,
+    relname,
+    rewrites,
+    type_key,
+    volatile_call,
+)
+
+AUTOCOMMIT = "`with op.get_context().autocommit_block():`"
+
+
+@dataclass(frozen=True)
+class Hit:
+    code: str
+    message: str
+    fix: str
+
+
+@dataclass
+class At:
+    """Where the migration stands when a statement runs."""
+
+    statement: Statement
+    # The schema before this statement (earlier revisions and this one's earlier statements).
+    schema: Schema
+    # Tables and (table, column)s this revision created before this statement.
+    new_tables: set[str] = field(default_factory=set)
+    new_columns: set[tuple[str, str]] = field(default_factory=set)
+    # Tables on which the current transaction already holds a lock that blocks writers: it is
+    # held until COMMIT, so anything slow later in the same transaction blocks them all along.
+    locked: set[str] = field(default_factory=set)
+
+    def existing(self, table: str) -> bool:
+        """The table existed before this revision (one it does not create is assumed to)."""
+        return table not in self.new_tables
+
+    def existing_column(self, table: str, column: str) -> bool:
+        return self.existing(table) and (table, column) not in self.new_columns
+
+
+StatementRule = Callable[[ast.Node, At], Iterator[Hit]]
+CommandRule = Callable[[str, ast.AlterTableCmd, At], Iterator[Hit]]
+STATEMENT_RULES: list[tuple[tuple[type, ...], StatementRule]] = []
+COMMAND_RULES: list[tuple[tuple[AlterTableType, ...], CommandRule]] = []
+
+
+def on_statement(*kinds: type) -> Callable[[StatementRule], StatementRule]:
+    def register(rule: StatementRule) -> StatementRule:
+        STATEMENT_RULES.append((kinds, rule))
+        return rule
+    return register
+
+
+def on_command(*kinds: AlterTableType) -> Callable[[CommandRule], CommandRule]:
+    def register(rule: CommandRule) -> CommandRule:
+        COMMAND_RULES.append((kinds, rule))
+        return rule
+    return register
+
+
+# -- MIG010, MIG011: adding columns -----------------------------------------------------------
+
+
+@on_command(AlterTableType.AT_AddColumn)
+def not_null_column_without_default(table: str, cmd: ast.AlterTableCmd, at: At) -> Iterator[Hit]:
+    """MIG010. A NOT NULL column without a default cannot be added to a table that has rows:
+    PostgreSQL refuses (every existing row would be NULL), and the deploy stops there."""
+    column = cmd.def_
+    generated = constraints(column, ConstrType.CONSTR_IDENTITY, ConstrType.CONSTR_GENERATED)
+    if (at.existing(table) and constraints(column, ConstrType.CONSTR_NOTNULL)
+            and default_of(column) is None and not generated
+            and names(column.typeName.names)[-1] not in SERIAL_TYPES):
+        yield Hit(
+            "MIG010",
+            f"adds {table}.{column.colname} NOT NULL without a default: PostgreSQL refuses it "
+            "on a table that has rows",
+            f"add {column.colname} with a constant server_default (kept in the catalogue, no "
+            "rewrite), or add it nullable, backfill it in batches and make it NOT NULL later "
+            "with the CHECK … NOT VALID recipe (MIG012)",
+        )
+
+
+@on_command(AlterTableType.AT_AddColumn)
+def volatile_default(table: str, cmd: ast.AlterTableCmd, at: At) -> Iterator[Hit]:
+    """MIG011. A column whose default must be computed for each row (a volatile function such
+    as random() or clock_timestamp(), a uuid generator, a serial's nextval(), an identity or a
+    stored generated column) makes PostgreSQL rewrite the whole table under an ACCESS EXCLUSIVE
+    lock: no reads, no writes until it is done. Constant and STABLE defaults (now()) are not."""
+    column = cmd.def_
+    if not at.existing(table):
+        return
+    if (called := volatile_call(default_of(column))) is not None:
+        why = f"the volatile default {called}()"
+    elif names(column.typeName.names)[-1] in SERIAL_TYPES:
+        why = f"the serial type {names(column.typeName.names)[-1]} (a nextval() default)"
+    elif constraints(column, ConstrType.CONSTR_IDENTITY):
+        why = "GENERATED … AS IDENTITY"
+    elif constraints(column, ConstrType.CONSTR_GENERATED):
+        why = "a stored generated expression"
+    else:
+        return
+    yield Hit(
+        "MIG011",
+        f"adds {table}.{column.colname} with {why}: PostgreSQL computes it for every row and "
+        "rewrites the table under an ACCESS EXCLUSIVE lock",
+        f"add {column.colname} without that default (nullable, or with a constant default), "
+        f"then `ALTER TABLE {table} ALTER COLUMN {column.colname} SET DEFAULT …` for new rows "
+        "(no rewrite), and backfill existing rows in batches",
+    )
+
+
+# -- MIG012: SET NOT NULL -----------------------------------------------------------------------
+
+
+@on_command(AlterTableType.AT_SetNotNull)
+def set_not_null(table: str, cmd: ast.AlterTableCmd, at: At) -> Iterator[Hit]:
+    """MIG012. SET NOT NULL scans the whole table under an ACCESS EXCLUSIVE lock to prove there
+    is no NULL, unless a valid CHECK (col IS NOT NULL) already proves it. A server_default set at
+    the same time changes nothing: a default does not fill the NULLs already there."""
+    column = cmd.name
+    if at.existing_column(table, column) and not at.schema.proves_not_null(table, column):
+        check = f"ck_{table}_{column}_not_null"
+        yield Hit(
+            "MIG012",
+            f"makes {table}.{column} NOT NULL: PostgreSQL scans the whole table under an ACCESS "
+            "EXCLUSIVE lock (and fails if a NULL is left; a server_default does not fill them)",
+            f"backfill the NULLs, then `ALTER TABLE {table} ADD CONSTRAINT {check} CHECK "
+            f"({column} IS NOT NULL) NOT VALID`; in a later migration `VALIDATE CONSTRAINT "
+            f"{check}` (no write lock), then SET NOT NULL (no scan) and drop the check",
+        )
+
+
+# -- MIG013, MIG014: indexes ----------------------------------------------------------------------
+
+
+def _concurrently(node: ast.Node) -> bool:
+    if isinstance(node, ast.ReindexStmt):
+        return any(p.defname == "concurrently" for p in node.params or ())
+    return bool(node.concurrent)
+
+
+def _index_table(node: ast.Node, at: At) -> tuple[str, str] | None:
+    """(what, table) of an index statement; None for what this revision created."""
+    if isinstance(node, ast.IndexStmt):
+        table = relname(node.relation)
+        return (f"builds index {node.idxname or '(unnamed)'} on {table}", table) \
+            if at.existing(table) else None
+    if isinstance(node, ast.ReindexStmt):
+        target = node.relation.relname if node.relation else node.name
+        return f"rebuilds {target}", target
+    if node.removeType != ObjectType.OBJECT_INDEX:
+        return None
+    for index in (names(o)[-1] for o in node.objects):
+        table = at.schema.indexes.get(index)
+        if table is None or at.existing(table):
+            return f"drops index {index}" + (f" on {table}" if table else ""), table or index
+    return None
+
+
+@on_statement(ast.IndexStmt, ast.DropStmt, ast.ReindexStmt)
+def index_not_concurrent(node: ast.Node, at: At) -> Iterator[Hit]:
+    """MIG013. CREATE INDEX blocks every write to the table until the whole index is built (a
+    SHARE lock); DROP INDEX and REINDEX take locks that block reads too. CONCURRENTLY does the
+    same work without blocking writers."""
+    found = _index_table(node, at)
+    if found is None or _concurrently(node):
+        return
+    what, _table = found
+    statement = {ast.IndexStmt: "CREATE INDEX", ast.DropStmt: "DROP INDEX",
+                 ast.ReindexStmt: "REINDEX"}[type(node)]
+    yield Hit(
+        "MIG013",
+        f"{what} without CONCURRENTLY: PostgreSQL blocks writes to the table (reads too, to "
+        "drop) until it is done",
+        f"use `{statement} CONCURRENTLY` (`postgresql_concurrently=True`) inside {AUTOCOMMIT}",
+    )
+
+
+@on_statement(ast.IndexStmt, ast.DropStmt, ast.ReindexStmt)
+def concurrently_in_transaction(node: ast.Node, at: At) -> Iterator[Hit]:
+    """MIG014. CONCURRENTLY cannot run inside a transaction block, and every revision runs in
+    one: PostgreSQL refuses the statement and the migration fails, unless it is inside
+    `autocommit_block()`."""
+    if isinstance(node, ast.DropStmt) and node.removeType != ObjectType.OBJECT_INDEX:
+        return
+    if _concurrently(node) and at.statement.in_transaction:
+        yield Hit(
+            "MIG014",
+            "runs CONCURRENTLY inside the migration's transaction: PostgreSQL refuses it "
+            "(cannot run inside a transaction block)",
+            f"move it into {AUTOCOMMIT}, which commits the transaction before and starts a new "
+            "one after",
+        )
+
+
+# -- MIG015, MIG016: constraints ------------------------------------------------------------------
+
+
+@on_command(AlterTableType.AT_AddConstraint)
+def unique_constraint(table: str, cmd: ast.AlterTableCmd, at: At) -> Iterator[Hit]:
+    """MIG015. ADD CONSTRAINT … UNIQUE (or PRIMARY KEY) builds its index while holding an
+    ACCESS EXCLUSIVE lock: no reads or writes for the whole build. Built first with CREATE
+    UNIQUE INDEX CONCURRENTLY, the index can be attached as the constraint instantly."""
+    constraint = cmd.def_
+    kinds = {ConstrType.CONSTR_UNIQUE: "UNIQUE", ConstrType.CONSTR_PRIMARY: "PRIMARY KEY"}
+    if constraint.contype in kinds and not constraint.indexname and at.existing(table):
+        name = constraint.conname or f"{table}_key"
+        columns = ", ".join(names(constraint.keys))
+        yield Hit(
+            "MIG015",
+            f"adds {kinds[constraint.contype]} constraint {name} to {table}: PostgreSQL builds "
+            "its index under an ACCESS EXCLUSIVE lock (no reads or writes meanwhile)",
+            f"build the index first, `CREATE UNIQUE INDEX CONCURRENTLY {name} ON {table} "
+            f"({columns})` inside {AUTOCOMMIT}, then `ALTER TABLE {table} ADD CONSTRAINT "
+            f"{name} {kinds[constraint.contype]} USING INDEX {name}`",
+        )
+
+
+def _validated_later(kind: str, name: str, table: str) -> str:
+    return (f"add it `NOT VALID` (`postgresql_not_valid=True`; existing rows are not checked, "
+            f"new ones are), and `ALTER TABLE {table} VALIDATE CONSTRAINT {name}` in a later "
+            f"migration: validating takes a lock that lets reads and writes go on")
+
+
+@on_command(AlterTableType.AT_AddConstraint, AlterTableType.AT_AddColumn)
+def constraint_not_valid(table: str, cmd: ast.AlterTableCmd, at: At) -> Iterator[Hit]:
+    """MIG016. A FOREIGN KEY or CHECK constraint added to an existing table is checked against
+    every row while a lock that blocks writes is held (ACCESS EXCLUSIVE for a CHECK, SHARE ROW
+    EXCLUSIVE on both tables for a foreign key). NOT VALID skips that check; VALIDATE
+    CONSTRAINT later does it under a lock that lets traffic through."""
+    if not at.existing(table):
+        return
+    if cmd.subtype == AlterTableType.AT_AddColumn:
+        found = [(c, f"{table}.{cmd.def_.colname}") for c in constraints(
+            cmd.def_, ConstrType.CONSTR_FOREIGN, ConstrType.CONSTR_CHECK)]
+    else:
+        found = [(cmd.def_, table)] if cmd.def_.contype in (
+            ConstrType.CONSTR_FOREIGN, ConstrType.CONSTR_CHECK) else []
+    for constraint, where in found:
+        if constraint.skip_validation:
+            continue
+        kind = "FOREIGN KEY" if constraint.contype == ConstrType.CONSTR_FOREIGN else "CHECK"
+        name = constraint.conname or f"{table}_{kind.split()[0].lower()}"
+        yield Hit(
+            "MIG016",
+            f"adds {kind} {name} on {where} without NOT VALID: PostgreSQL checks every existing "
+            "row while holding a lock that blocks writes",
+            (f"add the column first, then the constraint separately; " if where != table else "")
+            + _validated_later(kind, name, table),
+        )
+
+
+@on_command(AlterTableType.AT_ValidateConstraint)
+def validate_under_lock(table: str, cmd: ast.AlterTableCmd, at: At) -> Iterator[Hit]:
+    """MIG016 too. VALIDATE CONSTRAINT only lets traffic through when nothing earlier in the same
+    transaction locked the table: after an ALTER TABLE in the same migration, the whole scan runs
+    under that statement's ACCESS EXCLUSIVE lock, as if NOT VALID had not been used."""
+    if at.existing(table) and table in at.locked:
+        yield Hit(
+            "MIG016",
+            f"validates {cmd.name} in the same transaction that already locked {table}: the "
+            "scan of every row runs under that lock (no reads or writes meanwhile)",
+            f"move `ALTER TABLE {table} VALIDATE CONSTRAINT {cmd.name}` to a later migration",
+        )
+
+
+# -- MIG017: column types -----------------------------------------------------------------------
+
+
+@on_command(AlterTableType.AT_AlterColumnType)
+def rewriting_type_change(table: str, cmd: ast.AlterTableCmd, at: At) -> Iterator[Hit]:
+    """MIG017. Changing a column's type rewrites the table (and rebuilds its indexes) under an
+    ACCESS EXCLUSIVE lock, unless the new type only loosens a limit of the old one: a longer or
+    unlimited varchar, varchar to text, a wider numeric. int to bigint, a shorter varchar, or
+    another type family all rewrite."""
+    column = cmd.name
+    if not at.existing_column(table, column):
+        return
+    new = type_key(cmd.def_.typeName)
+    old = at.schema.column_type(table, column)
+    if old is not None and not rewrites(old, new) and cmd.def_.raw_default is None:
+        return
+    change = f"from {old} to {new}" if old is not None else f"to {new} (its old type is unknown)"
+    yield Hit(
+        "MIG017",
+        f"changes {table}.{column} {change}: PostgreSQL rewrites the table and its indexes under "
+        "an ACCESS EXCLUSIVE lock",
+        f"add a new column of type {new}, write both from the code, backfill it in batches, "
+        f"move the readers, then drop {column} in a later release (widening a varchar or "
+        "changing it to text needs no rewrite)",
+    )
+
+
+# -- MIG018, MIG019: what the running code still uses ---------------------------------------------
+
+_EXPAND_CONTRACT = ("first deploy code that no longer uses it; drop it in a later migration "
+                    "(expand/contract), after copying the data if it is still needed")
+
+
+@on_statement(ast.DropStmt)
+def drop_table(node: ast.DropStmt, at: At) -> Iterator[Hit]:
+    """MIG018. Dropping a table the previous release still reads or writes breaks every running
+    instance at once, and destroys its data."""
+    if node.removeType != ObjectType.OBJECT_TABLE:
+        return
+    for table in (names(o)[-1] for o in node.objects):
+        if at.existing(table) and BATCH_TEMP_PREFIX + table not in at.new_tables:
+            yield Hit("MIG018", f"drops table {table} and its rows while the running code "
+                      "may still use it", _EXPAND_CONTRACT)
+
+
+@on_command(AlterTableType.AT_DropColumn)
+def drop_column(table: str, cmd: ast.AlterTableCmd, at: At) -> Iterator[Hit]:
+    """MIG018. Dropping a column the previous release still selects or inserts breaks it, and
+    destroys the column's data."""
+    if at.existing_column(table, cmd.name):
+        yield Hit("MIG018", f"drops column {table}.{cmd.name} and its data while the running "
+                  "code may still use it", _EXPAND_CONTRACT)
+
+
+@on_statement(ast.RenameStmt)
+def rename(node: ast.RenameStmt, at: At) -> Iterator[Hit]:
+    """MIG019. A rename is a drop for the code still running against the old name: every query
+    that names it fails from the moment the migration commits."""
+    table = relname(node.relation)
+    if node.renameType == ObjectType.OBJECT_TABLE and not table.startswith(BATCH_TEMP_PREFIX):
+        what = f"table {table} to {node.newname}"
+        fix = (f"create {node.newname}, write to both, copy the rows, move the readers, then "
+               f"drop {table} in a later release (or keep a view named {table} meanwhile)")
+    elif node.renameType == ObjectType.OBJECT_COLUMN:
+        what = f"column {table}.{node.subname} to {node.newname}"
+        fix = (f"add {node.newname}, write to both, backfill it, move the readers, then drop "
+               f"{node.subname} in a later release")
+    else:
+        return
+    if at.existing(table) and (node.renameType == ObjectType.OBJECT_TABLE
+                               or at.existing_column(table, node.subname)):
+        yield Hit("MIG019", f"renames {what}: the running code still uses the old name", fix)
+
+
+# -- MIG020: batch mode recreating a table --------------------------------------------------------
+
+
+@on_statement(ast.CreateStmt)
+def batch_recreate(node: ast.CreateStmt, at: At) -> Iterator[Hit]:
+    """MIG020. batch_alter_table with recreate="always" copies the table into a new one (CREATE,
+    INSERT … SELECT, DROP, RENAME): on PostgreSQL the whole table is rewritten while it is
+    locked, and its indexes are rebuilt, for changes PostgreSQL can make in place."""
+    table = relname(node.relation)
+    if table.startswith(BATCH_TEMP_PREFIX) and at.existing(table[len(BATCH_TEMP_PREFIX):]):
+        yield batch_hit(table[len(BATCH_TEMP_PREFIX):])
+
+
+def batch_hit(table: str) -> Hit:
+    return Hit(
+        "MIG020",
+        f"recreates table {table} (batch_alter_table recreate=\"always\"): PostgreSQL copies "
+        "every row into a new table under an ACCESS EXCLUSIVE lock",
+        "use plain op.add_column/op.alter_column on PostgreSQL (batch mode's default "
+        "recreate=\"auto\" does that), and keep recreate=\"always\" in a SQLite-only branch",
+    )
+
+
+# -- MIG021: data changes -----------------------------------------------------------------------
+
+
+def _whole_table(where: object) -> bool:
+    """No condition, or only `col IS [NOT] NULL` tests: the backfill shape, every row."""
+    if where is None:
+        return True
+    if isinstance(where, ast.NullTest):
+        return True
+    if isinstance(where, ast.BoolExpr) and where.boolop.name == "AND_EXPR":
+        return all(_whole_table(arg) for arg in where.args)
+    return False
+
+
+@on_statement(ast.UpdateStmt, ast.DeleteStmt)
+def unbatched_dml(node: ast.Node, at: At) -> Iterator[Hit]:
+    """MIG021. One UPDATE or DELETE over a whole table locks every row it touches until the
+    migration commits (writers to those rows wait), writes a dead copy of each, and with the
+    schema change in the same transaction keeps the table locked throughout."""
+    table = relname(node.relation)
+    if not at.existing(table) or not _whole_table(node.whereClause):
+        return
+    verb = "updates" if isinstance(node, ast.UpdateStmt) else "deletes"
+    yield Hit(
+        "MIG021",
+        f"{verb} every row of {table} in one statement: each row stays locked until the "
+        "migration commits" + (", and so does the table it altered" if table in at.locked else ""),
+        "change it in batches of a few thousand rows by key (`WHERE id >= :low AND id < :high`), "
+        f"each batch committed on its own inside {AUTOCOMMIT}, or run the backfill outside the "
+        "migration",
+    )
+
+
+# -- the walk -------------------------------------------------------------------------------------
+
+# ALTER TABLE commands whose lock lets writers through (SHARE UPDATE EXCLUSIVE or weaker).
+_LIGHT_COMMANDS = frozenset({
+    AlterTableType.AT_ValidateConstraint, AlterTableType.AT_SetStatistics,
+    AlterTableType.AT_ClusterOn, AlterTableType.AT_SetRelOptions,
+    AlterTableType.AT_ResetRelOptions,
+})
+
+
+def check(node: ast.Node, at: At) -> Iterator[Hit]:
+    """Every rule that applies to one parsed statement."""
+    for kinds, rule in STATEMENT_RULES:
+        if isinstance(node, kinds):
+            yield from rule(node, at)
+    if isinstance(node, ast.AlterTableStmt):
+        table = relname(node.relation)
+        for cmd in node.cmds:
+            for kinds, command_rule in COMMAND_RULES:
+                if cmd.subtype in kinds:
+                    yield from command_rule(table, cmd, at)
+
+
+def advance(node: ast.Node, at: At) -> None:
+    """What the statement changes for the statements after it."""
+    if isinstance(node, ast.CreateStmt):
+        at.new_tables.add(relname(node.relation))
+    elif isinstance(node, ast.AlterTableStmt):
+        table = relname(node.relation)
+        for cmd in node.cmds:
+            if cmd.subtype == AlterTableType.AT_AddColumn:
+                at.new_columns.add((table, cmd.def_.colname))
+            if cmd.subtype not in _LIGHT_COMMANDS and at.statement.in_transaction:
+                at.locked.add(table)
+            if (cmd.subtype == AlterTableType.AT_AddConstraint
+                    and cmd.def_.contype == ConstrType.CONSTR_FOREIGN
+                    and at.statement.in_transaction):
+                at.locked.add(relname(cmd.def_.pktable))
+    elif isinstance(node, ast.RenameStmt) and node.renameType == ObjectType.OBJECT_TABLE:
+        old = relname(node.relation)
+        if old in at.new_tables:
+            at.new_tables.add(node.newname)
+        if at.statement.in_transaction:
+            at.locked.update({old, node.newname})
+    elif isinstance(node, ast.IndexStmt) and not node.concurrent and at.statement.in_transaction:
+        at.locked.add(relname(node.relation))
+    at.schema.apply(node)
