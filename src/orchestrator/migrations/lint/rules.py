@@ -465,6 +465,10 @@ def advance(node: ast.Node, at: At) -> None:
             at.new_tables.add(node.newname)
         if at.statement.in_transaction:
             at.locked.update({old, node.newname})
+    elif isinstance(node, ast.RenameStmt) and node.renameType == ObjectType.OBJECT_COLUMN:
+        table = relname(node.relation)
+        if (table, node.subname) in at.new_columns:
+            at.new_columns.add((table, node.newname))
     elif isinstance(node, ast.IndexStmt) and not node.concurrent and at.statement.in_transaction:
         at.locked.add(relname(node.relation))
     at.schema.apply(node)
