@@ -15,7 +15,6 @@ from orchestrator.migrations.validate import (
     RULES,
     IrreversibleMigrationError,
     ScriptFile,
-    _dangers,
     _describe_diff,
     diff_schemas,
     validate,
@@ -25,6 +24,7 @@ from tests.fixtures import VALIDATOR_SETS, add_revision, command_runner, copy_sc
 from tests.schema import execute, scalar
 
 ALL_CODES = [rule.code for rule in RULES]
+LINT_CODES = [code for code in ALL_CODES if code >= "MIG009"]
 
 
 def widgets(colour: bool = True, gadgets: bool = False) -> MetaData:
@@ -80,7 +80,7 @@ BROKEN_SETS = {
     "broken_chain": (widgets(), {"MIG002"}),
     "missing_downgrade": (widgets(), {"MIG003", "MIG008"}),
     "models_mismatch": (widgets(colour=True), {"MIG004"}),
-    "dangerous": (widgets(), {"MIG007"}),
+    "dangerous": (widgets(), {"MIG012", "MIG013", "MIG017", "MIG018", "MIG019"}),
     "round_trip": (widgets(gadgets=True), {"MIG008"}),
     "irreversible": (widgets(), set()),
 }
@@ -91,7 +91,7 @@ def test_each_rule_fires_on_its_broken_set(db_url: str, name: str):
     metadata, expected = BROKEN_SETS[name]
     report = check(db_url, VALIDATOR_SETS / name, metadata)
     assert report.codes() == expected
-    assert report.ok == (not expected or expected == {"MIG007"})
+    assert report.ok == (not expected or name == "dangerous")
     for finding in report.findings:
         assert finding.fix and finding.message
     if expected & {"MIG001", "MIG002"}:
@@ -172,195 +172,88 @@ def test_autogenerate_differences_of_other_kinds_are_described():
         "constraint uq_t_x on t is in the migrations only")
 
 
-# -- dangerous operations --------------------------------------------------------------------------
+# -- dangerous operations (the linter's rules; tests/test_lint.py has the rest) --------------------
 
 
 def test_dangerous_operations_are_warnings_or_errors_with_strict(sqlite_url):
-    report = check(sqlite_url, VALIDATOR_SETS / "dangerous", rules=["MIG007"])
-    found = [(Path(f.file).name, f.line, f.message.split(": ", 1)[1].split(":")[0])
-             for f in report.findings]
-    assert found == [
-        ("003_dangerous.py", 16, "makes widgets.colour NOT NULL without a server default"),
-        ("003_dangerous.py", 17, "changes the type of widgets.name"),
-        ("003_dangerous.py", 18, "renames widgets.colour"),
-        ("003_dangerous.py", 19, "builds index ix_widgets_name on widgets without CONCURRENTLY"),
-        ("003_dangerous.py", 20, "renames table widgets"),
-        ("004_undo.py", 15, "drops table gadgets with all its rows"),
-        ("004_undo.py", 16, "renames table gizmos"),
-        ("004_undo.py", 20, "changes the type of widgets.name"),
-        ("004_undo.py", 21, "renames widgets.hue"),
-    ]
+    lint_codes = [code for code in ALL_CODES if code >= "MIG009"]
+    report = check(sqlite_url, VALIDATOR_SETS / "dangerous", rules=lint_codes)
+    found = [(Path(f.file).name, f.line, f.code) for f in report.findings]
+    assert sorted(found) == sorted([
+        # The batch block's operations run when it ends: they are reported at its `with` line.
+        ("003_dangerous.py", 15, "MIG012"),
+        ("003_dangerous.py", 15, "MIG019"),
+        ("003_dangerous.py", 19, "MIG013"),
+        ("003_dangerous.py", 20, "MIG019"),
+        ("004_undo.py", 15, "MIG018"),
+        ("004_undo.py", 16, "MIG019"),
+        ("004_undo.py", 17, "MIG013"),
+        ("004_undo.py", 18, "MIG017"),
+        ("004_undo.py", 18, "MIG019"),
+    ])
     assert {f.severity for f in report.findings} == {"warning"} and report.ok
-    assert all("# validate: ignore[MIG007]" in f.fix for f in report.findings)
-    strict = check(sqlite_url, VALIDATOR_SETS / "dangerous", rules=["MIG007"], strict=True)
+    assert {f.rule for f in report.findings} == {
+        "set-not-null", "rename-in-use", "index-not-concurrent", "drop-in-use",
+        "rewriting-type-change"}
+    strict = check(sqlite_url, VALIDATOR_SETS / "dangerous", rules=lint_codes, strict=True)
     assert {f.severity for f in strict.findings} == {"error"} and not strict.ok
+    assert set(strict.passed) == set(lint_codes) - {f.code for f in strict.findings}
 
 
-def scan(tmp_path: Path, upgrade: str, downgrade: str = "pass", header: str = "") -> list[str]:
-    """The dangers MIG007 sees in a script with these function bodies."""
-    path = tmp_path / "scan.py"
-    path.write_text(
-        f'revision = "009"\ndown_revision = "008"\n{textwrap.dedent(header)}\n\n'
-        f"def upgrade():\n{textwrap.indent(textwrap.dedent(upgrade).strip(), '    ')}\n\n\n"
-        f"def downgrade():\n{textwrap.indent(textwrap.dedent(downgrade).strip(), '    ')}\n"
-    )
-    script = ScriptFile.read(path)
-    return [message for node, message, _fix in _dangers(script) if not script.ignored(node, "MIG007")]
+def test_the_linter_is_skipped_while_the_chain_is_broken(sqlite_url):
+    report = check(sqlite_url, VALIDATOR_SETS / "broken_chain", rules=["MIG002", "MIG013"])
+    assert report.codes() == {"MIG002"}
+    assert [(s.code, s.reason) for s in report.skipped] == [
+        ("MIG013", "the scripts do not form one complete chain (see MIG001, MIG002)")]
 
 
-def test_raw_sql_is_scanned_too(tmp_path):
-    found = scan(tmp_path, """
-        op.execute("DROP TABLE legacy")
-        op.execute("ALTER TABLE widgets DROP COLUMN colour")
-        op.execute("ALTER TABLE widgets RENAME COLUMN name TO title")
-        op.execute("ALTER TABLE widgets ALTER COLUMN name TYPE varchar(300)")
-        op.execute("ALTER TABLE widgets ALTER COLUMN name SET NOT NULL")
-        op.execute("CREATE INDEX ix_widgets_title ON widgets (title)")
-        op.execute("CREATE INDEX CONCURRENTLY ix_widgets_size ON widgets (size)")
-        op.execute(sa.text("SELECT 1"))
-    """)
-    assert found == [
-        "drops table legacy with all its rows (raw SQL)",
-        "drops column widgets.colour and its data (raw SQL)",
-        "renames a table or column (raw SQL): code using the old name breaks",
-        "changes a column's type (raw SQL): rewrites the table under a lock",
-        "sets NOT NULL on an existing column (raw SQL): scans the table under a lock and fails "
-        "on existing NULLs",
-        "builds an index on widgets without CONCURRENTLY (raw SQL): on PostgreSQL it blocks "
-        "writes for the whole build",
-    ]
+# -- scripts read as Python reads them --------------------------------------------------------------
 
 
-def test_what_the_same_revision_creates_may_be_altered_and_dropped(tmp_path):
-    found = scan(
-        tmp_path,
-        """
-        op.create_table(TABLE, sa.Column("id", sa.Integer(), primary_key=True))
-        op.execute("CREATE TABLE IF NOT EXISTS staging_rows (id integer)")
-        op.execute(f"ALTER TABLE widgets ADD COLUMN {COLUMN} integer")
-        op.add_column("widgets", sa.Column("size", sa.Integer()))
-        with op.batch_alter_table("gizmos") as batch:
-            batch.add_column(sa.Column("weight", sa.Integer()))
-            batch.drop_column("weight")
-        op.create_index(op.f("ix_scratch_id"), TABLE, ["id"])
-        op.execute("CREATE INDEX ix_staging_rows_id ON staging_rows (id)")
-        column = sa.Column("computed", sa.Integer())
-        op.add_column("scratch", column)
-        op.alter_column(TABLE, "id", nullable=False)
-        op.drop_column("widgets", "size")
-        op.execute("DROP TABLE staging_rows")
-        op.execute(f"ALTER TABLE widgets DROP COLUMN {COLUMN}")
-        op.drop_table(TABLE)
-        """,
-        """
-        op.drop_column("widgets", COLUMN)
-        op.drop_table("scratch")
-        op.execute("DROP TABLE staging_rows")
-        op.drop_index("ix_widgets_size", table_name="widgets")
-        """,
-        header='TABLE = "scratch"\nCOLUMN = "note"\nirreversible = False',
-    )
-    assert found == []
+def _script_bytes(tmp_path: Path, data: bytes) -> Path:
+    folder = _versions(tmp_path, a_base=_rev("001", None))
+    (folder / "versions" / "b_odd.py").write_bytes(data)
+    return folder
 
 
-def test_downgrade_may_only_drop_what_its_upgrade_created(tmp_path):
-    found = scan(
-        tmp_path,
-        'op.add_column("widgets", sa.Column("size", sa.Integer()))',
-        """
-        op.drop_column("widgets", "size")
-        op.drop_column("widgets", "name")
-        op.drop_table("widgets")
-        op.execute("DROP TABLE users")
-        with op.batch_alter_table("widgets") as batch:
-            batch.drop_column("colour")
-        """,
-    )
-    assert found == [
-        "downgrade() drops column widgets.name, which this revision's upgrade did not add",
-        "downgrade() drops table widgets, which this revision's upgrade did not create",
-        "downgrade() drops table users, which this revision's upgrade did not create (raw SQL)",
-        "downgrade() drops column widgets.colour, which this revision's upgrade did not add",
-    ]
+SECOND = ('revision = "002"\ndown_revision = "001"\n'
+          "def upgrade():\n    op.execute(\"UPDATE widgets SET name = 'caf\u00e9'\")\n"
+          "def downgrade():\n    pass\n")
 
 
-def test_dialect_branches_decide_whether_an_index_build_blocks_postgres(tmp_path):
-    found = scan(tmp_path, """
-        if op.get_context().dialect.name == "sqlite":
-            op.create_index("ix_sqlite_only", "widgets", ["name"])
-        else:
-            op.create_index("ix_postgres_plain", "widgets", ["name"])
-        if "postgresql" != op.get_bind().dialect.name:
-            op.create_index("ix_not_postgres", "widgets", ["name"])
-        if op.get_bind().dialect.name in ("sqlite", "mysql"):
-            op.create_index("ix_in_list", "widgets", ["name"])
-        if not op.get_bind().dialect.name == "postgresql":
-            op.create_index("ix_negated", "widgets", ["name"])
-        if op.get_bind().dialect.name not in ["postgresql"]:
-            op.create_index("ix_not_in", "widgets", ["name"])
-        if op.get_bind().dialect.name > "m":
-            op.create_index("ix_unknown_test_1", "widgets", ["name"])
-        if op.get_bind().dialect.name == op.get_bind().dialect.name:
-            op.create_index("ix_unknown_test_2", "widgets", ["name"])
-        if dialect_is_postgres and True:
-            op.create_index("ix_unknown_test_3", "widgets", ["name"])
-        if not something_else:
-            op.create_index("ix_unknown_test_4", "widgets", ["name"])
-        if rows > 3:
-            op.create_index(op.f("ix_unknown_test_5"), table_name="widgets", columns=["name"])
-        if op.get_context().dialect.name == "postgresql":
-            with op.get_context().autocommit_block():
-                op.create_index("ix_concurrent", "widgets", ["name"], postgresql_concurrently=True)
-            op.execute("CREATE INDEX CONCURRENTLY ix_raw ON widgets (name)")
-        if op.get_context().dialect.name != "postgresql":
-            op.create_index("ix_early_return", "widgets", ["name"])
-            return
-        op.create_index("ix_after_return", "widgets", ["name"])
-    """)
-    named = [m.split(" on ")[0].removeprefix("builds index ") for m in found]
-    assert named == ["ix_postgres_plain", "ix_unknown_test_1", "ix_unknown_test_2",
-                     "ix_unknown_test_3", "ix_unknown_test_4", "ix_unknown_test_5",
-                     "ix_after_return"]
+@pytest.mark.parametrize("data, line", [
+    (b"# -*- coding: latin-1 -*-\nfrom alembic import op\n" + SECOND.encode("latin-1"), 6),
+    (b"\xef\xbb\xbffrom alembic import op\n" + SECOND.encode(), 5),
+    (b"from alembic import op\r\n" + SECOND.replace("\n", "\r\n").encode(), 5),
+], ids=["coding-latin-1", "utf-8-bom", "crlf"])
+def test_scripts_with_a_coding_line_or_a_byte_order_mark_are_judged_like_any_other(
+    sqlite_url, tmp_path, data, line
+):
+    folder = _script_bytes(tmp_path, data)
+    report = check(sqlite_url, folder, rules=["MIG001", "MIG002", "MIG013", "MIG021"])
+    assert report.passed == ["MIG001", "MIG002", "MIG013"]
+    # The linter read it (and rendered it: Alembic loads it as Python does).
+    [finding] = report.findings
+    assert (finding.code, finding.line) == ("MIG021", line)
+    assert finding.file.endswith("b_odd.py")
+    script = ScriptFile.read(folder / "versions" / "b_odd.py")
+    assert script.revision == "002" and "café" in script.source
 
 
-def test_an_else_that_returns_leaves_the_rest_to_the_if(tmp_path):
-    found = scan(tmp_path, """
-        if op.get_context().dialect.name == "sqlite":
-            pass
-        else:
-            op.create_index("ix_postgres_branch", "widgets", ["name"], postgresql_concurrently=True)
-            return
-        op.create_index("ix_sqlite_rest", "widgets", ["name"])
-        def helper():
-            op.drop_table("never_called_here")
-    """)
-    assert found == []
-
-
-def test_a_reviewed_line_can_be_marked(tmp_path):
-    found = scan(tmp_path, """
-        op.drop_column(  # validate: ignore[MIG007]
-            "widgets", "colour"
-        )
-        op.drop_column("widgets", "name")  # validate: ignore[MIG001] is another rule
-    """)
-    assert found == ["drops column widgets.name and its data"]
-
-
-def test_scripts_without_functions_or_with_unusual_assignments_are_read(tmp_path):
-    path = tmp_path / "odd.py"
-    path.write_text(textwrap.dedent("""
-        import sqlalchemy
-        revision: str = "010"
-        down_revision = ("008", "009")
-        a = b = "x"
-        counter: int
-        sqlalchemy.thing = "y"
-        irreversible = "yes"
-    """))
-    script = ScriptFile.read(path)
-    assert (script.revision, script.down_revisions, script.irreversible) == ("010", ("008", "009"), False)
-    assert script.function("upgrade") is None and list(_dangers(script)) == []
+@pytest.mark.parametrize("data, line, reason", [
+    (b"# -*- coding: latin-1 -*-\nrevision = '002'\ndef upgrade(:\n", 3, "invalid syntax"),
+    (b"revision = '002'\n\nx = '\xe9t\xe9'\n", 3, "not valid utf-8 text"),
+    (b"# -*- coding: no-such-codec -*-\nrevision = '002'\n", 1, "unknown encoding"),
+    (b"revision = '002'\x00\n", 1, "null bytes"),
+], ids=["syntax-error", "undecodable-byte", "unknown-coding", "null-byte"])
+def test_a_script_python_cannot_read_is_a_chain_finding_with_its_line(sqlite_url, tmp_path, data,
+                                                                       line, reason):
+    folder = _script_bytes(tmp_path, data)
+    report = check(sqlite_url, folder, rules=["MIG001", "MIG002"])
+    [finding] = report.findings
+    assert finding.code == "MIG002" and finding.line == line
+    assert finding.location.endswith(f"b_odd.py:{line}")
+    assert reason in finding.message
 
 
 # -- the chain, with scripts the validator cannot load --------------------------------------------
@@ -392,7 +285,7 @@ def test_the_chain_rule_reports_every_way_a_chain_breaks(sqlite_url, tmp_path):
         g_cycle_one=_rev("007", "008"),
         h_cycle_two=_rev("008", "007"),
     )
-    report = check(sqlite_url, folder, rules=["MIG001", "MIG002", "MIG003", "MIG007"])
+    report = check(sqlite_url, folder, rules=["MIG001", "MIG002", "MIG003", "MIG013"])
     messages = sorted(f.message for f in report.findings if f.code == "MIG002")
     assert messages == sorted([
         "c_duplicate.py and a_base.py both claim revision 001",
@@ -468,7 +361,7 @@ def test_without_a_database_the_rules_that_need_one_are_skipped(tmp_path):
     assert skipped["MIG004"].startswith("cannot create a scratch database beside "
                                         "postgresql+psycopg://postgres:***@127.0.0.1:1/nowhere")
     assert skipped["MIG005"].startswith("no database to compare with: cannot reach the database")
-    assert report.passed == ["MIG001", "MIG002", "MIG003", "MIG007"]
+    assert report.passed == ["MIG001", "MIG002", "MIG003", *LINT_CODES]
     assert "pw@" not in json.dumps(report.as_dict())
 
 

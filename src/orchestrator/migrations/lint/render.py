@@ -207,30 +207,41 @@ class _DryRunConnection:
 
         if isinstance(statement, str):
             statement = text(statement)
-        self._impl._exec(_with_values(statement, parameters, self._mock.dialect))
+        self._impl._exec(_with_values(statement, parameters))
         return _no_rows()
 
     def exec_driver_sql(self, statement: str, parameters: Any = None, execution_options: Any = None):
         return self.execute(statement, parameters)
 
 
-def _with_values(statement: Any, parameters: Any, dialect: Any) -> Any:
+def _with_values(statement: Any, parameters: Any) -> Any:
     """The statement with its bound parameters filled in (the first row of many), so that it
-    renders as literal SQL; parameters not given render as NULL."""
-    from sqlalchemy.sql.elements import ClauseElement, TextClause
+    renders as literal SQL; a parameter that has no value renders as NULL."""
+    from sqlalchemy import bindparam
+    from sqlalchemy.sql import visitors
+    from sqlalchemy.sql.elements import BindParameter, ClauseElement
+    from sqlalchemy.types import NullType
 
     if not isinstance(statement, ClauseElement):
         return statement
     if isinstance(parameters, (list, tuple)):
         parameters = parameters[0] if parameters else None
-    names = statement.compile(dialect=dialect).params
-    if not names:
-        return statement
-    values = {name: None for name in names}
-    values.update(dict(parameters or {}))
-    if isinstance(statement, TextClause):
-        return statement.bindparams(**values)  # typed from the values, so they render
-    return statement.params(values)
+    given = dict(parameters or {})
+
+    def fill(element: Any) -> Any:
+        if not isinstance(element, BindParameter):
+            return None
+        if element.key in given:
+            value = given[element.key]
+        elif element.value is None and element.callable is None:
+            value = None
+        else:
+            return None
+        # The value's own type when the parameter has none, so that it renders.
+        kind = None if isinstance(element.type, NullType) else element.type
+        return bindparam(element.key, value, type_=kind)
+
+    return visitors.replacement_traverse(statement, {}, fill)
 
 
 def _no_rows() -> Any:

@@ -231,8 +231,10 @@ def unique_constraint(table: str, cmd: ast.AlterTableCmd, at: At) -> Iterator[Hi
     constraint = cmd.def_
     kinds = {ConstrType.CONSTR_UNIQUE: "UNIQUE", ConstrType.CONSTR_PRIMARY: "PRIMARY KEY"}
     if constraint.contype in kinds and not constraint.indexname and at.existing(table):
-        name = constraint.conname or f"{table}_key"
         columns = ", ".join(names(constraint.keys))
+        name = constraint.conname or (
+            f"{table}_pkey" if constraint.contype == ConstrType.CONSTR_PRIMARY
+            else f"{table}_{'_'.join(names(constraint.keys))}_key")
         yield Hit(
             "MIG015",
             f"adds {kinds[constraint.contype]} constraint {name} to {table}: PostgreSQL builds "
@@ -258,16 +260,19 @@ def constraint_not_valid(table: str, cmd: ast.AlterTableCmd, at: At) -> Iterator
     if not at.existing(table):
         return
     if cmd.subtype == AlterTableType.AT_AddColumn:
-        found = [(c, f"{table}.{cmd.def_.colname}") for c in constraints(
-            cmd.def_, ConstrType.CONSTR_FOREIGN, ConstrType.CONSTR_CHECK)]
+        found = [(c, f"{table}.{cmd.def_.colname}", f"{table}_{cmd.def_.colname}")
+                 for c in constraints(cmd.def_, ConstrType.CONSTR_FOREIGN,
+                                      ConstrType.CONSTR_CHECK)]
     else:
-        found = [(cmd.def_, table)] if cmd.def_.contype in (
-            ConstrType.CONSTR_FOREIGN, ConstrType.CONSTR_CHECK) else []
-    for constraint, where in found:
+        found = [(cmd.def_, table, "_".join((table, *names(cmd.def_.fk_attrs))))] \
+            if cmd.def_.contype in (ConstrType.CONSTR_FOREIGN, ConstrType.CONSTR_CHECK) else []
+    for constraint, where, stem in found:
         if constraint.skip_validation:
             continue
-        kind = "FOREIGN KEY" if constraint.contype == ConstrType.CONSTR_FOREIGN else "CHECK"
-        name = constraint.conname or f"{table}_{kind.split()[0].lower()}"
+        foreign = constraint.contype == ConstrType.CONSTR_FOREIGN
+        kind = "FOREIGN KEY" if foreign else "CHECK"
+        # PostgreSQL's own name for an unnamed constraint.
+        name = constraint.conname or f"{stem}_{'fkey' if foreign else 'check'}"
         yield Hit(
             "MIG016",
             f"adds {kind} {name} on {where} without NOT VALID: PostgreSQL checks every existing "
