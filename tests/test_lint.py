@@ -186,6 +186,7 @@ def test_a_script_reading_rows_offline_gets_none_and_its_parameters_render(tmp_p
         connection.exec_driver_sql("DELETE FROM gadgets")
         connection.execute(WIDGETS.update().values(size=sa.bindparam("s")), {"s": 4})
         op.execute(sa.text("UPDATE widgets SET size = 1 WHERE id = 2"))
+        connection.execute(sa.text("UPDATE widgets SET size = :s WHERE id = 3").bindparams(s=5))
     """, header='WIDGETS = sa.table("widgets", sa.column("size", sa.Integer()))') == [
         ("MIG021", 12), ("MIG021", 15), ("MIG021", 16)]
 
@@ -237,12 +238,27 @@ def test_loops_are_judged_by_dialect_transaction_and_what_they_execute(tmp_path)
             op.get_bind().execute()
         for row in []:
             op.execute("UPDATE widgets SET size = 1 WHERE id = ANY($1) AND broken(")
+            op.execute(QUERIES[0])
+            later = lambda: op.execute("DELETE FROM widgets")  # noqa: E731
+
+            def nested():
+                op.execute("DELETE FROM widgets")
+        if not op.get_context().dialect.name == "postgresql":
+            for row in []:
+                op.execute("DELETE FROM gadgets")
+        if op.get_context().dialect.name in ("sqlite", "mysql"):
+            pass
+        if op.get_context().dialect.name == QUERIES[0]:
+            pass
+        if op.get_context().dialect.name > "m":
+            pass
         if op.get_context().dialect.name != "postgresql":
             return
         for row in []:
             _touch(row)
     """, header="""
         WIDGETS = sa.table("widgets", sa.column("id"))
+        QUERIES = ["SELECT 1"]
 
         def statement():
             return "SELECT 1"
@@ -250,7 +266,7 @@ def test_loops_are_judged_by_dialect_transaction_and_what_they_execute(tmp_path)
         def _touch(row):
             _touch(row)
             op.execute(sa.text("UPDATE widgets SET size = 2 WHERE id = :id").bindparams(id=row))
-    """) == [("MIG022", 24), ("MIG022", 25), ("MIG022", 27), ("MIG022", 37)]
+    """) == [("MIG022", 25), ("MIG022", 26), ("MIG022", 28), ("MIG022", 52)]
 
 
 def test_a_loop_that_commits_each_batch_or_only_reads_is_fine(tmp_path):
@@ -305,7 +321,14 @@ def test_type_changes_are_judged_against_the_schema_the_chain_built(tmp_path):
         op.execute("ALTER TABLE things ALTER COLUMN name TYPE varchar(300) USING trim(name)")
         op.execute("ALTER TABLE legacy ALTER COLUMN x TYPE text")
         op.execute("ALTER TABLE legacy RENAME COLUMN x TO y")
-    """) == [("MIG019", 9), ("MIG019", 11), ("MIG017", 13), ("MIG017", 14), ("MIG019", 15)]
+        op.execute("CREATE TABLE copy (LIKE things, extra int)")
+        op.execute("ALTER TABLE things ADD CONSTRAINT ck_size CHECK (size IS NOT NULL) NOT VALID")
+        op.execute("ALTER TABLE things RENAME TO widgets")
+        with op.get_context().autocommit_block():
+            op.execute("ALTER TABLE widgets VALIDATE CONSTRAINT ck_size")
+        op.execute("ALTER TABLE widgets ALTER COLUMN size SET NOT NULL")
+    """) == [("MIG019", 9), ("MIG019", 11), ("MIG017", 13), ("MIG017", 14), ("MIG019", 15),
+             ("MIG019", 18)]
 
 
 # -- everything else the SQL rules tell apart -----------------------------------------------------
@@ -350,6 +373,13 @@ def test_a_validate_is_judged_by_what_its_own_transaction_locked(tmp_path):
         op.execute("ALTER TABLE gadgets ADD CONSTRAINT fk FOREIGN KEY (widget_id) REFERENCES widgets (id) NOT VALID")
         op.execute("ALTER TABLE widgets VALIDATE CONSTRAINT ck_size")
     """) == [("MIG016", 13), ("MIG012", 14), ("MIG016", 16)]
+
+
+def test_a_revision_without_upgrade_or_downgrade_is_linted(tmp_path):
+    folder = write_case(tmp_path, "pass")
+    script = folder / "versions" / "002_case.py"
+    script.write_text(script.read_text().split("def upgrade")[0])
+    assert [f for f in lint_folder(folder) if f.revision == "002"] == []
 
 
 def test_every_rule_has_a_name_and_a_summary():

@@ -207,6 +207,22 @@ def test_the_linter_is_skipped_while_the_chain_is_broken(sqlite_url):
         ("MIG013", "the scripts do not form one complete chain (see MIG001, MIG002)")]
 
 
+def test_scripts_without_functions_or_with_unusual_assignments_are_read(tmp_path):
+    path = tmp_path / "odd.py"
+    path.write_text(textwrap.dedent("""
+        import sqlalchemy
+        revision: str = "010"
+        down_revision = ("008", "009")
+        a = b = "x"
+        counter: int
+        sqlalchemy.thing = "y"
+        irreversible = "yes"
+    """))
+    script = ScriptFile.read(path)
+    assert (script.revision, script.down_revisions, script.irreversible) == ("010", ("008", "009"), False)
+    assert script.function("upgrade") is None
+
+
 # -- scripts read as Python reads them --------------------------------------------------------------
 
 

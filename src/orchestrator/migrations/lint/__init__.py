@@ -139,7 +139,8 @@ def _lint_revision(upgrade: Rendered, downgrade: Rendered, schema, accepted) -> 
 
         hits.append((batch_hit(table), lines))
     if upgrade.error is not None:
-        hits.append((_render_failure(upgrade), upgrade.error_lines or _def_line(source)))
+        # The traceback passes through upgrade() in the script, so there is always a line.
+        hits.append((_render_failure(upgrade), upgrade.error_lines))
     for loop_line, statement_line in source.row_by_row_loops():
         hits.append((_loop_hit(statement_line), (loop_line,)))
     hits += _downgrade_hits(downgrade, at.new_tables, at.new_columns)
@@ -228,11 +229,6 @@ def _loop_hit(statement_line: int) -> Hit:
         "change the rows with one statement per batch of a few thousand (`UPDATE … WHERE id "
         f">= :low AND id < :high`), each batch committed on its own inside {AUTOCOMMIT}",
     )
-
-
-def _def_line(source: Source) -> tuple[int, ...]:
-    upgrade = source.functions().get("upgrade")
-    return (upgrade.lineno,) if upgrade else ()
 
 
 def _shorten(sql: str, limit: int = 80) -> str:

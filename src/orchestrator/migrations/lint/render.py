@@ -42,10 +42,6 @@ class Statement:
     def in_transaction(self) -> bool:
         return self.transaction is not None
 
-    @property
-    def line(self) -> int | None:
-        return self.lines[0] if self.lines else None
-
 
 @dataclass
 class Rendered:
@@ -73,8 +69,6 @@ class _Tracer:
 
     def write(self, text: str) -> None:
         sql = text.strip()
-        if not sql or sql.startswith("--") or self.target is None:
-            return
         keyword = sql.rstrip(";").strip().upper()
         if keyword == "BEGIN":
             self.in_transaction = True
@@ -162,8 +156,7 @@ def _render_one(context: MigrationContext, tracer: _Tracer, script: Script,
         result.error = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
         result.error_lines = tuple(_traceback_lines(exc.__traceback__, script.path))
     finally:
-        if tracer.in_transaction:
-            context.impl.emit_commit()
+        context.impl.emit_commit()
         tracer.target = None
     return result
 
@@ -219,11 +212,9 @@ def _with_values(statement: Any, parameters: Any) -> Any:
     renders as literal SQL; a parameter that has no value renders as NULL."""
     from sqlalchemy import bindparam
     from sqlalchemy.sql import visitors
-    from sqlalchemy.sql.elements import BindParameter, ClauseElement
+    from sqlalchemy.sql.elements import BindParameter
     from sqlalchemy.types import NullType
 
-    if not isinstance(statement, ClauseElement):
-        return statement
     if isinstance(parameters, (list, tuple)):
         parameters = parameters[0] if parameters else None
     given = dict(parameters or {})

@@ -55,6 +55,7 @@ class At:
     new_columns: set[tuple[str, str]] = field(default_factory=set)
     # Tables on which the current transaction already holds a lock that blocks writers: it is
     # held until COMMIT, so anything slow later in the same transaction blocks them all along.
+    # (Emptied when a transaction ends, and before each statement run outside one.)
     locked: set[str] = field(default_factory=set)
 
     def existing(self, table: str) -> bool:
@@ -458,22 +459,20 @@ def advance(node: ast.Node, at: At) -> None:
         for cmd in node.cmds:
             if cmd.subtype == AlterTableType.AT_AddColumn:
                 at.new_columns.add((table, cmd.def_.colname))
-            if cmd.subtype not in _LIGHT_COMMANDS and at.statement.in_transaction:
+            if cmd.subtype not in _LIGHT_COMMANDS:
                 at.locked.add(table)
             if (cmd.subtype == AlterTableType.AT_AddConstraint
-                    and cmd.def_.contype == ConstrType.CONSTR_FOREIGN
-                    and at.statement.in_transaction):
+                    and cmd.def_.contype == ConstrType.CONSTR_FOREIGN):
                 at.locked.add(relname(cmd.def_.pktable))
     elif isinstance(node, ast.RenameStmt) and node.renameType == ObjectType.OBJECT_TABLE:
         old = relname(node.relation)
         if old in at.new_tables:
             at.new_tables.add(node.newname)
-        if at.statement.in_transaction:
-            at.locked.update({old, node.newname})
+        at.locked.update({old, node.newname})
     elif isinstance(node, ast.RenameStmt) and node.renameType == ObjectType.OBJECT_COLUMN:
         table = relname(node.relation)
         if (table, node.subname) in at.new_columns:
             at.new_columns.add((table, node.newname))
-    elif isinstance(node, ast.IndexStmt) and not node.concurrent and at.statement.in_transaction:
+    elif isinstance(node, ast.IndexStmt) and not node.concurrent:
         at.locked.add(relname(node.relation))
     at.schema.apply(node)

@@ -10,7 +10,6 @@ a new one.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,9 +176,6 @@ class Schema:
     indexes: dict[str, str] = field(default_factory=dict)
     # constraint name -> CHECK constraint
     checks: dict[str, Check] = field(default_factory=dict)
-
-    def copy(self) -> Schema:
-        return copy.deepcopy(self)
 
     def column_type(self, table: str, column: str) -> TypeKey | None:
         return self.tables.get(table, {}).get(column)
