@@ -359,7 +359,9 @@ def test_sql_rules_on_less_common_statements(tmp_path):
         op.execute("ALTER INDEX ix_gadgets_widget_id RENAME TO ix_g")
         op.execute("ALTER TABLE gadgets RENAME CONSTRAINT c TO d")
     """) == [("MIG013", 9), ("MIG013", 13), ("MIG013", 14), ("MIG018", 19), ("MIG016", 21),
-             ("MIG015", 22), ("MIG011", 23), ("MIG011", 24), ("MIG010", 25)]
+             ("MIG015", 22), ("MIG011", 23), ("MIG011", 24), ("MIG010", 25),
+             # the column is new, but every row of the table has it: still a scan
+             ("MIG012", 27)]
 
 
 def test_a_validate_is_judged_by_what_its_own_transaction_locked(tmp_path):
@@ -380,6 +382,23 @@ def test_a_revision_without_upgrade_or_downgrade_is_linted(tmp_path):
     script = folder / "versions" / "002_case.py"
     script.write_text(script.read_text().split("def upgrade")[0])
     assert [f for f in lint_folder(folder) if f.revision == "002"] == []
+
+
+def test_a_linter_failure_is_a_finding_for_that_revision_only(tmp_path, monkeypatch):
+    import orchestrator.migrations.lint as linter
+
+    folder = write_case(tmp_path, 'op.drop_column("widgets", "colour")')
+    real = linter._sql_hits
+
+    def broken(rendered, schema):
+        if rendered.revision == "002":
+            raise RuntimeError("unexpected statement")
+        return real(rendered, schema)
+
+    monkeypatch.setattr(linter, "_sql_hits", broken)
+    [finding] = lint_folder(folder)
+    assert (finding.code, finding.revision, finding.line) == ("MIG009", "002", None)
+    assert "the linter failed on it (RuntimeError: unexpected statement)" in finding.message
 
 
 def test_every_rule_has_a_name_and_a_summary():

@@ -109,7 +109,16 @@ def lint(script: ScriptDirectory, revisions: Sequence[str]) -> list[LintFinding]
     schema = Schema()
     findings: list[LintFinding] = []
     for upgrade, downgrade in zip(rendered[::2], rendered[1::2], strict=True):
-        findings += _lint_revision(upgrade, downgrade, schema, accepted)
+        try:
+            findings += _lint_revision(upgrade, downgrade, schema, accepted)
+        except Exception as exc:  # a linter bug must not hide the revision, nor stop validate
+            findings.append(LintFinding(
+                "MIG009",
+                f"revision {upgrade.revision}: the linter failed on it ({type(exc).__name__}: "
+                f"{exc}), so it was not checked",
+                "this is a bug in the linter: report it with the script; meanwhile review the "
+                "revision's SQL (`orchestrator db upgrade REV --sql`) by hand",
+                upgrade.path, None, upgrade.revision))
     return findings
 
 

@@ -144,18 +144,25 @@ def volatile_default(table: str, cmd: ast.AlterTableCmd, at: At) -> Iterator[Hit
 def set_not_null(table: str, cmd: ast.AlterTableCmd, at: At) -> Iterator[Hit]:
     """MIG012. SET NOT NULL scans the whole table under an ACCESS EXCLUSIVE lock to prove there
     is no NULL, unless a valid CHECK (col IS NOT NULL) already proves it. A server_default set at
-    the same time changes nothing: a default does not fill the NULLs already there."""
+    the same time changes nothing: a default does not fill the NULLs already there. A column
+    added by the same migration is scanned too: the table's rows all have it."""
     column = cmd.name
-    if at.existing_column(table, column) and not at.schema.proves_not_null(table, column):
-        check = f"ck_{table}_{column}_not_null"
-        yield Hit(
-            "MIG012",
-            f"makes {table}.{column} NOT NULL: PostgreSQL scans the whole table under an ACCESS "
-            "EXCLUSIVE lock (and fails if a NULL is left; a server_default does not fill them)",
-            f"backfill the NULLs, then `ALTER TABLE {table} ADD CONSTRAINT {check} CHECK "
-            f"({column} IS NOT NULL) NOT VALID`; in a later migration `VALIDATE CONSTRAINT "
-            f"{check}` (no write lock), then SET NOT NULL (no scan) and drop the check",
-        )
+    if not at.existing(table) or at.schema.proves_not_null(table, column):
+        return
+    check = f"ck_{table}_{column}_not_null"
+    if (table, column) in at.new_columns:
+        fix = (f"add {column} NOT NULL with a constant server_default in the ADD COLUMN itself "
+               "(stored in the catalogue, no scan), instead of setting NOT NULL afterwards")
+    else:
+        fix = (f"backfill the NULLs, then `ALTER TABLE {table} ADD CONSTRAINT {check} CHECK "
+               f"({column} IS NOT NULL) NOT VALID`; in a later migration `VALIDATE CONSTRAINT "
+               f"{check}` (no write lock), then SET NOT NULL (no scan) and drop the check")
+    yield Hit(
+        "MIG012",
+        f"makes {table}.{column} NOT NULL: PostgreSQL scans the whole table under an ACCESS "
+        "EXCLUSIVE lock (and fails if a NULL is left; a server_default does not fill them)",
+        fix,
+    )
 
 
 # -- MIG013, MIG014: indexes ----------------------------------------------------------------------
@@ -224,18 +231,24 @@ def concurrently_in_transaction(node: ast.Node, at: At) -> Iterator[Hit]:
 # -- MIG015, MIG016: constraints ------------------------------------------------------------------
 
 
-@on_command(AlterTableType.AT_AddConstraint)
+@on_command(AlterTableType.AT_AddConstraint, AlterTableType.AT_AddColumn)
 def unique_constraint(table: str, cmd: ast.AlterTableCmd, at: At) -> Iterator[Hit]:
-    """MIG015. ADD CONSTRAINT … UNIQUE (or PRIMARY KEY) builds its index while holding an
-    ACCESS EXCLUSIVE lock: no reads or writes for the whole build. Built first with CREATE
-    UNIQUE INDEX CONCURRENTLY, the index can be attached as the constraint instantly."""
-    constraint = cmd.def_
+    """MIG015. ADD CONSTRAINT … UNIQUE (or PRIMARY KEY), or a new column declared UNIQUE,
+    builds its index while holding an ACCESS EXCLUSIVE lock: no reads or writes for the whole
+    build. Built first with CREATE UNIQUE INDEX CONCURRENTLY, the index can be attached as the
+    constraint instantly."""
     kinds = {ConstrType.CONSTR_UNIQUE: "UNIQUE", ConstrType.CONSTR_PRIMARY: "PRIMARY KEY"}
-    if constraint.contype in kinds and not constraint.indexname and at.existing(table):
-        columns = ", ".join(names(constraint.keys))
+    if cmd.subtype == AlterTableType.AT_AddColumn:
+        found = [(c, (cmd.def_.colname,)) for c in constraints(cmd.def_, *kinds)]
+    else:
+        found = [(cmd.def_, names(cmd.def_.keys))]
+    for constraint, keys in found:
+        if constraint.contype not in kinds or constraint.indexname or not at.existing(table):
+            continue
+        columns = ", ".join(keys)
         name = constraint.conname or (
             f"{table}_pkey" if constraint.contype == ConstrType.CONSTR_PRIMARY
-            else f"{table}_{'_'.join(names(constraint.keys))}_key")
+            else f"{table}_{'_'.join(keys)}_key")
         yield Hit(
             "MIG015",
             f"adds {kinds[constraint.contype]} constraint {name} to {table}: PostgreSQL builds "
@@ -307,7 +320,7 @@ def rewriting_type_change(table: str, cmd: ast.AlterTableCmd, at: At) -> Iterato
     unlimited varchar, varchar to text, a wider numeric. int to bigint, a shorter varchar, or
     another type family all rewrite."""
     column = cmd.name
-    if not at.existing_column(table, column):
+    if not at.existing(table):  # a column the same migration added is in every row too
         return
     new = type_key(cmd.def_.typeName)
     old = at.schema.column_type(table, column)
