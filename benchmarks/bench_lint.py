@@ -130,7 +130,8 @@ def run(options: Options) -> dict[str, Any]:
         f"{_counts(ours_score)}. squawk, danger rules: {_counts(danger_score)}; all default "
         f"rules: {_counts(all_score)}. squawk judged the SQL of "
         f"{sum(r['sql'] for r in rows)} cases; the others cannot be rendered offline "
-        "(batch recreate without copy_from), so squawk had nothing to read.",
+        "(a batch recreate without copy_from, a script that reads rows through op.get_bind()), "
+        "so squawk had nothing to read.",
         metrics, tables=[table],
         notes=[f"squawk rules left out of 'danger rules': {', '.join(sorted(SQUAWK_STYLE_RULES))}.",
                "squawk runs with --pg-version 15.0 (the production engine)."],
