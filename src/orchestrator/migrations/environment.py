@@ -294,11 +294,14 @@ def _set_lock_timeout(config: Config, connection) -> None:
     """Fail fast when a table lock is held by traffic, instead of queueing all traffic behind us."""
     from sqlalchemy import text
 
-    timeout = config.attributes.get("db_lock_timeout")
-    if timeout is None:
-        from orchestrator.settings import get_settings
+    from orchestrator.settings import get_settings, parse_duration
 
-        timeout = get_settings().db_lock_timeout
-    connection.execute(text("SELECT set_config('lock_timeout', :value, false)"), {"value": timeout})
+    timeout = config.attributes.get("db_lock_timeout")
+    seconds = parse_duration(get_settings().db_lock_timeout if timeout is None else timeout)
+    # PostgreSQL reads a bare number as milliseconds and rounds a fraction of one down to 0,
+    # which would wait forever.
+    milliseconds = 0 if seconds == 0 else max(1, round(seconds * 1000))
+    connection.execute(text("SELECT set_config('lock_timeout', :value, false)"),
+                       {"value": f"{milliseconds}ms"})
     # The setting is session-wide; end the implicit transaction so Alembic starts its own.
     connection.commit()

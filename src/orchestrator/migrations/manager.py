@@ -56,6 +56,8 @@ _TABLE_NAMES_SQL = {
     "ESCAPE '~'",
 }
 _RELATIVE = re.compile(r"^([+-])(\d+)$")
+# What SQLite calls a file it cannot read as a database.
+_SQLITE_DAMAGE = ("SQLITE_NOTADB", "SQLITE_CORRUPT")
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,7 @@ class MigrationManager:
         database_url: str,
         *,
         lock_timeout: float = 300.0,
-        db_lock_timeout: str = "5s",
+        db_lock_timeout: str | float = 5.0,
         notify: Callable[[str], None] | None = None,
         progress: Callable[[str, float], None] | None = None,
         script_location: str = SCRIPT_DIRECTORY,
@@ -149,6 +151,8 @@ class MigrationManager:
         self.notify = notify
         # Called after each revision step with its id and the seconds it took.
         self.progress = progress
+        # Seconds the last command waited for the migration lock (another migrator held it).
+        self.lock_wait = 0.0
         self._engine: Engine | None = None
         # The connection holding (or awaiting) the PostgreSQL migration lock, if any.
         self._lock_connection: Connection | None = None
@@ -258,10 +262,22 @@ class MigrationManager:
             for rev in (self._script_for(r) for r in self._chain)
         ]
 
+    def resolve(self, target: str) -> str | None:
+        """The revision id `target` names (None for base): an id, a unique prefix, head, base,
+        or +N/-N counted from the database's revision."""
+        current = self.get_current_revision() if _RELATIVE.match(target) else None
+        return self._resolve(target, current)
+
     def plan_upgrade(self, target: str = "head") -> list[str]:
         """The revisions `upgrade(target)` would apply, in order."""
         status = self.require_known_database()
-        return list(self._between(status.current, self._resolve(target, status.current)))
+        resolved = self._resolve(target, status.current)
+        if self._position(resolved) < self._position(status.current):
+            raise UnknownRevisionError(
+                f"cannot upgrade to {target}: it is older than the database's revision "
+                f"{status.current}; use `orchestrator db downgrade {target}`"
+            )
+        return list(self._between(status.current, resolved))
 
     def plan_downgrade(self, target: str) -> list[str]:
         """The revisions `downgrade(target)` would undo, newest first."""
@@ -353,7 +369,8 @@ class MigrationManager:
 
         if not message.strip():
             raise MigrationError("a migration needs a message; pass -m 'what it changes'")
-        status = self.status()
+        # A database ahead of these scripts needs newer code (or a stamp), not an upgrade.
+        status = self.require_known_database()
         if not status.up_to_date and status.head is not None:
             raise NotAtHeadError(
                 f"the database is at {status.current or 'base'}, not at head {status.head}; "
@@ -391,10 +408,13 @@ class MigrationManager:
         """The seed's name for `create`; returns the new script's path."""
         return str(self.create(message, autogenerate=auto))
 
-    def sql(self, target: str = "head", start: str | None = None) -> str:
+    def sql(
+        self, target: str = "head", start: str | None = None, direction: str | None = None
+    ) -> str:
         """The SQL that migrating from `start` (default: base) to `target` runs, without a database.
 
-        A relative `target` (+1, -2) counts from `start`.
+        A relative `target` (+1, -2) counts from `start`. `direction` ("upgrade" or "downgrade")
+        refuses a range that goes the other way.
         """
         from alembic import command
 
@@ -404,7 +424,16 @@ class MigrationManager:
         )
         begin = self._resolve(start, None) if start else None
         end = self._resolve(target, begin)
-        if self._position(begin) > self._position(end):
+        backwards = self._position(begin) > self._position(end)
+        if direction is not None and begin != end and backwards != (direction == "downgrade"):
+            span = f"{end_or_base(begin)}:{end_or_base(end)}"
+            actual = "downgrade" if backwards else "upgrade"
+            article = ("a", "an") if backwards else ("an", "a")
+            raise UnknownRevisionError(
+                f"{span} is {article[0]} {actual}, not {article[1]} {direction}; "
+                f"use `orchestrator db {actual} {span} --sql`"
+            )
+        if backwards:
             command.downgrade(config, f"{end_or_base(begin)}:{end_or_base(end)}", sql=True)
         else:
             command.upgrade(config, f"{begin}:{end}" if begin else end, sql=True)
@@ -711,6 +740,11 @@ class MigrationManager:
 
     def _unreachable(self, exc: Exception) -> DatabaseUnreachableError:
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        if getattr(getattr(exc, "orig", None), "sqlite_errorname", None) in _SQLITE_DAMAGE:
+            return DatabaseUnreachableError(
+                f"the database file {sqlite_path(self.database_url)} is damaged ({reason}); "
+                "restore a backup: `orchestrator db backups`, then `orchestrator db restore FILE`"
+            )
         return DatabaseUnreachableError(
             f"cannot reach the database at {self.masked_url}: {reason}; "
             "check DATABASE_URL and that the server is running"
@@ -718,8 +752,11 @@ class MigrationManager:
 
     @contextlib.contextmanager
     def _migration_lock(self, still_needed: lock.StillNeeded | None = None) -> Iterator[bool]:
-        """Hold the migration lock; yields False when `still_needed` ended the wait unheld."""
+        """Hold the migration lock; yields False when `still_needed` ended the wait unheld.
+
+        Sets `lock_wait` to the seconds spent getting it (or giving up on it)."""
         path = sqlite_path(self.database_url)
+        started = time.perf_counter()
         if path is not None:
             if not path.parent.exists():
                 raise DatabaseUnreachableError(
@@ -729,6 +766,7 @@ class MigrationManager:
             with lock.file_lock(
                 lock.lock_file_for(path), self.lock_timeout, self.notify, still_needed
             ) as held:
+                self.lock_wait = time.perf_counter() - started
                 yield held
             return
         with self._connect() as connection:
@@ -737,6 +775,7 @@ class MigrationManager:
                 with lock.advisory_lock(
                     connection, self.lock_timeout, self.notify, still_needed
                 ) as held:
+                    self.lock_wait = time.perf_counter() - started
                     yield held
             finally:
                 self._lock_connection = None
@@ -784,8 +823,6 @@ class MigrationManager:
             raise self._failure(
                 failure, failed, command_fn.__name__ == "upgrade", backup, restored
             ) from failure
-        for step in run.steps:
-            logger.info("applied %s", step)
         return list(plan[: len(run.steps)])
 
     def _restore_after_failure(self, backup: BackupInfo | None) -> bool | str | None:
