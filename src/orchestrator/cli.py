@@ -174,7 +174,16 @@ def _confirm(question: str, refusal: str) -> None:
     if not sys.stdin.isatty():
         raise ConfirmationRequired(refusal)
     # On stderr, so that the question shows even when stdout goes to a file.
-    click.confirm(question, abort=True, err=True)
+    try:
+        if click.confirm(question, err=True):
+            return
+        # The terminal echoed the answer and its newline; stderr elsewhere did not see it.
+        line_open = not sys.stderr.isatty()
+    except click.Abort:  # Ctrl-C or end of input: the question's line is still open
+        line_open = True
+    if line_open:
+        click.echo("", err=True)
+    raise click.Abort()
 
 
 # -- the commands -------------------------------------------------------------------------
