@@ -259,6 +259,47 @@ def test_upgrade_reports_the_wait_for_another_migrator_apart(db_url):
     assert re.fullmatch(r"Applied 004 in \d+\.\d\ds\.", out.splitlines()[-1]), out
 
 
+def waiter_while_another_migrates(db_url: str, args: tuple[str, ...], version: str):
+    """Run `orchestrator db ARGS` while the lock is held; once it waits, the database is moved
+    to `version` (as another migrator would have moved it), then the lock is let go."""
+    stop, held = threading.Event(), threading.Event()
+    holder = threading.Thread(target=_hold_lock, args=(db_url, stop, held))
+    holder.start()
+    try:
+        assert held.wait(10)
+        process = orchestrator(*args, "--database-url", db_url)
+        assert "waiting for the migration lock" in process.stderr.readline()
+        execute(db_url, f"UPDATE alembic_version SET version_num = '{version}'")
+    finally:
+        stop.set()
+        holder.join()
+    out, err = process.communicate(timeout=120)
+    return process.returncode, out, err
+
+
+def test_a_waiter_whose_target_was_passed_meanwhile_has_nothing_to_do(db_url):
+    MigrationManager(db_url).upgrade("001")
+    code, out, err = waiter_while_another_migrates(db_url, ("db", "upgrade", "002"), "004")
+    assert code == 0, err
+    assert out.splitlines()[0].endswith("from 001 to 002:")
+    assert re.fullmatch(r"Nothing to do: another migrator already did it while we waited "
+                        r"\(\d+\.\d\ds\)\.", out.splitlines()[-1])
+    assert MigrationManager(db_url).get_current_revision() == "004"
+
+
+def test_a_relative_downgrade_undoes_only_what_it_listed(db_url):
+    """`db downgrade -1` listed 004; another migrator undid 004 while it waited: it must not
+    go on to undo 003, which nobody was shown."""
+    MigrationManager(db_url).upgrade()
+    code, out, err = waiter_while_another_migrates(db_url, ("db", "downgrade", "-1"), "003")
+    assert code == 0, err
+    assert out.splitlines()[:2] == [
+        f"Downgrading {out.split()[1]} from 004 to 003; this undoes:",
+        "  004  Add api_tokens: the bearer tokens that authenticate API requests."]
+    assert out.splitlines()[-1].startswith("Nothing to do: another migrator already did it")
+    assert MigrationManager(db_url).get_current_revision() == "003"
+
+
 # -- exit codes of their own ----------------------------------------------------------------------
 
 
@@ -274,6 +315,17 @@ def test_a_closed_pipe_exits_141_not_1_which_means_pending(sqlite_url):
     finally:
         os.close(writer)
     assert result.returncode == 141 and result.stderr == ""
+
+
+def test_output_to_a_full_disk_is_one_error_line(sqlite_url):
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "orchestrator", "db", "status", "--json",
+                                 "--database-url", sqlite_url],
+                                stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert result.returncode == 2
+    assert one_error_line(result.stderr) == (
+        "Error: cannot write: No space left on device; check the path, its permissions and free "
+        "space")
 
 
 def test_a_damaged_sqlite_file_is_called_damaged_with_the_way_back(run_here, tmp_path):
@@ -296,6 +348,8 @@ def test_a_damaged_sqlite_file_is_called_damaged_with_the_way_back(run_here, tmp
     (["db", "current", "--json", "--quiet"], "--json and --quiet cannot be combined"),
     (["db", "show", "001", "--sql", "--down"], "give one of them"),
     (["db", "show", "001", "--sql", "--json"], "give one or the other"),
+    (["db", "current", "--database-url", ""], "Invalid value for '--database-url': it is empty"),
+    (["--database-url", " ", "db", "current"], "leave the option out to use DATABASE_URL"),
 ])
 def test_every_usage_error_is_one_line_beginning_error(run_here, args, reason):
     result = run_here(*args)

@@ -43,6 +43,10 @@ class _BadInput(click.ClickException):
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if param.name == "database_url" and value is not None and not value.strip():
+        # `--database-url "$URL"` with URL unset must not fall back to another database.
+        raise click.BadParameter("it is empty; give a URL, or leave the option out to use "
+                                 "DATABASE_URL", ctx=ctx, param=param)
     # Options given on a subcommand override the same options given on `orchestrator` itself.
     if value is not None and value is not False:
         ctx.find_root().meta[f"orchestrator.{param.name}"] = value
@@ -325,8 +329,10 @@ def upgrade(
         return
     click.echo(f"Upgrading {manager.masked_url} from {current or 'base'} to {plan[-1]}:")
     manager.backup_progress = _progress(ctx, "Backing up first")
+    # To the revision planned, not REVISION again: a relative one (+1) counted afresh after a
+    # wait for the lock would go further than said above.
     _migrate(ctx, manager, functools.partial(manager.upgrade, allow_changed=allow_changed),
-             revision, retries, "Applied", each_step=True)
+             plan[-1], retries, "Applied", each_step=True)
 
 
 @db.command(context_settings=_REVISION_ARGS)
@@ -365,8 +371,10 @@ def downgrade(
                  "refusing to downgrade production without confirmation; run it on a terminal "
                  "or pass --yes")
     manager.backup_progress = _progress(ctx, "Backing up first")
-    # The plan above listed each revision: the run reports only its outcome.
-    _migrate(ctx, manager, manager.downgrade, revision, retries, "Undid", each_step=False)
+    # The plan above listed each revision: the run reports only its outcome. It goes down to
+    # the destination listed, not to REVISION again (-1 counted afresh after a wait for the
+    # lock would undo a revision nobody was shown, or asked about).
+    _migrate(ctx, manager, manager.downgrade, destination, retries, "Undid", each_step=False)
 
 
 @db.command()
@@ -940,13 +948,7 @@ def main(argv: list[str] | None = None) -> None:
         # A file the command needed: a read-only folder, a missing mount, a full disk.
         if ctx_meta.get("orchestrator.verbose"):
             traceback.print_exc()
-        where = f" {exc.filename}" if exc.filename else ""
-        click.echo(
-            f"Error: cannot use{where}: {exc.strerror or exc}; check the path, its permissions "
-            "and free space",
-            err=True,
-        )
-        sys.exit(2)
+        _file_error(exc)
     except Exception as exc:
         refusal = _storage_refusal(exc)
         if refusal is not None:
@@ -978,7 +980,19 @@ def _exit(code: int) -> NoReturn:
     except BrokenPipeError:
         sys.stdout = None  # type: ignore[assignment]
         code = code or CLOSED_PIPE_EXIT
+    except OSError as exc:  # the output's file: a full disk
+        sys.stdout = None  # type: ignore[assignment]
+        _file_error(exc)
     sys.exit(code)
+
+
+def _file_error(exc: OSError) -> NoReturn:
+    """A file the command needed, or its output: a read-only folder, a missing mount, a full
+    disk."""
+    what = f"cannot use {exc.filename}: " if exc.filename else "cannot write: "
+    click.echo(f"Error: {what}{exc.strerror or exc}; check the path, its permissions and free "
+               "space", err=True)
+    sys.exit(2)
 
 
 def _complete_if_asked() -> None:

@@ -93,6 +93,33 @@ class RevisionInfo:
     is_head: bool
 
 
+class _PastTarget(UnknownRevisionError):
+    """The database is already past the target, in the direction asked for."""
+
+
+class _Planner:
+    """Plans a migration to `target` each time it is called, the way a migrator sees it.
+
+    The first plan is `plan`'s own: a target the database is already past is an error. A
+    migrator that then waited for the lock may find that another one took the database past
+    the target meanwhile: that leaves it nothing to do, not an error.
+    """
+
+    def __init__(self, plan: Callable[[str], list[str]], target: str) -> None:
+        self._plan = plan
+        self._target = target
+        self._first = True
+
+    def __call__(self) -> list[str]:
+        first, self._first = self._first, False
+        try:
+            return self._plan(self._target)
+        except _PastTarget:
+            if first:
+                raise
+            return []
+
+
 @dataclass
 class _Run:
     """What one Alembic command did, collected from `on_version_apply`."""
@@ -273,7 +300,7 @@ class MigrationManager:
         status = self.require_known_database()
         resolved = self._resolve(target, status.current)
         if self._position(resolved) < self._position(status.current):
-            raise UnknownRevisionError(
+            raise _PastTarget(
                 f"cannot upgrade to {target}: it is older than the database's revision "
                 f"{status.current}; use `orchestrator db downgrade {target}`"
             )
@@ -284,7 +311,7 @@ class MigrationManager:
         status = self.require_known_database()
         resolved = self._resolve(target, status.current)
         if self._position(resolved) > self._position(status.current):
-            raise UnknownRevisionError(
+            raise _PastTarget(
                 f"cannot downgrade to {target}: it is newer than the database's revision "
                 f"{status.current or 'base'}; use `orchestrator db upgrade {target}`"
             )
@@ -313,8 +340,9 @@ class MigrationManager:
         # The lock first, the plan under it. A process that finds the lock taken plans at once
         # (a bad target fails early, and with nothing to do it leaves without waiting), then
         # again each time the lock is let go.
-        with self._migration_lock(still_needed=lambda: bool(self.plan_upgrade(target))) as held:
-            plan = self.plan_upgrade(target) if held else []
+        planned = _Planner(self.plan_upgrade, target)
+        with self._migration_lock(still_needed=lambda: bool(planned())) as held:
+            plan = planned() if held else []
             if not plan:
                 return []
             if self.environment in ("staging", "production") and not allow_changed:
@@ -327,8 +355,9 @@ class MigrationManager:
         from alembic import command
 
         target = revision or target
-        with self._migration_lock(still_needed=lambda: bool(self.plan_downgrade(target))) as held:
-            plan = self.plan_downgrade(target) if held else []
+        planned = _Planner(self.plan_downgrade, target)
+        with self._migration_lock(still_needed=lambda: bool(planned())) as held:
+            plan = planned() if held else []
             if not plan:
                 return []
             destination = self._script_for(plan[-1]).down_revision or "base"
