@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import COMPLETE_VAR
 from orchestrator.migrations import MigrationManager, UnknownRevisionError
 from tests.conftest import ROOT
 from tests.fixtures import command_runner
@@ -27,6 +26,7 @@ from tests.schema import execute, scalar
 
 DOCS = ROOT / "docs" / "migrations.md"
 BIN = Path(sys.executable).parent  # the environment's `orchestrator` console script
+COMPLETE_VAR = "_ORCHESTRATOR_COMPLETE"  # Click's documented name for the `orchestrator` command
 
 
 @pytest.fixture
@@ -285,6 +285,68 @@ def test_a_waiter_whose_target_was_passed_meanwhile_has_nothing_to_do(db_url):
     assert re.fullmatch(r"Nothing to do: another migrator already did it while we waited "
                         r"\(\d+\.\d\ds\)\.", out.splitlines()[-1])
     assert MigrationManager(db_url).get_current_revision() == "004"
+
+
+def while_waiting(db_url: str, migrate, version: str):
+    """Run `migrate()` in a thread while the lock is held; once it says it waits, move the
+    database to `version` (as another migrator would), let the lock go; its result."""
+    stop, held, waiting = threading.Event(), threading.Event(), threading.Event()
+    holder = threading.Thread(target=_hold_lock, args=(db_url, stop, held))
+    holder.start()
+    outcome = {}
+    try:
+        assert held.wait(10)
+        worker = threading.Thread(target=lambda: outcome.update(result=migrate(waiting.set)))
+        worker.start()
+        assert waiting.wait(60)
+        execute(db_url, f"UPDATE alembic_version SET version_num = '{version}'")
+    finally:
+        stop.set()
+        holder.join()
+    worker.join(120)
+    return outcome["result"]
+
+
+def test_a_manager_whose_target_was_passed_while_it_waited_applies_nothing(db_url):
+    MigrationManager(db_url).upgrade("001")
+
+    def upgrade(waiting):
+        with MigrationManager(db_url, notify=lambda _: waiting()) as manager:
+            return manager.upgrade("002"), manager.lock_wait
+
+    applied, waited = while_waiting(db_url, upgrade, "004")
+    assert applied == [] and waited > 0
+    assert MigrationManager(db_url).get_current_revision() == "004"
+
+    def downgrade(waiting):
+        with MigrationManager(db_url, notify=lambda _: waiting()) as manager:
+            return manager.downgrade("003")
+
+    assert while_waiting(db_url, downgrade, "001") == []
+    assert MigrationManager(db_url).get_current_revision() == "001"
+
+
+def test_start_up_that_waited_for_another_replica_says_who_migrated(sqlite_url, caplog):
+    import logging
+
+    from orchestrator.migrations.startup import prepare_database
+    from orchestrator.settings import load_settings
+
+    MigrationManager(sqlite_url).upgrade("001")
+    caplog.set_level(logging.INFO, logger="orchestrator")
+
+    def start(waiting):
+        settings = load_settings(database_url=sqlite_url)
+        with MigrationManager.from_settings(settings, notify=lambda _: waiting()) as manager:
+            mine = manager.progress = lambda revision, seconds: None
+            report = prepare_database(settings, manager)
+            assert manager.progress is mine  # handed back as it was
+            return report
+
+    report = while_waiting(sqlite_url, start, "004")
+    assert report.applied == [] and report.status.up_to_date
+    assert "database schema is at head 004 (migrated by another process)" in caplog.text
+    assert "applied" not in caplog.text
 
 
 def test_a_relative_downgrade_undoes_only_what_it_listed(db_url):

@@ -130,7 +130,9 @@ class _Duration(click.ParamType):
 
     name = "duration"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
         from orchestrator.settings import parse_duration
 
         try:
@@ -258,7 +260,8 @@ def current(ctx: click.Context, as_json: bool, quiet: bool) -> None:
 
 @db.command()
 @common_options
-@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON (docs/migrations.md).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the status as JSON (docs/migrations.md).")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
     """Show current, head and pending revisions, and applied scripts edited since."""
@@ -268,7 +271,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
 @db.command()
 @common_options
-@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON (docs/migrations.md).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the status as JSON (docs/migrations.md).")
 @click.pass_context
 def check(ctx: click.Context, as_json: bool) -> None:
     """Exit 0 when the database is at head, 1 when migrations are pending, 2+ on errors."""
@@ -539,8 +543,9 @@ def stamp(ctx: click.Context, revision: str, yes: bool) -> None:
     manager = _manager(ctx)
     if manager.environment == "production" and not yes:
         target = manager.resolve(revision) or "base"  # a wrong revision fails before the question
-        click.echo(f"Stamping {manager.masked_url}: its recorded revision goes from "
-                   f"{manager.get_current_revision() or 'none'} to {target}, and no migration runs.")
+        current = manager.get_current_revision() or "none"
+        click.echo(f"Stamping {manager.masked_url}: its recorded revision goes from {current} "
+                   f"to {target}, and no migration runs.")
         _confirm("Change the production database's recorded revision?",
                  "refusing to stamp production without confirmation; run it on a terminal "
                  "or pass --yes")

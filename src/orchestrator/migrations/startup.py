@@ -44,17 +44,15 @@ def prepare_database(settings, manager: MigrationManager) -> StartupReport:
             "refusing to start: deploy the code that has it, or roll the database back"
         )
     if settings.auto_migrate and not status.up_to_date:
-        before = status.current
-        logged = manager.progress is None
-        if logged:  # each step said once, as it is done
-            manager.progress = lambda revision, seconds: logger.info(
-                "applied %s in %.2fs", revision, seconds
-            )
+        before, caller_progress = status.current, manager.progress
+        # Each step logged once, as it is done.
+        manager.progress = lambda revision, seconds: logger.info(
+            "applied %s in %.2fs", revision, seconds
+        )
         try:
             report.applied = manager.upgrade()
         finally:
-            if logged:
-                manager.progress = None
+            manager.progress = caller_progress
         status = manager.status()
         if report.applied:
             logger.info("migrated the database from %s to %s", before or "base", status.current)
