@@ -496,11 +496,7 @@ def show(ctx: click.Context, revision: str, sql: bool, down: bool, as_json: bool
         _echo_json({**described, "database": manager.masked_url, "state": state,
                     "steps": [entry.as_dict() for entry in steps]})
         return
-    why = (f" (the database is at {status.current}, which these scripts do not know)"
-           if status.ahead else " (the database has tables but no revision)"
-           if status.unversioned else " (the database does not exist yet)"
-           if not status.database_exists else "")
-    click.echo(f"state:    {state}{why} in {manager.masked_url}")
+    click.echo(f"state:    {state}{_why_state(status)} in {manager.masked_url}")
     click.echo("recorded: " + ("none" if not steps else _describe_step(steps[0])))
     for entry in steps[1:]:
         click.echo(f"          {_describe_step(entry)}")
@@ -508,6 +504,17 @@ def show(ctx: click.Context, revision: str, sql: bool, down: bool, as_json: bool
         click.echo("")
         for line in message.splitlines():
             click.echo(f"    {line}".rstrip())
+
+
+def _why_state(status: MigrationStatus) -> str:
+    """Why a revision's state is what `db show` says, when the revision alone does not say."""
+    if status.ahead:
+        return f" (the database is at {status.current}, which these scripts do not know)"
+    if status.unversioned:
+        return " (the database has tables but no revision)"
+    if not status.database_exists:
+        return " (the database does not exist yet)"
+    return ""
 
 
 def _describe_step(entry) -> str:
