@@ -238,12 +238,10 @@ def test_upgrade_reports_the_wait_for_another_migrator_apart(db_url):
         assert held.wait(10)
         process = orchestrator("db", "upgrade", "--database-url", db_url)
         assert "waiting for the migration lock" in process.stderr.readline()
-        announced = time.monotonic()
-        time.sleep(1.0)
+        time.sleep(1.0)  # the lock stays held at least this long after the waiter said it waits
     finally:
         stop.set()
         holder.join()
-    held_after_announcement = time.monotonic() - announced
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
     summary = out.splitlines()[-1]
@@ -251,7 +249,7 @@ def test_upgrade_reports_the_wait_for_another_migrator_apart(db_url):
                          r"(\d+\.\d\d)s for another migrator\.", summary)
     assert found, summary
     # It waited at least as long as the lock was held after it said it waits.
-    assert float(found[2]) >= round(held_after_announcement, 2) - 0.01
+    assert float(found[2]) >= 1.0
     # Uncontended, nothing is said about waiting.
     MigrationManager(db_url).downgrade("003")
     alone = orchestrator("db", "upgrade", "--database-url", db_url)
