@@ -448,8 +448,12 @@ def history(ctx: click.Context, full_log: bool, as_json: bool) -> None:
               help="Print the description as JSON (docs/migrations.md).")
 @click.pass_context
 def show(ctx: click.Context, revision: str, sql: bool, down: bool, as_json: bool) -> None:
-    """Show one revision (an id, a unique prefix, head, or -N/+N from the database's
-    revision): its description, file and recorded steps, or with --sql/--down its SQL."""
+    """Show one revision: its file, state, recorded steps and docstring, or its SQL.
+
+    REVISION is an id, a unique prefix of one, head, or -N/+N counted from the database's
+    revision. --sql and --down print the SQL of its upgrade and of its downgrade, offline:
+    no database is needed.
+    """
     from orchestrator.migrations import UnknownRevisionError
 
     if as_json and (sql or down):
