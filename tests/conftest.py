@@ -29,6 +29,44 @@ _CANDIDATE_SERVERS = (
 )
 
 
+# -- the coverage gate --------------------------------------------------------------------
+#
+# pyproject.toml asks for 100% coverage of the migration package. About a tenth of it is
+# PostgreSQL's side (advisory lock, pg_dump, lock_timeout...), which only PostgreSQL tests
+# reach: without a server they skip and the total cannot be 100%. So the gate applies when
+# PostgreSQL tests run, or must run (REQUIRE_POSTGRES=1, as CI runs the suite); on a machine
+# without PostgreSQL the report is printed but not enforced, and the summary says so.
+# A --cov-fail-under given on the command line is always obeyed.
+
+_GATE_OFF = (
+    "coverage gate (100% of orchestrator.migrations) not applied: no PostgreSQL server answered, "
+    "so its tests were skipped; CI applies it with REQUIRE_POSTGRES=1"
+)
+
+
+_gate_off_key = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    coverage = config.pluginmanager.getplugin("_cov")  # pytest-cov, when measuring
+    if coverage is None or getattr(coverage, "_disabled", False) or config.option.collectonly:
+        return
+    if config.option.cov_fail_under is not None:
+        return  # a threshold given on the command line
+    if os.environ.get("REQUIRE_POSTGRES") == "1" or postgres_admin_url() is not None:
+        return  # pyproject's fail_under stands
+    # pytest-cov copied pyproject's fail_under into its options as it started; None: no gate.
+    coverage.options.cov_fail_under = None
+    config.stash[_gate_off_key] = _GATE_OFF
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-cov's report, as its last word
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    note = config.stash.get(_gate_off_key, None)
+    if note is not None:
+        terminalreporter.write_line(note, yellow=True, bold=True)
+
+
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Tests never read the developer's environment or .env, nor write to the checkout."""

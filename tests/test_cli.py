@@ -158,7 +158,7 @@ def test_production_downgrade_asks_on_a_terminal(cli, monkeypatch):
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
     monkeypatch.setattr("click.confirm", lambda *a, **k: (_ for _ in ()).throw(__import__("click").Abort()))
     code, _, err = cli("db", "downgrade", "-1", "--env", "production")
-    assert code == 1 and "Aborted." in err
+    assert code == 1 and err.splitlines()[-1] == "Error: not confirmed; nothing was changed"
     assert cli("db", "current")[1].strip() == "003"
 
 
@@ -368,4 +368,4 @@ def test_a_closed_pipe_ends_the_command_quietly(monkeypatch, capsys, sqlite_url)
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
     with pytest.raises(SystemExit) as exited:
         main(["db", "history", "--database-url", sqlite_url])
-    assert exited.value.code == 1 and capsys.readouterr().err == ""
+    assert exited.value.code == 141 and capsys.readouterr().err == ""

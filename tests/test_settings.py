@@ -60,17 +60,41 @@ def test_bad_boolean_names_the_variable(monkeypatch):
         load_settings()
 
 
-@pytest.mark.parametrize("value", ["abc", "5 seconds", "-1s", ""])
-def test_a_malformed_db_lock_timeout_is_refused_before_anything_runs(monkeypatch, value):
-    monkeypatch.setenv("DB_LOCK_TIMEOUT", value)
-    with pytest.raises(SettingsError, match="^DB_LOCK_TIMEOUT is invalid: .* is not a duration"):
+DURATION_VARIABLES = ["DB_LOCK_TIMEOUT", "MIGRATION_LOCK_TIMEOUT"]
+
+
+@pytest.mark.parametrize("variable", DURATION_VARIABLES)
+@pytest.mark.parametrize("value", ["abc", "5 seconds", "-1s", "", "1h", "2d", "500us", "nan"])
+def test_a_malformed_duration_is_refused_before_anything_runs(monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError, match=f"^{variable} is invalid: .* is not a duration; give "
+                                            "seconds .* ms, s or min"):
         load_settings()
 
 
-@pytest.mark.parametrize("value", ["5s", "500ms", "1min", "2000", "1.5 s", " 0 "])
-def test_db_lock_timeout_takes_postgresql_durations(monkeypatch, value):
-    monkeypatch.setenv("DB_LOCK_TIMEOUT", value)
-    assert load_settings().db_lock_timeout == value.strip()
+@pytest.mark.parametrize("variable", DURATION_VARIABLES)
+@pytest.mark.parametrize(("value", "seconds"), [
+    ("5", 5.0), ("300", 300.0), ("2.5", 2.5), ("5s", 5.0), ("500ms", 0.5), ("1min", 60.0),
+    ("1.5 s", 1.5), (" 0 ", 0.0),
+])
+def test_a_bare_number_is_seconds_for_every_duration(monkeypatch, variable, value, seconds):
+    """DB_LOCK_TIMEOUT=5 once meant 5 ms (PostgreSQL's unit) beside MIGRATION_LOCK_TIMEOUT=300
+    in seconds; both now read a bare number as seconds, and take ms, s and min alike."""
+    monkeypatch.setenv(variable, value)
+    settings = load_settings()
+    assert getattr(settings, variable.lower()) == seconds
+
+
+def test_db_lock_timeout_stays_within_what_postgresql_takes(monkeypatch):
+    monkeypatch.setenv("DB_LOCK_TIMEOUT", "40000min")
+    with pytest.raises(SettingsError, match="^DB_LOCK_TIMEOUT is invalid: .*longer than PostgreSQL"):
+        load_settings()
+
+
+def test_durations_given_as_numbers_are_seconds():
+    assert load_settings(db_lock_timeout=2, migration_lock_timeout=1.5).db_lock_timeout == 2.0
+    with pytest.raises(SettingsError, match="^DB_LOCK_TIMEOUT is invalid: .* 0 or more"):
+        load_settings(db_lock_timeout=-1)
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-1"])

@@ -7,23 +7,30 @@ one line, by `main()`; `--verbose` adds the traceback.
 
 from __future__ import annotations
 
-import math
+import os
+import re
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
+
     from orchestrator.migrations import MigrationManager, MigrationStatus
     from orchestrator.settings import Settings
 
 ENVIRONMENTS = ("development", "staging", "production")
 CHECK_PENDING_EXIT = 1
+DECLINED_EXIT = 1
 UNEXPECTED_ERROR_EXIT = 70
 INTERRUPTED_EXIT = 130  # what a shell reports for Ctrl-C
+CLOSED_PIPE_EXIT = 141  # what a shell reports for a command ended by a closed pipe (SIGPIPE)
+# Click's shell completion: `_ORCHESTRATOR_COMPLETE=bash_source orchestrator` prints the script.
+COMPLETE_VAR = "_ORCHESTRATOR_COMPLETE"
 
 
 class _BadInput(click.ClickException):
@@ -36,6 +43,10 @@ class _BadInput(click.ClickException):
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if param.name == "database_url" and value is not None and not value.strip():
+        # `--database-url "$URL"` with URL unset must not fall back to another database.
+        raise click.BadParameter("it is empty; give a URL, or leave the option out to use "
+                                 "DATABASE_URL", ctx=ctx, param=param)
     # Options given on a subcommand override the same options given on `orchestrator` itself.
     if value is not None and value is not False:
         ctx.find_root().meta[f"orchestrator.{param.name}"] = value
@@ -93,16 +104,92 @@ def _manager(ctx: click.Context, **kwargs: Any) -> MigrationManager:
     settings = _settings(ctx)
     if kwargs.get("lock_timeout") is None:
         kwargs.pop("lock_timeout", None)
-    manager = MigrationManager.from_settings(settings, notify=_note, **kwargs)
-    manager.progress = lambda revision, seconds: click.echo(
-        f"  {revision}  {seconds:6.2f}s  {_title(manager, revision)}"
-    )
+
+    def waiting(message: str) -> None:
+        # The manager speaks only when it has to wait for another migrator's lock.
+        ctx.find_root().meta["orchestrator.waited"] = True
+        _note(message)
+
+    manager = MigrationManager.from_settings(settings, notify=waiting, **kwargs)
     ctx.call_on_close(manager.close)
     return manager
 
 
 def _note(message: str) -> None:
     click.echo(message, err=True)
+
+
+def _echo_json(document: Any) -> None:
+    import json
+
+    click.echo(json.dumps(document, indent=2))
+
+
+class _Duration(click.ParamType):
+    """Seconds, as the settings read them: `30`, `500ms`, `30s` or `5min`."""
+
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        from orchestrator.settings import parse_duration
+
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+_RELATIVE = re.compile(r"^[+-]\d+$")
+
+
+def _revision_argument(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """REVISION takes -1 (so unknown options reach it): anything else that looks like an option
+    is one this command does not have."""
+    if value is not None and value.startswith("-") and not _RELATIVE.match(value.split(":")[0]):
+        raise click.NoSuchOption(value, ctx=ctx)
+    return value
+
+
+def _complete_revisions(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """The scripts' revision ids (with their titles), head and base; no database is read."""
+    from click.shell_completion import CompletionItem
+
+    try:
+        from alembic.script import ScriptDirectory
+
+        from orchestrator.migrations.manager import alembic_config
+
+        scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
+        revisions = list(reversed(list(scripts.walk_revisions())))
+    except Exception:  # a completion must never print a traceback into the shell
+        return []
+    items = [CompletionItem(rev.revision, help=_first_line(rev.doc)) for rev in revisions]
+    items += [CompletionItem("head", help="the newest revision"),
+              CompletionItem("base", help="before the first revision")]
+    return [item for item in items if item.value.startswith(incomplete)]
+
+
+def _confirm(question: str, refusal: str) -> None:
+    """Ask on a terminal (a no ends the command, exit 1); without one, refuse with `refusal`."""
+    from orchestrator.migrations import ConfirmationRequired
+
+    if not sys.stdin.isatty():
+        raise ConfirmationRequired(refusal)
+    # On stderr, so that the question shows even when stdout goes to a file.
+    try:
+        if click.confirm(question, err=True):
+            return
+        # The terminal echoed the answer and its newline; stderr elsewhere did not see it.
+        line_open = not sys.stderr.isatty()
+    except click.Abort:  # Ctrl-C or end of input: the question's line is still open
+        line_open = True
+    if line_open:
+        click.echo("", err=True)
+    raise click.Abort()
 
 
 # -- the commands -------------------------------------------------------------------------
@@ -130,14 +217,16 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
     from orchestrator.migrations.startup import prepare_database
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)-8s %(name)s: %(message)s")
-    # Alembic announces each of its autogenerate plugins at INFO; only noise for a server.
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    # Alembic announces its plugins and each step at INFO; start-up logs each step once itself.
+    for name in ("alembic.runtime.plugins", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     settings = _settings(ctx)
     # Apply the start-up policy before uvicorn starts, so that a database that must stop
-    # start-up gives the usual one-line error instead of a lifespan traceback.
+    # start-up gives the usual one-line error instead of a lifespan traceback; the lifespan
+    # is handed the result rather than applying the policy (and logging it) a second time.
     with _manager(ctx) as manager:
-        prepare_database(settings, manager)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        report = prepare_database(settings, manager)
+    uvicorn.run(create_app(settings, startup=report), host=host, port=port, log_level="info")
 
 
 @cli.group()
@@ -148,16 +237,31 @@ def db() -> None:
 
 @db.command()
 @common_options
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON (docs/migrations.md).")
+@click.option("--quiet", "-q", is_flag=True,
+              help="Print only the revision id (nothing when the database has none).")
 @click.pass_context
-def current(ctx: click.Context) -> None:
+def current(ctx: click.Context, as_json: bool, quiet: bool) -> None:
     """Print the database's revision."""
-    status = _manager(ctx).status()
-    click.echo(_describe_current(status))
+    if as_json and quiet:
+        raise click.UsageError("--json and --quiet cannot be combined", ctx=ctx)
+    manager = _manager(ctx)
+    status = manager.status()
+    if quiet:
+        if status.current is not None:
+            click.echo(status.current)
+    elif as_json:
+        document = {"database": manager.masked_url, **status.as_dict()}
+        del document["pending"]
+        _echo_json(document)
+    else:
+        click.echo(_describe_current(status))
 
 
 @db.command()
 @common_options
-@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the status as JSON (docs/migrations.md).")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
     """Show current, head and pending revisions, and applied scripts edited since."""
@@ -167,36 +271,39 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
 @db.command()
 @common_options
-@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the status as JSON (docs/migrations.md).")
 @click.pass_context
 def check(ctx: click.Context, as_json: bool) -> None:
     """Exit 0 when the database is at head, 1 when migrations are pending, 2+ on errors."""
     manager = _manager(ctx)
     state = manager.status()
-    _print_status(manager, state, as_json)
+    _print_status(manager, state, as_json, changed=manager.changed_scripts())
     manager.require_known_database(state)
     if not state.up_to_date:
         ctx.exit(CHECK_PENDING_EXIT)
-
-
-def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-    """FloatRange lets nan through (it compares false with any bound)."""
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"{value} is not a number of seconds")
-    return value
 
 
 # REVISION may be relative ("-1", "+2"): it must not be parsed as an option.
 _REVISION_ARGS = {"ignore_unknown_options": True}
 
 
+_LOCK_TIMEOUT = click.option(
+    "--lock-timeout", type=_Duration(), metavar="DURATION",
+    help="How long to wait for another migrator: seconds, or with ms, s or min "
+    "(default MIGRATION_LOCK_TIMEOUT).",
+)
+_RETRIES = click.option("--retries", type=click.IntRange(min=0), default=0,
+                        help="Retries after a table-lock timeout.")
+
+
 @db.command(context_settings=_REVISION_ARGS)
 @common_options
-@click.argument("revision", default="head")
+@click.argument("revision", default="head", callback=_revision_argument,
+                shell_complete=_complete_revisions)
 @click.option("--sql", is_flag=True, help="Print the SQL instead of running it (REV may be START:END).")
-@click.option("--lock-timeout", type=click.FloatRange(min=0), callback=_finite,
-              help="Seconds to wait for another migrator.")
-@click.option("--retries", type=click.IntRange(min=0), default=0, help="Retries after a table-lock timeout.")
+@_LOCK_TIMEOUT
+@_RETRIES
 @click.option(
     "--allow-changed",
     is_flag=True,
@@ -217,27 +324,28 @@ def upgrade(
     manager = _manager(ctx, lock_timeout=lock_timeout)
     if sql:
         start, _, end = revision.rpartition(":")
-        click.echo(manager.sql(end or "head", start=start or None), nl=False)
+        click.echo(manager.sql(end or "head", start=start or None, direction="upgrade"), nl=False)
         return
     plan = manager.plan_upgrade(revision)
+    current = manager.get_current_revision()
     if not plan:
-        click.echo(f"Already at {manager.get_current_revision() or 'base'}: nothing to apply.")
+        click.echo(f"Already at {current or 'base'}: nothing to apply.")
         return
-    click.echo(f"Upgrading {manager.masked_url}: {', '.join(plan)}")
+    click.echo(f"Upgrading {manager.masked_url} from {current or 'base'} to {plan[-1]}:")
     manager.backup_progress = _progress(ctx, "Backing up first")
-    _migrate(functools.partial(manager.upgrade, allow_changed=allow_changed), revision, retries,
-             "Applied")
-    _print_backup_taken(manager)
+    # To the revision planned, not REVISION again: a relative one (+1) counted afresh after a
+    # wait for the lock would go further than said above.
+    _migrate(ctx, manager, functools.partial(manager.upgrade, allow_changed=allow_changed),
+             plan[-1], retries, "Applied", each_step=True)
 
 
 @db.command(context_settings=_REVISION_ARGS)
 @common_options
-@click.argument("revision")
+@click.argument("revision", callback=_revision_argument, shell_complete=_complete_revisions)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--sql", is_flag=True, help="Print the SQL instead of running it.")
-@click.option("--lock-timeout", type=click.FloatRange(min=0), callback=_finite,
-              help="Seconds to wait for another migrator.")
-@click.option("--retries", type=click.IntRange(min=0), default=0, help="Retries after a table-lock timeout.")
+@_LOCK_TIMEOUT
+@_RETRIES
 @click.pass_context
 def downgrade(
     ctx: click.Context,
@@ -248,38 +356,38 @@ def downgrade(
     retries: int,
 ) -> None:
     """Undo migrations down to REVISION (an id, -1, or base; with --sql also START:END)."""
-    from orchestrator.migrations import ConfirmationRequired
-
     manager = _manager(ctx, lock_timeout=lock_timeout)
     if sql:
         start, _, end = revision.rpartition(":")
         start = start or manager.get_current_revision() or "head"
-        click.echo(manager.sql(end, start=start), nl=False)
+        click.echo(manager.sql(end, start=start, direction="downgrade"), nl=False)
         return
     plan = manager.plan_downgrade(revision)
     if not plan:
         click.echo(f"Already at {manager.get_current_revision() or 'base'}: nothing to undo.")
         return
-    click.echo(f"Downgrading {manager.masked_url}; this undoes:")
+    destination = manager.script.get_revision(plan[-1]).down_revision or "base"
+    click.echo(f"Downgrading {manager.masked_url} from {plan[0]} to {destination}; this undoes:")
     for rev in plan:
         click.echo(f"  {rev}  {_title(manager, rev)}")
-    if _settings(ctx).environment.value == "production" and not yes:
-        if not sys.stdin.isatty():
-            raise ConfirmationRequired(
-                "refusing to downgrade production without confirmation; "
-                "run it on a terminal or pass --yes"
-            )
-        click.confirm("Downgrade the production database?", abort=True)
+    if manager.environment == "production" and not yes:
+        _confirm("Downgrade the production database?",
+                 "refusing to downgrade production without confirmation; run it on a terminal "
+                 "or pass --yes")
     manager.backup_progress = _progress(ctx, "Backing up first")
-    _migrate(manager.downgrade, revision, retries, "Undid")
-    _print_backup_taken(manager)
+    # The plan above listed each revision: the run reports only its outcome. It goes down to
+    # the destination listed, not to REVISION again (-1 counted afresh after a wait for the
+    # lock would undo a revision nobody was shown, or asked about).
+    _migrate(ctx, manager, manager.downgrade, destination, retries, "Undid", each_step=False)
 
 
 @db.command()
 @common_options
 @click.option("--log", "full_log", is_flag=True, help="Also list every recorded step.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the history, every recorded step included, as JSON (docs/migrations.md).")
 @click.pass_context
-def history(ctx: click.Context, full_log: bool) -> None:
+def history(ctx: click.Context, full_log: bool, as_json: bool) -> None:
     """List every migration, oldest first, with what the database last recorded doing with it."""
     manager = _manager(ctx)
     edited = {changed.revision for changed in manager.changed_scripts()}
@@ -288,6 +396,27 @@ def history(ctx: click.Context, full_log: bool) -> None:
     scripts = manager.history()
     current = manager.get_current_revision()
     ahead = current is not None and current not in {info.revision for info in scripts}
+    if as_json:
+        _echo_json({
+            "database": manager.masked_url,
+            "current": current,
+            "head": next((info.revision for info in scripts if info.is_head), None),
+            "revisions": [
+                {
+                    "revision": info.revision,
+                    "down_revision": info.down_revision,
+                    "message": info.message,
+                    "path": info.path,
+                    "state": "unknown" if ahead else "applied" if info.applied else "pending",
+                    "is_head": info.is_head,
+                    "edited": info.revision in edited,
+                    "last_step": last[info.revision].as_dict() if info.revision in last else None,
+                }
+                for info in scripts
+            ],
+            "steps": [entry.as_dict() for entry in applied],
+        })
+        return
     if ahead:
         click.echo(f"The database is at {current}, which these scripts do not know: whether each "
                    "script below was applied cannot be told from its revision.")
@@ -297,8 +426,7 @@ def history(ctx: click.Context, full_log: bool) -> None:
             marks.append("head")
         if info.revision in edited:
             marks.append("EDITED since applied")
-        title = info.message.splitlines()[0] if info.message else ""
-        line = f"{info.revision}  [{', '.join(marks)}]  {title}"
+        line = f"{info.revision}  [{', '.join(marks)}]  {_first_line(info.message)}"
         if info.revision in last:
             line += f"  <- {_describe_step(last[info.revision])}"
         click.echo(line)
@@ -307,6 +435,90 @@ def history(ctx: click.Context, full_log: bool) -> None:
         click.echo("Recorded steps, oldest first:" if applied else "No steps recorded yet.")
         for entry in applied:
             click.echo(f"  {entry.revision:<6} {_describe_step(entry)}")
+
+
+@db.command(context_settings=_REVISION_ARGS)
+@common_options
+@click.argument("revision", callback=_revision_argument, shell_complete=_complete_revisions)
+@click.option("--sql", is_flag=True,
+              help="Print the SQL its upgrade runs, without a database (offline).")
+@click.option("--down", is_flag=True,
+              help="Print the SQL its downgrade runs, without a database (offline).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the description as JSON (docs/migrations.md).")
+@click.pass_context
+def show(ctx: click.Context, revision: str, sql: bool, down: bool, as_json: bool) -> None:
+    """Show one revision: its file, state, recorded steps and docstring, or its SQL.
+
+    REVISION is an id, a unique prefix of one, head, or -N/+N counted from the database's
+    revision. --sql and --down print the SQL of its upgrade and of its downgrade, offline:
+    no database is needed.
+    """
+    from orchestrator.migrations import UnknownRevisionError
+
+    if as_json and (sql or down):
+        raise click.UsageError("--json describes the revision; --sql and --down print its SQL: "
+                               "give one or the other", ctx=ctx)
+    if sql and down:
+        raise click.UsageError("--sql prints the upgrade's SQL and --down the downgrade's: "
+                               "give one of them", ctx=ctx)
+    manager = _manager(ctx)
+    resolved = manager.resolve(revision)
+    if resolved is None:
+        raise UnknownRevisionError(f"{revision} is the state before any revision, not a "
+                                   "revision; see `orchestrator db history`")
+    script = manager.script.get_revision(resolved)
+    parent = script.down_revision if isinstance(script.down_revision, str) else None
+    if sql:
+        click.echo(manager.sql(resolved, start=parent, direction="upgrade"), nl=False)
+        return
+    if down:
+        click.echo(manager.sql(parent or "base", start=resolved, direction="downgrade"), nl=False)
+        return
+    message = (script.doc or "").strip()
+    described = {
+        "revision": resolved,
+        "down_revision": parent,
+        "message": message,
+        "path": script.path,
+        "is_head": resolved == manager.get_head_revision(),
+    }
+    if not as_json:
+        # What the scripts say needs no database: shown before the database is read.
+        click.echo(f"revision: {resolved}{' (head)' if described['is_head'] else ''}")
+        click.echo(f"parent:   {parent or 'base'}")
+        click.echo(f"file:     {_relative(script.path)}")
+    status = manager.status()
+    steps = [entry for entry in manager.applied_history() if entry.revision == resolved]
+    if status.ahead or status.unversioned:
+        state = "unknown"
+    elif status.current is not None and resolved not in status.pending:
+        state = "applied"
+    else:
+        state = "pending"
+    if as_json:
+        _echo_json({**described, "database": manager.masked_url, "state": state,
+                    "steps": [entry.as_dict() for entry in steps]})
+        return
+    click.echo(f"state:    {state}{_why_state(status)} in {manager.masked_url}")
+    click.echo("recorded: " + ("none" if not steps else _describe_step(steps[0])))
+    for entry in steps[1:]:
+        click.echo(f"          {_describe_step(entry)}")
+    if message:
+        click.echo("")
+        for line in message.splitlines():
+            click.echo(f"    {line}".rstrip())
+
+
+def _why_state(status: MigrationStatus) -> str:
+    """Why a revision's state is what `db show` says, when the revision alone does not say."""
+    if status.ahead:
+        return f" (the database is at {status.current}, which these scripts do not know)"
+    if status.unversioned:
+        return " (the database has tables but no revision)"
+    if not status.database_exists:
+        return " (the database does not exist yet)"
+    return ""
 
 
 def _describe_step(entry) -> str:
@@ -334,11 +546,20 @@ def create(ctx: click.Context, message: str, empty: bool) -> None:
 
 @db.command(context_settings=_REVISION_ARGS)
 @common_options
-@click.argument("revision")
+@click.argument("revision", callback=_revision_argument, shell_complete=_complete_revisions)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (production).")
 @click.pass_context
-def stamp(ctx: click.Context, revision: str) -> None:
+def stamp(ctx: click.Context, revision: str, yes: bool) -> None:
     """Record REVISION as the database's revision without running migrations."""
     manager = _manager(ctx)
+    if manager.environment == "production" and not yes:
+        target = manager.resolve(revision) or "base"  # a wrong revision fails before the question
+        current = manager.get_current_revision() or "none"
+        click.echo(f"Stamping {manager.masked_url}: its recorded revision goes from {current} "
+                   f"to {target}, and no migration runs.")
+        _confirm("Change the production database's recorded revision?",
+                 "refusing to stamp production without confirmation; run it on a terminal "
+                 "or pass --yes")
     manager.stamp(revision)
     click.echo(f"Stamped {manager.masked_url} at {manager.get_current_revision() or 'base'}.")
 
@@ -372,9 +593,7 @@ def backups(ctx: click.Context, as_json: bool) -> None:
     manager = _manager(ctx)
     found = manager.backups()
     if as_json:
-        import json
-
-        click.echo(json.dumps([info.as_dict() for info in found], indent=2))
+        _echo_json([info.as_dict() for info in found])
         return
     if not found:
         click.echo(f"No backups of {manager.masked_url} in {manager.backup_dir}.")
@@ -394,7 +613,6 @@ def backups(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def restore(ctx: click.Context, file: Path, yes: bool) -> None:
     """Replace the database with the backup FILE (its current state is backed up first)."""
-    from orchestrator.migrations import ConfirmationRequired
     from orchestrator.migrations.backup import restorable
 
     manager = _manager(ctx)
@@ -407,11 +625,8 @@ def restore(ctx: click.Context, file: Path, yes: bool) -> None:
     click.echo(f"Restoring {manager.masked_url} from {file} ({taken}).")
     click.echo("This replaces the database's whole content.")
     if not yes:
-        if not sys.stdin.isatty():
-            raise ConfirmationRequired(
-                "refusing to restore without confirmation; run it on a terminal or pass --yes"
-            )
-        click.confirm("Replace the database's content with the backup?", abort=True)
+        _confirm("Replace the database's content with the backup?",
+                 "refusing to restore without confirmation; run it on a terminal or pass --yes")
     report = manager.restore(file, progress=_progress(ctx, "Restoring"))
     if report.safety_backup is not None:
         click.echo(f"Saved the state it replaced to {report.safety_backup.path} first.")
@@ -428,19 +643,18 @@ def restore(ctx: click.Context, file: Path, yes: bool) -> None:
     default="text",
     show_default=True,
 )
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the report as JSON (the same as --format json).")
 @click.pass_context
-def validate(ctx: click.Context, strict: bool, output_format: str) -> None:
+def validate(ctx: click.Context, strict: bool, output_format: str, as_json: bool) -> None:
     """Check the migrations; exits 1 when a rule finds an error."""
     from orchestrator.db import mask_url
     from orchestrator.migrations.validate import validate as run_rules
 
     settings = _settings(ctx)
     report = run_rules(settings.database_url, strict=strict)
-    if output_format == "json":
-        import json
-
-        click.echo(json.dumps({"database": mask_url(settings.database_url), **report.as_dict()},
-                              indent=2))
+    if as_json or output_format == "json":
+        _echo_json({"database": mask_url(settings.database_url), **report.as_dict()})
     else:
         _print_validation(report)
     if not report.ok:
@@ -498,11 +712,22 @@ def _require_head(manager: MigrationManager) -> None:
 # -- rendering ----------------------------------------------------------------------------
 
 
-def _migrate(action, revision: str, retries: int, verb: str) -> None:
+def _migrate(
+    ctx: click.Context,
+    manager: MigrationManager,
+    action,
+    revision: str,
+    retries: int,
+    verb: str,
+    each_step: bool,
+) -> None:
     from orchestrator.migrations import DatabaseLockTimeout
 
+    meta = ctx.find_root().meta
     for attempt in range(retries + 1):
-        started = time.perf_counter()
+        steps = _Steps(manager, each_step)
+        manager.progress = steps
+        meta.pop("orchestrator.waited", None)
         try:
             done = action(revision)
         except DatabaseLockTimeout as exc:
@@ -513,13 +738,35 @@ def _migrate(action, revision: str, retries: int, verb: str) -> None:
             _note(f"{exc} (retry {attempt + 1} of {retries} in {delay:g}s)")
             time.sleep(delay)
             continue
-        elapsed = time.perf_counter() - started
+        # Time spent waiting for another migrator is not time spent migrating: said apart.
+        wait = manager.lock_wait if meta.pop("orchestrator.waited", False) else None
         if done:
-            click.echo(f"{verb} {', '.join(done)} in {elapsed:.2f}s.")
+            after = f", after waiting {wait:.2f}s for another migrator" if wait is not None else ""
+            click.echo(f"{verb} {', '.join(done)} in {steps.seconds:.2f}s{after}.")
         else:
             # We planned before taking the lock; the migrator that held it did the work.
-            click.echo("Nothing to do: another migrator already did it while we waited.")
+            waited = f" ({wait:.2f}s)" if wait is not None else ""
+            click.echo(f"Nothing to do: another migrator already did it while we waited{waited}.")
         return
+
+
+class _Steps:
+    """Reports a running migration: the backup taken first, then each revision as it is done."""
+
+    def __init__(self, manager: MigrationManager, each_step: bool) -> None:
+        self.manager = manager
+        self.each_step = each_step
+        self.seconds = 0.0
+        self._started = False
+
+    def __call__(self, revision: str, seconds: float) -> None:
+        if not self._started:
+            self._started = True
+            # Taken before the first step ran (the manager sets it before migrating).
+            _print_backup_taken(self.manager)
+        self.seconds += seconds
+        if self.each_step:
+            click.echo(f"  {revision}  {seconds:6.2f}s  {_title(self.manager, revision)}")
 
 
 def _print_backup_taken(manager: MigrationManager) -> None:
@@ -618,8 +865,17 @@ def _print_validation(report) -> None:
 
 
 def _title(manager: MigrationManager, revision: str) -> str:
-    doc = manager.script.get_revision(revision).doc or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
+    return _first_line(manager.script.get_revision(revision).doc)
+
+
+def _first_line(text: str | None) -> str:
+    return text.strip().splitlines()[0] if text and text.strip() else ""
+
+
+def _relative(path: str) -> str:
+    """`path` relative to the working directory when it is below it."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
 
 
 def _describe_current(status: MigrationStatus) -> str:
@@ -635,12 +891,9 @@ def _print_status(
     manager: MigrationManager, status: MigrationStatus, as_json: bool, changed: list | None = None
 ) -> None:
     if as_json:
-        import json
-
         document = {"database": manager.masked_url, **status.as_dict()}
-        if changed is not None:
-            document["changed_scripts"] = [c.as_dict() for c in changed]
-        click.echo(json.dumps(document))
+        document["changed_scripts"] = [c.as_dict() for c in changed or ()]
+        _echo_json(document)
         return
     click.echo(f"database: {manager.masked_url}")
     click.echo(f"current:  {_describe_current(status)}")
@@ -666,6 +919,7 @@ def _print_status(
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; the one place that turns errors into a message and an exit code."""
+    _complete_if_asked()
     from orchestrator.migrations.errors import MigrationError
     from orchestrator.settings import SettingsError
 
@@ -680,10 +934,17 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        _exit(exc.exit_code)
     except click.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(1)
+        # A question answered no (or Ctrl-C / end of input at it): nothing was done yet.
+        click.echo("Error: not confirmed; nothing was changed", err=True)
+        sys.exit(DECLINED_EXIT)
+    except click.UsageError as exc:
+        # One line, as every other error: what is wrong, and where the usage is.
+        reason = " ".join(exc.format_message().split()).rstrip(".")
+        where = exc.ctx.command_path if exc.ctx is not None else "orchestrator"
+        click.echo(f"Error: {reason}; see `{where} --help`", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -694,20 +955,16 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("Interrupted.", err=True)
         sys.exit(INTERRUPTED_EXIT)
     except BrokenPipeError:
-        # The reader went away (`orchestrator db history | head -1`): nothing left to say.
+        # The reader went away (`orchestrator db history | head -1`): nothing left to say, and
+        # an exit code of its own (as a shell gives a command a closed pipe ended), not 1,
+        # which `db check` uses for pending migrations.
         sys.stdout = None  # type: ignore[assignment]  # no flush at exit into a closed pipe
-        sys.exit(1)
+        sys.exit(CLOSED_PIPE_EXIT)
     except OSError as exc:
         # A file the command needed: a read-only folder, a missing mount, a full disk.
         if ctx_meta.get("orchestrator.verbose"):
             traceback.print_exc()
-        where = f" {exc.filename}" if exc.filename else ""
-        click.echo(
-            f"Error: cannot use{where}: {exc.strerror or exc}; check the path, its permissions "
-            "and free space",
-            err=True,
-        )
-        sys.exit(2)
+        _file_error(exc)
     except Exception as exc:
         refusal = _storage_refusal(exc)
         if refusal is not None:
@@ -728,7 +985,41 @@ def main(argv: list[str] | None = None) -> None:
             err=True,
         )
         sys.exit(UNEXPECTED_ERROR_EXIT)
-    sys.exit(0)
+    _exit(0)
+
+
+def _exit(code: int) -> NoReturn:
+    """Exit with `code`, the output flushed first: a reader that left before the last of it
+    is a closed pipe, said by its exit code rather than by Python's warning at exit."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        sys.stdout = None  # type: ignore[assignment]
+        code = code or CLOSED_PIPE_EXIT
+    except OSError as exc:  # the output's file: a full disk
+        sys.stdout = None  # type: ignore[assignment]
+        _file_error(exc)
+    sys.exit(code)
+
+
+def _file_error(exc: OSError) -> NoReturn:
+    """A file the command needed, or its output: a read-only folder, a missing mount, a full
+    disk."""
+    what = f"cannot use {exc.filename}: " if exc.filename else "cannot write: "
+    click.echo(f"Error: {what}{exc.strerror or exc}; check the path, its permissions and free "
+               "space", err=True)
+    sys.exit(2)
+
+
+def _complete_if_asked() -> None:
+    """Answer the shell's completion request, when this run is one (Click's protocol: what
+    `cli.main()` would do, which `main()` does not call)."""
+    instruction = os.environ.get(COMPLETE_VAR)
+    if not instruction:
+        return
+    from click.shell_completion import shell_complete
+
+    sys.exit(shell_complete(cli, {}, "orchestrator", COMPLETE_VAR, instruction))
 
 
 # What SQLite says when its file cannot be written: the machine's doing, not a bug here.

@@ -7,11 +7,12 @@ Settings are built, never imported as a ready object: call `get_settings()` (cac
 from __future__ import annotations
 
 import enum
+import math
 import re
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -39,7 +40,26 @@ _VARIABLES = {
 }
 
 
-_DURATION = re.compile(r"\d+(\.\d+)?\s*(us|ms|s|min|h|d)?")
+# A bare number is seconds, for every duration setting alike.
+_DURATION = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|min)?")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "min": 60.0, None: 1.0}
+# PostgreSQL's lock_timeout is an int of milliseconds.
+_MAX_LOCK_TIMEOUT = 2_147_483.647
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from `5` (seconds), `5s`, `500ms` or `1min`; a number is taken as seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{value!r} is not a duration; give a number of seconds, 0 or more")
+        return float(value)
+    match = _DURATION.fullmatch(str(value).strip())
+    if match is None:
+        raise ValueError(
+            f"{value!r} is not a duration; give seconds (e.g. 5), or a number with ms, s or min "
+            "(500ms, 5s, 1min)"
+        )
+    return float(match["number"]) * _UNIT_SECONDS[match["unit"]]
 
 
 class SettingsError(Exception):
@@ -57,8 +77,9 @@ class Settings(BaseSettings):
     auto_migrate: bool | None = None
     # Seconds a migrator waits for another one to finish before giving up.
     migration_lock_timeout: float = Field(default=300.0, ge=0, allow_inf_nan=False)
-    # PostgreSQL `lock_timeout` for migration sessions: fail fast instead of queueing traffic.
-    db_lock_timeout: str = "5s"
+    # Seconds of PostgreSQL `lock_timeout` for migration sessions: fail fast instead of
+    # queueing traffic (0 waits forever).
+    db_lock_timeout: float = Field(default=5.0, ge=0, allow_inf_nan=False)
     backup_dir: Path = Path("backups")
     backup_keep: int = Field(default=10, ge=1)
     # None means "the environment's default": on in staging and production.
@@ -73,15 +94,13 @@ class Settings(BaseSettings):
 
         return normalize_url(value.strip())
 
-    @field_validator("db_lock_timeout")
+    @field_validator("migration_lock_timeout", "db_lock_timeout", mode="before")
     @classmethod
-    def _is_a_duration(cls, value: str) -> str:
-        # PostgreSQL reads a number as milliseconds, or a number with one of these units.
-        if not _DURATION.fullmatch(value.strip()):
-            raise ValueError(
-                f"{value!r} is not a duration; give e.g. 5s, 500ms or 1min (0 waits forever)"
-            )
-        return value.strip()
+    def _is_a_duration(cls, value: object, info: ValidationInfo) -> float:
+        seconds = parse_duration(value)
+        if info.field_name == "db_lock_timeout" and seconds > _MAX_LOCK_TIMEOUT:
+            raise ValueError(f"{value!r} is longer than PostgreSQL's lock_timeout allows (24 days)")
+        return seconds
 
     @model_validator(mode="after")
     def _apply_environment_defaults(self) -> Settings:

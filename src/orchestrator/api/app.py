@@ -14,14 +14,18 @@ from orchestrator.api.deps import open_database
 from orchestrator.api.errors import add_error_handlers
 from orchestrator.api.routes import agents, health, projects, tasks, users
 from orchestrator.migrations import MigrationManager
-from orchestrator.migrations.startup import prepare_database
+from orchestrator.migrations.startup import StartupReport, prepare_database
 from orchestrator.settings import Settings, get_settings
 
 logger = logging.getLogger("orchestrator.api")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the API for `settings` (default: the environment's)."""
+def create_app(settings: Settings | None = None, startup: StartupReport | None = None) -> FastAPI:
+    """Build the API for `settings` (default: the environment's).
+
+    `startup` is the report of a start-up policy the caller already applied (`orchestrator
+    serve` applies it before uvicorn starts); the lifespan then does not apply it again.
+    """
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -31,7 +35,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Requests get their sessions from these engines (orchestrator.api.deps).
         app.state.db = open_database(settings.database_url)
         try:
-            app.state.startup = await run_in_threadpool(prepare_database, settings, manager)
+            app.state.startup = startup or await run_in_threadpool(
+                prepare_database, settings, manager
+            )
             yield
         finally:
             manager.close()

@@ -299,13 +299,16 @@ class _UnmanagedHistory:
 
 
 def lock_timeout(config: Config) -> str:
-    """How long a statement waits for a table lock: the caller's, else DB_LOCK_TIMEOUT."""
-    timeout = config.attributes.get("db_lock_timeout")
-    if timeout is None:
-        from orchestrator.settings import get_settings
+    """How long a statement waits for a table lock (the caller's, else DB_LOCK_TIMEOUT), as
+    PostgreSQL reads it: milliseconds with their unit."""
+    from orchestrator.settings import get_settings, parse_duration
 
-        timeout = get_settings().db_lock_timeout
-    return timeout
+    timeout = config.attributes.get("db_lock_timeout")
+    seconds = parse_duration(get_settings().db_lock_timeout if timeout is None else timeout)
+    # PostgreSQL reads a bare number as milliseconds and rounds a fraction of one down to 0,
+    # which would wait forever.
+    milliseconds = 0 if seconds == 0 else max(1, round(seconds * 1000))
+    return f"{milliseconds}ms"
 
 
 def _set_lock_timeout(config: Config, connection) -> None:

@@ -56,6 +56,8 @@ _TABLE_NAMES_SQL = {
     "ESCAPE '~'",
 }
 _RELATIVE = re.compile(r"^([+-])(\d+)$")
+# What SQLite calls a file it cannot read as a database.
+_SQLITE_DAMAGE = ("SQLITE_NOTADB", "SQLITE_CORRUPT")
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,33 @@ class RevisionInfo:
     is_head: bool
 
 
+class _PastTarget(UnknownRevisionError):
+    """The database is already past the target, in the direction asked for."""
+
+
+class _Planner:
+    """Plans a migration to `target` each time it is called, the way a migrator sees it.
+
+    The first plan is `plan`'s own: a target the database is already past is an error. A
+    migrator that then waited for the lock may find that another one took the database past
+    the target meanwhile: that leaves it nothing to do, not an error.
+    """
+
+    def __init__(self, plan: Callable[[str], list[str]], target: str) -> None:
+        self._plan = plan
+        self._target = target
+        self._first = True
+
+    def __call__(self) -> list[str]:
+        first, self._first = self._first, False
+        try:
+            return self._plan(self._target)
+        except _PastTarget:
+            if first:
+                raise
+            return []
+
+
 @dataclass
 class _Run:
     """What one Alembic command did, collected from `on_version_apply`."""
@@ -119,7 +148,7 @@ class MigrationManager:
         database_url: str,
         *,
         lock_timeout: float = 300.0,
-        db_lock_timeout: str = "5s",
+        db_lock_timeout: str | float = 5.0,
         notify: Callable[[str], None] | None = None,
         progress: Callable[[str, float], None] | None = None,
         script_location: str = SCRIPT_DIRECTORY,
@@ -149,6 +178,8 @@ class MigrationManager:
         self.notify = notify
         # Called after each revision step with its id and the seconds it took.
         self.progress = progress
+        # Seconds the last command waited for the migration lock (another migrator held it).
+        self.lock_wait = 0.0
         self._engine: Engine | None = None
         # The connection holding (or awaiting) the PostgreSQL migration lock, if any.
         self._lock_connection: Connection | None = None
@@ -258,17 +289,29 @@ class MigrationManager:
             for rev in (self._script_for(r) for r in self._chain)
         ]
 
+    def resolve(self, target: str) -> str | None:
+        """The revision id `target` names (None for base): an id, a unique prefix, head, base,
+        or +N/-N counted from the database's revision."""
+        current = self.get_current_revision() if _RELATIVE.match(target) else None
+        return self._resolve(target, current)
+
     def plan_upgrade(self, target: str = "head") -> list[str]:
         """The revisions `upgrade(target)` would apply, in order."""
         status = self.require_known_database()
-        return list(self._between(status.current, self._resolve(target, status.current)))
+        resolved = self._resolve(target, status.current)
+        if self._position(resolved) < self._position(status.current):
+            raise _PastTarget(
+                f"cannot upgrade to {target}: it is older than the database's revision "
+                f"{status.current}; use `orchestrator db downgrade {target}`"
+            )
+        return list(self._between(status.current, resolved))
 
     def plan_downgrade(self, target: str) -> list[str]:
         """The revisions `downgrade(target)` would undo, newest first."""
         status = self.require_known_database()
         resolved = self._resolve(target, status.current)
         if self._position(resolved) > self._position(status.current):
-            raise UnknownRevisionError(
+            raise _PastTarget(
                 f"cannot downgrade to {target}: it is newer than the database's revision "
                 f"{status.current or 'base'}; use `orchestrator db upgrade {target}`"
             )
@@ -297,8 +340,9 @@ class MigrationManager:
         # The lock first, the plan under it. A process that finds the lock taken plans at once
         # (a bad target fails early, and with nothing to do it leaves without waiting), then
         # again each time the lock is let go.
-        with self._migration_lock(still_needed=lambda: bool(self.plan_upgrade(target))) as held:
-            plan = self.plan_upgrade(target) if held else []
+        planned = _Planner(self.plan_upgrade, target)
+        with self._migration_lock(still_needed=lambda: bool(planned())) as held:
+            plan = planned() if held else []
             if not plan:
                 return []
             if self.environment in ("staging", "production") and not allow_changed:
@@ -311,8 +355,9 @@ class MigrationManager:
         from alembic import command
 
         target = revision or target
-        with self._migration_lock(still_needed=lambda: bool(self.plan_downgrade(target))) as held:
-            plan = self.plan_downgrade(target) if held else []
+        planned = _Planner(self.plan_downgrade, target)
+        with self._migration_lock(still_needed=lambda: bool(planned())) as held:
+            plan = planned() if held else []
             if not plan:
                 return []
             destination = self._script_for(plan[-1]).down_revision or "base"
@@ -353,7 +398,8 @@ class MigrationManager:
 
         if not message.strip():
             raise MigrationError("a migration needs a message; pass -m 'what it changes'")
-        status = self.status()
+        # A database ahead of these scripts needs newer code (or a stamp), not an upgrade.
+        status = self.require_known_database()
         if not status.up_to_date and status.head is not None:
             raise NotAtHeadError(
                 f"the database is at {status.current or 'base'}, not at head {status.head}; "
@@ -391,10 +437,13 @@ class MigrationManager:
         """The seed's name for `create`; returns the new script's path."""
         return str(self.create(message, autogenerate=auto))
 
-    def sql(self, target: str = "head", start: str | None = None) -> str:
+    def sql(
+        self, target: str = "head", start: str | None = None, direction: str | None = None
+    ) -> str:
         """The SQL that migrating from `start` (default: base) to `target` runs, without a database.
 
-        A relative `target` (+1, -2) counts from `start`.
+        A relative `target` (+1, -2) counts from `start`. `direction` ("upgrade" or "downgrade")
+        refuses a range that goes the other way.
         """
         from alembic import command
 
@@ -406,7 +455,16 @@ class MigrationManager:
         config.attributes["db_lock_timeout"] = self.db_lock_timeout
         begin = self._resolve(start, None) if start else None
         end = self._resolve(target, begin)
-        if self._position(begin) > self._position(end):
+        backwards = self._position(begin) > self._position(end)
+        if direction is not None and begin != end and backwards != (direction == "downgrade"):
+            span = f"{end_or_base(begin)}:{end_or_base(end)}"
+            actual = "downgrade" if backwards else "upgrade"
+            article = ("a", "an") if backwards else ("an", "a")
+            raise UnknownRevisionError(
+                f"{span} is {article[0]} {actual}, not {article[1]} {direction}; "
+                f"use `orchestrator db {actual} {span} --sql`"
+            )
+        if backwards:
             command.downgrade(config, f"{end_or_base(begin)}:{end_or_base(end)}", sql=True)
         else:
             command.upgrade(config, f"{begin}:{end}" if begin else end, sql=True)
@@ -713,6 +771,11 @@ class MigrationManager:
 
     def _unreachable(self, exc: Exception) -> DatabaseUnreachableError:
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        if getattr(getattr(exc, "orig", None), "sqlite_errorname", None) in _SQLITE_DAMAGE:
+            return DatabaseUnreachableError(
+                f"the database file {sqlite_path(self.database_url)} is damaged ({reason}); "
+                "restore a backup: `orchestrator db backups`, then `orchestrator db restore FILE`"
+            )
         return DatabaseUnreachableError(
             f"cannot reach the database at {self.masked_url}: {reason}; "
             "check DATABASE_URL and that the server is running"
@@ -720,8 +783,11 @@ class MigrationManager:
 
     @contextlib.contextmanager
     def _migration_lock(self, still_needed: lock.StillNeeded | None = None) -> Iterator[bool]:
-        """Hold the migration lock; yields False when `still_needed` ended the wait unheld."""
+        """Hold the migration lock; yields False when `still_needed` ended the wait unheld.
+
+        Sets `lock_wait` to the seconds spent getting it (or giving up on it)."""
         path = sqlite_path(self.database_url)
+        started = time.perf_counter()
         if path is not None:
             if not path.parent.exists():
                 raise DatabaseUnreachableError(
@@ -731,6 +797,7 @@ class MigrationManager:
             with lock.file_lock(
                 lock.lock_file_for(path), self.lock_timeout, self.notify, still_needed
             ) as held:
+                self.lock_wait = time.perf_counter() - started
                 yield held
             return
         with self._connect() as connection:
@@ -739,6 +806,7 @@ class MigrationManager:
                 with lock.advisory_lock(
                     connection, self.lock_timeout, self.notify, still_needed
                 ) as held:
+                    self.lock_wait = time.perf_counter() - started
                     yield held
             finally:
                 self._lock_connection = None
@@ -786,8 +854,6 @@ class MigrationManager:
             raise self._failure(
                 failure, failed, command_fn.__name__ == "upgrade", backup, restored
             ) from failure
-        for step in run.steps:
-            logger.info("applied %s", step)
         return list(plan[: len(run.steps)])
 
     def _restore_after_failure(self, backup: BackupInfo | None) -> bool | str | None:

@@ -44,9 +44,20 @@ def prepare_database(settings, manager: MigrationManager) -> StartupReport:
             "refusing to start: deploy the code that has it, or roll the database back"
         )
     if settings.auto_migrate and not status.up_to_date:
-        report.applied = manager.upgrade()
+        before, caller_progress = status.current, manager.progress
+        # Each step logged once, as it is done.
+        manager.progress = lambda revision, seconds: logger.info(
+            "applied %s in %.2fs", revision, seconds
+        )
+        try:
+            report.applied = manager.upgrade()
+        finally:
+            manager.progress = caller_progress
         status = manager.status()
-        logger.info("migrated the database to %s (applied %s)", status.current, ", ".join(report.applied))
+        if report.applied:
+            logger.info("migrated the database from %s to %s", before or "base", status.current)
+        else:  # another replica migrated it while this one waited for the lock
+            logger.info("database schema is at head %s (migrated by another process)", status.head)
     elif not status.up_to_date:
         report.problem = (
             f"the database is at {status.current or 'base'} and head is {status.head} "
