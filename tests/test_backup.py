@@ -22,7 +22,7 @@ from orchestrator.migrations import DatabaseUnreachableError, MigrationFailedErr
 from orchestrator.migrations import backup
 from orchestrator.migrations.backup import BackupError, BackupToolMissing, NotABackupError
 from tests.conftest import require_postgres
-from tests.fixtures import add_revision, command_runner, copy_scripts
+from tests.fixtures import Writer, add_revision, command_runner, copy_scripts
 from orchestrator.migrations.validate import diff_schemas, schema_snapshot, validate
 from tests.schema import execute, scalar, seed_rows
 
@@ -148,6 +148,92 @@ def test_restore_into_a_sqlite_file_that_does_not_exist_yet(sqlite_url: str, tmp
         report = manager.restore(info.path)
         assert report.safety_backup is None
     assert every_table(sqlite_url) == before
+
+
+# -- nothing committed is lost: a writer runs throughout ------------------------------------------
+
+
+def writer_rows(url: str) -> set[str]:
+    """The rows the test writer (tests/fixtures/writer.py) committed that a database holds."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return set(connection.execute(
+                text("SELECT name FROM agents WHERE name LIKE 'writer-%'")).scalars())
+    finally:
+        engine.dispose()
+
+
+def writer_rows_in_backup(info: backup.BackupInfo) -> set[str]:
+    if info.dialect == "sqlite":
+        return writer_rows(f"sqlite:///{info.path}")
+    listing = subprocess.run(["pg_restore", "--data-only", "--table=agents", "--file=-",
+                              str(info.path)], capture_output=True, text=True, check=True)
+    return {word for line in listing.stdout.splitlines() for word in line.split("\t")
+            if word.startswith("writer-")}
+
+
+def test_a_restore_loses_no_commit_of_a_writer_running_throughout(at_head, db_url, tmp_path):
+    """Every row a writer was told was committed is in the safety backup (it was committed
+    before the restore) or in the restored database (after it); none falls between the two."""
+    if at_head.dialect == "sqlite":
+        # Large enough that copying it takes a while, with writers waiting on it meanwhile.
+        execute(db_url, "INSERT INTO tasks (project_id, title, description) "
+                        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+                        "WHERE i < 100000) SELECT 1, 'bulk ' || i, hex(randomblob(40)) FROM n")
+    target = at_head.backup()
+    said: list[str] = []
+    at_head.notify = said.append
+    with Writer(db_url, tmp_path) as writer:
+        writer.wait_for(50)
+        report = at_head.restore(target.path)
+        writer.wait_for(50)  # and it writes into the restored database
+        acknowledged = set(writer.stop())
+    kept, restored = writer_rows_in_backup(report.safety_backup), writer_rows(db_url)
+    assert kept and restored and not kept & restored
+    assert acknowledged - kept - restored == set()
+    if at_head.dialect == "postgresql":
+        assert any(line.startswith("ending 1 other session of the database (") for line in said)
+        # The database is writable again for everyone: the sessions the restore opened are gone.
+        assert scalar(db_url, "SELECT count(*) FROM pg_db_role_setting "
+                              "WHERE setdatabase = (SELECT oid FROM pg_database "
+                              "WHERE datname = current_database())") == 0
+
+
+_SLOW_AND_FAILING = """
+time.sleep(float(os.environ.get("ORCH_TEST_STEP_SECONDS", "0")))
+op.execute("DELETE FROM agents WHERE name = 'worker-1'")
+raise RuntimeError("boom: unexpected data")
+"""
+
+
+def test_a_failed_sqlite_migration_loses_no_commit_of_a_writer_running_throughout(
+    sqlite_url, tmp_path, backups, monkeypatch
+):
+    """With a backup first, the command holds the write lock from before its backup to its
+    end: writers wait (or are refused), and the rollback after the failure takes nothing of
+    theirs. Before, what they committed after the backup vanished in the automatic restore."""
+    scripts = copy_scripts(tmp_path)
+    add_revision(scripts, "pass", doc="A step that works.")
+    add_revision(scripts, _SLOW_AND_FAILING)
+    monkeypatch.setenv("ORCH_TEST_STEP_SECONDS", "1")
+    with MigrationManager(sqlite_url, script_location=str(scripts), backup_dir=backups,
+                          backup_before_migrate=True) as manager:
+        manager.upgrade("004")
+        seed_rows(sqlite_url)
+        with Writer(sqlite_url, tmp_path) as writer:
+            writer.wait_for(50)
+            with pytest.raises(MigrationFailedError) as failure:
+                manager.upgrade()
+            writer.wait_for(50)
+            acknowledged = set(writer.stop())
+        assert manager.get_current_revision() == "004"
+        assert acknowledged and acknowledged <= writer_rows(sqlite_url)
+        assert scalar(sqlite_url, "SELECT count(*) FROM agents WHERE name = 'worker-1'") == 1
+        # The backup was taken under the same lock: it holds what was committed before.
+        assert writer_rows_in_backup(manager.last_backup) <= acknowledged
+    assert "was rolled back: the database is back at 004, as before the command" in str(
+        failure.value)
 
 
 # -- what restore refuses -------------------------------------------------------------------------
@@ -368,14 +454,14 @@ def test_when_putting_back_fails_too_the_error_names_the_safety_backup(
     postgres_url, tmp_path, monkeypatch, archive_naming_a_lost_role
 ):
     """Both restores failing cannot be arranged with real files: the second one is made to."""
-    real_restore = backup.restore
+    real_restore = backup._restore_postgres
 
-    def restore_once(url, path, **options):
+    def restore_once(url, path, progress):
         if path != archive_naming_a_lost_role:
             raise BackupError("pg_restore failed again")
-        return real_restore(url, path, **options)
+        return real_restore(url, path, progress)
 
-    monkeypatch.setattr(backup, "restore", restore_once)
+    monkeypatch.setattr(backup, "_restore_postgres", restore_once)
     with MigrationManager(postgres_url, backup_dir=tmp_path / "b") as manager:
         with pytest.raises(BackupError, match=r"putting the database back failed too \(pg_restore "
                                               r"failed again\): restore .*before-restore.* with "
@@ -777,7 +863,7 @@ def test_a_failed_migration_restores_sqlite_and_leaves_postgres_at_the_last_good
         assert taken.revision == "004" and str(taken.path) in message
         history = manager.applied_history()
         if manager.dialect == "sqlite":
-            assert "was restored automatically" in message and "back at 004" in message
+            assert "was rolled back: the database is back at 004" in message
             assert manager.get_current_revision() == "004"
             assert app_tables(db_url) == before and schema_snapshot(db_url) == schema
         else:
@@ -792,20 +878,22 @@ def test_a_failed_migration_restores_sqlite_and_leaves_postgres_at_the_last_good
         assert "RuntimeError: boom" in history[-1].error
 
 
-def test_when_the_automatic_restore_fails_too_the_error_says_how_to_restore(
+def test_the_rollback_of_a_failed_sqlite_migration_needs_no_backup_file(
     sqlite_url, tmp_path, backups, monkeypatch
 ):
+    """The backup is the operator's; putting the database back is the transaction's."""
     scripts = copy_scripts(tmp_path)
     add_revision(scripts, _FAILS)
     monkeypatch.setenv("ORCH_TEST_DELETE_BACKUPS", str(backups))
     with MigrationManager(sqlite_url, script_location=str(scripts), backup_dir=backups,
                           backup_before_migrate=True) as manager:
         manager.upgrade("004")
-        with pytest.raises(MigrationFailedError) as failure:
+        seed_rows(sqlite_url)
+        before = app_tables(sqlite_url)
+        with pytest.raises(MigrationFailedError, match="the database is back at 004"):
             manager.upgrade()
-    message = str(failure.value)
-    assert "the database is at 004; restoring the backup" in message
-    assert "failed too" in message and "`orchestrator db restore " in message
+        assert not manager.last_backup.path.exists()
+        assert app_tables(sqlite_url) == before and manager.get_current_revision() == "004"
 
 
 def test_a_failed_migration_without_a_backup_names_the_last_good_revision(sqlite_url, tmp_path):

@@ -201,13 +201,15 @@ def _migrate(context: EnvironmentContext, connection, owned: bool) -> None:
         # Our SQLite engines emit a real BEGIN (see orchestrator.db), so DDL is transactional.
         options["transactional_ddl"] = True
     unmanaged = None
+    on_start = context.config.attributes.get("on_step_start")
     if options["on_version_apply"] is None and not context.config.attributes.get("managed"):
         # Plain `alembic upgrade` (or pytest-alembic): the history is written here instead.
         unmanaged = _UnmanagedHistory(context)
         options["on_version_apply"] = unmanaged.step_done
+        on_start = unmanaged.step_started
     context.configure(connection=connection, **options)
-    if unmanaged is not None:
-        unmanaged.watch(context.get_context())
+    if on_start is not None:
+        watch_steps(context.get_context(), lambda step: on_start(step, connection))
     try:
         with context.begin_transaction():
             context.run_migrations()
@@ -216,6 +218,25 @@ def _migrate(context: EnvironmentContext, connection, owned: bool) -> None:
         if unmanaged is not None and owned:
             unmanaged.step_failed(connection, exc)
         raise
+
+
+def watch_steps(migration_context: Any, on_start: Any) -> None:
+    """Call `on_start(step)` as Alembic takes each step from its plan, before the step's
+    transaction begins.
+
+    The plan is the command's function that `MigrationContext.run_migrations` iterates
+    (`_migrations_fn`, not public API: without it, steps are known only once they end).
+    """
+    plan = getattr(migration_context, "_migrations_fn", None)
+    if plan is None:  # pragma: no cover - an Alembic without it
+        return
+
+    def steps(heads: Any, context: Any) -> Iterator[Any]:
+        for step in plan(heads, context):
+            on_start(step.info)
+            yield step
+
+    migration_context._migrations_fn = steps
 
 
 class _UnmanagedHistory:
@@ -238,22 +259,9 @@ class _UnmanagedHistory:
         script = self._context.script.get_revision(revision) if revision else None
         return script.path if script is not None else None
 
-    def watch(self, migration_context: Any) -> None:
-        """Note each step as Alembic takes it from its plan to run it.
-
-        The plan is the command's function that `MigrationContext.run_migrations` iterates
-        (`_migrations_fn`, not public API: without it, failed steps go unrecorded).
-        """
-        plan = getattr(migration_context, "_migrations_fn", None)
-        if plan is None:  # pragma: no cover - an Alembic without it
-            return
-
-        def steps(heads: Any, context: Any) -> Iterator[Any]:
-            for step in plan(heads, context):
-                self._running = step.info
-                yield step
-
-        migration_context._migrations_fn = steps
+    def step_started(self, step: Any, _connection: Any) -> None:
+        """Note the step Alembic is about to run, to record it if it fails."""
+        self._running = step
 
     @staticmethod
     def _describe(step) -> tuple[str, str]:
