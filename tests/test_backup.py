@@ -957,7 +957,9 @@ def test_restore_command_names_a_file_without_sidecar(sqlite_url, run_here, tmp_
                     env={"BACKUP_DIR": str(tmp_path / "b")})
     assert shown.returncode == 0, shown.stderr
     assert "(no sidecar: revision unknown)" in shown.stdout
-    assert "the database is at base" in shown.stdout
+    # Tables without a revision: not "at base", which `db upgrade` would build over.
+    assert "Restored; the database has tables but no migration revision" in shown.stdout
+    assert "`orchestrator db stamp <revision>`" in shown.stdout
 
 
 def test_the_progress_bar_shows_on_a_terminal_only(monkeypatch):

@@ -27,6 +27,7 @@ from orchestrator.migrations.environment import (
     next_revision_id,
 )
 from orchestrator.migrations.errors import (
+    BrokenScriptError,
     DatabaseAheadError,
     DatabaseLockTimeout,
     DatabaseUnreachableError,
@@ -257,8 +258,18 @@ class MigrationManager:
     # -- reading -------------------------------------------------------------------------
 
     def get_head_revision(self) -> str | None:
-        """The newest revision in the scripts (None when there are none)."""
-        heads = self.script.get_heads()
+        """The newest revision in the scripts (None when there are none).
+
+        Every command asks this first, and it loads every script: one that cannot be loaded
+        is reported here, naming its file and line.
+        """
+        try:
+            heads = self.script.get_heads()
+        except Exception as exc:
+            broken = _broken_script(exc, Path(self.script.dir))
+            if broken is None:
+                raise
+            raise broken from exc
         if len(heads) > 1:
             raise MultipleHeadsError(
                 f"the migration scripts have {len(heads)} heads ({', '.join(sorted(heads))}); "
@@ -565,7 +576,7 @@ class MigrationManager:
     ) -> BackupInfo:
         from orchestrator.migrations import backup
 
-        if not self.status().database_exists:
+        if not self._read_database()[1]:  # the scripts are not needed, nor loaded
             raise backup.BackupError(
                 f"nothing to back up: {sqlite_path(self.database_url)} does not exist yet"
             )
@@ -999,6 +1010,31 @@ def alembic_config(
 def _is_missing_table(exc: Exception, table: str = VERSION_TABLE) -> bool:
     text = str(getattr(exc, "orig", exc)).lower()
     return "no such table" in text or "does not exist" in text and table in text
+
+
+def _broken_script(exc: Exception, folder: Path) -> BrokenScriptError | None:
+    """What went wrong loading a script of `folder`, as one line naming the file and line; None
+    when `exc` did not come from a script (an Alembic error of its own)."""
+    import traceback
+
+    folder = folder.resolve()
+
+    def in_folder(filename: str | None) -> bool:
+        return filename is not None and Path(filename).resolve().is_relative_to(folder)
+
+    if isinstance(exc, SyntaxError) and in_folder(exc.filename):
+        where, line, reason = exc.filename, exc.lineno, exc.msg
+    else:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if in_folder(f.filename)]
+        if not frames:
+            return None
+        where, line, reason = frames[-1].filename, frames[-1].lineno, str(exc).strip()
+    reason = reason.splitlines()[0] if reason else ""
+    return BrokenScriptError(
+        f"the migration script {where}, line {line}, cannot be loaded: {type(exc).__name__}: "
+        f"{reason}; fix the script (every command loads all of them; --verbose shows the "
+        "traceback)"
+    )
 
 
 def _interrupted(exc: BaseException) -> bool:

@@ -43,10 +43,22 @@ def prepare_database(settings, manager: MigrationManager) -> StartupReport:
             f"the database is at revision {status.current}, which this code does not know; "
             "refusing to start: deploy the code that has it, or roll the database back"
         )
-    if settings.auto_migrate and not status.up_to_date:
+    migrated = settings.auto_migrate and not status.up_to_date
+    if migrated:
+        pending = status.pending
         report.applied = manager.upgrade()
         status = manager.status()
-        logger.info("migrated the database to %s (applied %s)", status.current, ", ".join(report.applied))
+        if report.applied:
+            logger.info("migrated the database to %s (applied %s)", status.current,
+                        ", ".join(report.applied))
+        elif pending:
+            # We waited for the lock while another process (a replica starting beside us)
+            # brought the database to head.
+            logger.info("another process migrated the database to %s while this one waited",
+                        status.current)
+    if status.interrupted is not None and not status.interrupted.running:
+        report.problem = status.interrupted.describe()
+        logger.warning("a migration did not finish: %s", report.problem)
     elif not status.up_to_date:
         report.problem = (
             f"the database is at {status.current or 'base'} and head is {status.head} "
@@ -54,7 +66,7 @@ def prepare_database(settings, manager: MigrationManager) -> StartupReport:
             "run `orchestrator db upgrade` to migrate it"
         )
         logger.warning("schema is behind: %s", report.problem)
-    else:
+    elif not migrated:
         logger.info("database schema is at head %s", status.head)
     report.status = status
     return report
