@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -39,6 +40,43 @@ def test_development_migrates_at_start_up_and_logs_it(sqlite_url, caplog):
     assert body["environment"] == "development" and body["schema"]["up_to_date"] is True
     assert "migrated the database to" in caplog.text
     assert MigrationManager(sqlite_url).status().up_to_date
+
+
+def test_a_replica_that_waited_says_another_process_migrated(sqlite_url, tmp_path, caplog,
+                                                             monkeypatch):
+    """Two replicas start together: one migrates, the other waits for it and says so (not
+    "migrated the database to 005 (applied )")."""
+    import threading
+
+    from orchestrator.migrations.startup import prepare_database
+    from tests.fixtures import add_revision, copy_scripts
+
+    scripts = copy_scripts(tmp_path)
+    slow = add_revision(scripts, 'Path(os.environ["ORCH_TEST_STARTED"]).touch()\n'
+                                 "time.sleep(1)")
+    started = tmp_path / "started"
+    monkeypatch.setenv("ORCH_TEST_STARTED", str(started))
+    settings = load_settings(database_url=sqlite_url)
+    MigrationManager(sqlite_url, script_location=str(scripts)).upgrade("004")
+    caplog.set_level(logging.INFO, logger="orchestrator")
+    reports = {}
+
+    def start(name: str) -> None:
+        with MigrationManager(sqlite_url, script_location=str(scripts), lock_timeout=60) as m:
+            reports[name] = prepare_database(settings, m)
+
+    first = threading.Thread(target=start, args=("first",))
+    first.start()
+    while not started.exists():
+        time.sleep(0.01)
+    start("second")  # finds 005 pending, waits for the lock, finds it applied
+    first.join()
+    assert reports["first"].applied == [slow] and reports["second"].applied == []
+    assert reports["second"].status.up_to_date and reports["second"].problem is None
+    assert f"migrated the database to {slow} (applied {slow})" in caplog.text
+    assert f"another process migrated the database to {slow} while this one waited" in (
+        caplog.text)
+    assert "(applied )" not in caplog.text
 
 
 def test_a_second_start_finds_the_schema_at_head(sqlite_url, caplog):

@@ -308,5 +308,11 @@ def _set_lock_timeout(config: Config, connection) -> None:
 
         timeout = get_settings().db_lock_timeout
     connection.execute(text("SELECT set_config('lock_timeout', :value, false)"), {"value": timeout})
-    # The setting is session-wide; end the implicit transaction so Alembic starts its own.
+    # A migrator killed mid-statement leaves its server session running the statement (an
+    # index build goes on, and the next migrator's CREATE INDEX CONCURRENTLY waits for it): the
+    # server checks every second that the client is still there (PostgreSQL 14 and later).
+    connection.execute(text(
+        "SELECT set_config('client_connection_check_interval', '1s', false) "
+        "WHERE current_setting('server_version_num')::int >= 140000"))
+    # The settings are session-wide; end the implicit transaction so Alembic starts its own.
     connection.commit()
