@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -533,6 +534,107 @@ def test_backups_record_their_revision_and_only_the_newest_are_kept(sqlite_url, 
         assert manager.backups() == [kept[0]]
 
 
+def test_retention_never_deletes_a_file_the_user_named(sqlite_url, tmp_path, run_here):
+    folder = tmp_path / "b"
+    env = {"BACKUP_DIR": str(folder), "BACKUP_KEEP": "1"}
+    MigrationManager(sqlite_url).upgrade()
+    mine = folder / "mine.sqlite"
+    made = run_here("db", "backup", "--output", str(mine), "--database-url", sqlite_url, env=env)
+    assert made.returncode == 0, made.stderr
+    for _ in range(3):
+        assert run_here("db", "backup", "--database-url", sqlite_url, env=env).returncode == 0
+    kept = MigrationManager(sqlite_url, backup_dir=folder).backups()
+    assert mine.exists() and mine in [info.path for info in kept]
+    assert sorted(info.automatic_name for info in kept) == [False, True]
+    # Sidecars written before the tool recorded who named the file: judged by the name.
+    for info in kept:
+        document = json.loads(info.sidecar.read_text())
+        del document["automatic_name"]
+        info.sidecar.write_text(json.dumps(document))
+    run_here("db", "backup", "--database-url", sqlite_url, env=env)
+    names = sorted(path.name for path in folder.iterdir() if path.suffix == ".sqlite")
+    assert len(names) == 2 and "mine.sqlite" in names
+
+
+def _kill_midway(url: str, folder: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Back `url` up in a process that is killed once the copy has begun (its progress
+    callback is the moment)."""
+    marker = tmp_path / "copying"
+    code = (
+        "import sys, time; from pathlib import Path; from orchestrator.migrations import backup\n"
+        "def hang(done, total):\n"
+        "    Path(sys.argv[3]).write_text(str(done)); time.sleep(120)\n"
+        "backup.create(sys.argv[1], backup_dir=Path(sys.argv[2]), progress=hang)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code, url, str(folder), str(marker)])
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    process.kill()
+    process.wait()
+    return process
+
+
+def test_a_backup_killed_midway_leaves_no_backup_and_the_next_one_cleans_up(at_head, db_url,
+                                                                           tmp_path):
+    folder = at_head.backup_dir
+    _kill_midway(db_url, folder, tmp_path)
+    left = sorted(folder.iterdir())
+    # Only a hidden temporary file: nothing under a backup's name, nothing listed.
+    assert left and all(path.name.startswith(".") and path.name.endswith(".partial")
+                        for path in left)
+    assert at_head.backups() == []
+    info = at_head.backup()
+    assert sorted(folder.iterdir()) == sorted([info.path, info.sidecar])
+
+
+def test_a_backup_still_being_written_is_not_cleaned_up(sqlite_url, tmp_path):
+    import fcntl
+
+    folder = tmp_path / "b"
+    folder.mkdir()
+    busy = folder / ".orchestrator_test-0123456789ab.partial"
+    with open(busy, "wb") as writing:  # another process's backup, in progress
+        fcntl.flock(writing, fcntl.LOCK_EX)
+        with MigrationManager(sqlite_url, backup_dir=folder) as manager:
+            manager.upgrade("001")
+            manager.backup()
+        assert busy.exists()
+    assert backup.remove_stale_partials(folder) == [busy] and not busy.exists()
+
+
+def test_restoring_a_backup_of_another_database_needs_other_database(tmp_path, run_here):
+    folder = tmp_path / "b"
+    ours, theirs = (f"sqlite:///{tmp_path / name}" for name in ("rel_f1.db", "rel_c8.db"))
+    for url in (ours, theirs):
+        MigrationManager(url).upgrade()
+    seed_rows(ours)
+    before = every_table(ours)
+    other = MigrationManager(theirs, backup_dir=folder).backup()
+    env = {"BACKUP_DIR": str(folder)}
+    refused = run_here("db", "restore", str(other.path), "--yes", "--database-url", ours, env=env)
+    assert refused.returncode == 2 and every_table(ours) == before
+    assert refused.stderr == (
+        f"Error: {other.path} is a backup of sqlite:///{tmp_path / 'rel_c8.db'}, not of "
+        f"sqlite:///{tmp_path / 'rel_f1.db'}; pick a backup of this database (`orchestrator db "
+        "backups`), or pass --other-database to replace this database's content with the "
+        "other one's\n")
+    done = run_here("db", "restore", str(other.path), "--yes", "--other-database",
+                    "--database-url", ours, env=env)
+    assert done.returncode == 0, done.stderr
+    assert every_table(ours) == every_table(theirs)
+
+
+def test_one_postgresql_database_whoever_connects():
+    same = backup.same_database
+    assert same("postgresql://app@db:5432/x", "postgresql://admin@db/x")
+    assert not same("postgresql://app@db/x", "postgresql://app@db/y")
+    assert not same("postgresql://app@db/x", "postgresql://app@other/x")
+    assert not same("sqlite:///a.db", "sqlite:///b.db")
+    assert not same("postgresql://app@db/x", "not a url")
+
+
 def test_the_backup_restored_from_survives_the_retention(sqlite_url, tmp_path):
     with MigrationManager(sqlite_url, backup_dir=tmp_path / "b", backup_keep=1) as manager:
         manager.upgrade("001")
@@ -727,19 +829,31 @@ def test_missing_client_tools_name_the_package(postgres_url, tmp_path, monkeypat
 
 
 @pytest.mark.postgres
-def test_the_password_goes_through_the_environment_and_is_never_shown(postgres_url, tmp_path, run_here):
-    url = make_url(postgres_url).set(password="s3cret-word").render_as_string(hide_password=False)
+@pytest.mark.parametrize("given_as", ["user:password", "password parameter", "sslpassword too"])
+def test_the_password_goes_through_the_environment_and_is_never_shown(postgres_url, tmp_path,
+                                                                      run_here, given_as):
+    parsed = make_url(postgres_url)
+    if given_as == "user:password":
+        parsed = parsed.set(password="s3cret-word")
+    else:
+        parsed = parsed.update_query_dict({"password": "s3cret-word"})
+    if given_as == "sslpassword too":  # a libpq option with no environment variable
+        parsed = parsed.update_query_dict({"sslpassword": "s3cret-key"})
+    url = parsed.render_as_string(hide_password=False)
+    secrets = ("s3cret-word", "s3cret-key")
     with MigrationManager(url, backup_dir=tmp_path / "b") as manager:
         manager.upgrade()
     env = {"BACKUP_DIR": str(tmp_path / "b")}
     made = run_here("db", "backup", "--database-url", url, env=env)
     listed = run_here("db", "backups", "--json", "--database-url", url, env=env)
+    status = run_here("db", "status", "--database-url", url, env=env)
     assert made.returncode == 0 and listed.returncode == 0, made.stderr + listed.stderr
     [info] = json.loads(listed.stdout)
     sidecar = Path(info["path"] + ".json").read_text()
-    for shown in (made.stdout, made.stderr, listed.stdout, sidecar):
-        assert "s3cret-word" not in shown
+    for shown in (made.stdout, made.stderr, listed.stdout, sidecar, status.stdout):
+        assert not any(secret in shown for secret in secrets)
     assert info["database"] == make_url(postgres_url).set(drivername="postgresql").render_as_string()
+    assert "password=***" in status.stdout or given_as == "user:password"
 
     # What `ps` would show of pg_dump and pg_restore while they run, and their environment
     # (where the password must be: this server trusts everyone, so it would not complain).
@@ -758,8 +872,11 @@ def test_the_password_goes_through_the_environment_and_is_never_shown(postgres_u
     with MigrationManager(url, backup_dir=tmp_path / "b") as manager:
         manager.restore(manager.backup(progress=look_at_children).path, progress=look_at_children)
     assert any("pg_dump" in line for line in seen) and any("pg_restore" in line for line in seen)
-    assert not any("s3cret-word" in line for line in seen)
+    assert not any(secret in line for line in seen for secret in secrets)
     assert environments and all(b"PGPASSWORD=s3cret-word\0" in env for env in environments)
+    if given_as == "sslpassword too":  # in a service file readable by us only, gone afterwards
+        assert all(b"PGSERVICEFILE=" in env for env in environments)
+        assert not list(Path(tempfile.gettempdir()).glob(f"orchestrator-*.conf"))
 
 
 @pytest.mark.postgres

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import functools
 import json
 import os
 import re
@@ -804,7 +805,7 @@ def _restore_postgres(database_url: str, path: Path, progress: Progress | None) 
             if progress is not None:
                 progress(os.lseek(archive.fileno(), 0, os.SEEK_CUR), total)
 
-        _run_tool(command, env, database_url, stdin=archive, poll=poll)
+        _run_tool(command, env, database_url, stdin=archive, poll=poll, die_with_us=False)
 
 
 def _drop_objects_not_in(database_url: str, in_archive: set[tuple[str, str]]) -> None:
@@ -1124,8 +1125,13 @@ def _run_tool(
     stdin: Any = None,
     poll: Callable[[], object] = lambda: None,
     capture: bool = False,
+    die_with_us: bool = True,
 ) -> str:
-    """Run pg_dump or pg_restore; a failure becomes a BackupError with a masked message."""
+    """Run pg_dump or pg_restore; a failure becomes a BackupError with a masked message.
+
+    `die_with_us`: the tool is killed if this process is (a dump nobody will finish or name
+    is only load on the server); a restore is not, and completes in its one transaction.
+    """
     # stderr goes to a file, not a pipe: a chatty tool can never block on a full pipe while we
     # poll it.
     with tempfile.TemporaryFile() as errors:
@@ -1135,6 +1141,7 @@ def _run_tool(
             stdin=stdin if stdin is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
             stderr=errors,
+            preexec_fn=functools.partial(_die_with, os.getpid()) if die_with_us else None,
         )
         try:
             output = process.communicate()[0] if capture else b""
@@ -1154,6 +1161,16 @@ def _run_tool(
             f"{_first_error(message, database_url)}"
         )
     return output.decode()
+
+
+def _die_with(parent: int) -> None:  # pragma: no cover - runs in the child, before exec
+    """Linux: the child gets SIGKILL when the process that started it dies."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
 
 
 def _first_error(message: str, database_url: str) -> str:
