@@ -151,6 +151,37 @@ def test_restore_into_a_sqlite_file_that_does_not_exist_yet(sqlite_url: str, tmp
     assert every_table(sqlite_url) == before
 
 
+@pytest.mark.parametrize("auto_vacuum", ["NONE", "FULL"])
+def test_restoring_a_backup_of_a_database_without_tables(sqlite_url, tmp_path, auto_vacuum):
+    """A one-page file (no tables, only its header) restores in one step of SQLite's backup:
+    it gets a free page, so that the safety copy still comes under the write lock."""
+    empty = tmp_path / "empty.sqlite"
+    connection = sqlite3.connect(empty)
+    connection.execute(f"PRAGMA auto_vacuum={auto_vacuum}")
+    connection.execute("PRAGMA user_version=7")
+    connection.close()
+    assert empty.stat().st_size == 4096
+    with MigrationManager(sqlite_url, backup_dir=tmp_path / "b") as manager:
+        manager.upgrade()
+        seed_rows(sqlite_url)
+        before = every_table(sqlite_url)
+        report = manager.restore(empty)
+        assert every_table(sqlite_url) == {} and report.revision is None
+        assert not report.unversioned
+        assert scalar(sqlite_url, "PRAGMA user_version") == 7
+        assert every_table(f"sqlite:///{report.safety_backup.path}") == before
+
+
+def test_a_database_that_records_several_revisions_can_still_be_restored(sqlite_url, tmp_path):
+    with MigrationManager(sqlite_url, backup_dir=tmp_path / "b") as manager:
+        manager.upgrade()
+        good = manager.backup()
+        execute(sqlite_url, "INSERT INTO alembic_version VALUES ('003')")
+        report = manager.restore(good.path)
+        assert report.revision == "004" and report.safety_backup is not None
+        assert manager.status().up_to_date
+
+
 # -- nothing committed is lost: a writer runs throughout ------------------------------------------
 
 
@@ -471,6 +502,23 @@ def test_when_putting_back_fails_too_the_error_names_the_safety_backup(
 
 
 @pytest.mark.postgres
+def test_the_library_restores_without_a_safety_backup_when_asked(postgres_url, tmp_path,
+                                                                  archive_naming_a_lost_role):
+    """`backup.restore` without `safety_dir`: no safety dump and no window, for a database
+    that holds nothing to keep (the manager always asks for both)."""
+    from tests.conftest import scratch_postgres_database
+
+    with MigrationManager(postgres_url, backup_dir=tmp_path / "good") as manager:
+        good = manager.backup()
+    with scratch_postgres_database(require_postgres()) as fresh:
+        report = backup.restore(fresh, good.path)
+        assert report.safety_backup is None and report.revision == good.revision
+        assert every_table(fresh) == every_table(postgres_url)
+        with pytest.raises(BackupError, match="pg_restore failed .*role .* does not exist"):
+            backup.restore(fresh, archive_naming_a_lost_role)
+
+
+@pytest.mark.postgres
 def test_an_archive_pg_restore_cannot_read_is_refused_before_anything_is_touched(postgres_url,
                                                                                 tmp_path):
     with MigrationManager(postgres_url, backup_dir=tmp_path / "b") as manager:
@@ -602,6 +650,8 @@ def test_a_backup_still_being_written_is_not_cleaned_up(sqlite_url, tmp_path):
             manager.backup()
         assert busy.exists()
     assert backup.remove_stale_partials(folder) == [busy] and not busy.exists()
+    (folder / ".gone.partial").symlink_to(folder / "nowhere")  # removed as we look
+    assert backup.remove_stale_partials(folder) == []
 
 
 def test_restoring_a_backup_of_another_database_needs_other_database(tmp_path, run_here):
@@ -689,6 +739,41 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_backup(sqlite_url, t
                                               r"set BACKUP_DIR"):
             manager.backup()
     assert list(folder.iterdir()) == []
+
+
+def test_a_copy_that_comes_out_short_is_not_kept(sqlite_url, tmp_path, monkeypatch):
+    """The file ended before the size read at the start (cut by hand mid-copy): sendfile
+    reports the end early, as it then would."""
+    real_sendfile = os.sendfile
+    calls = []
+
+    def cut_short(out, data, offset, count):
+        calls.append(count)
+        return real_sendfile(out, data, offset, count // 2) if len(calls) == 1 else 0
+
+    folder = tmp_path / "backups"
+    with MigrationManager(sqlite_url, backup_dir=folder) as manager:
+        manager.upgrade("001")
+        monkeypatch.setattr(os, "sendfile", cut_short)
+        with pytest.raises(BackupError, match=r"the copy of the database came out incomplete "
+                                              r"\(\d+ bytes, its header says \d+\); nothing was "
+                                              r"kept: back up again"):
+            manager.backup()
+    assert list(folder.iterdir()) == []
+
+
+def test_an_output_file_made_during_the_backup_is_not_overwritten(sqlite_url, tmp_path):
+    target = tmp_path / "mine.sqlite"
+
+    def someone_else_writes_it(done, total):
+        target.write_text("someone else's")
+
+    with MigrationManager(sqlite_url) as manager:
+        manager.upgrade("001")
+        with pytest.raises(BackupError, match="mine.sqlite already exists; choose another"):
+            manager.backup(target, progress=someone_else_writes_it)
+    assert target.read_text() == "someone else's"
+    assert sorted(path.name for path in tmp_path.iterdir() if "partial" in path.name) == []
 
 
 def test_an_interrupted_backup_leaves_no_partial_file(db_url, tmp_path):
@@ -876,7 +961,7 @@ def test_the_password_goes_through_the_environment_and_is_never_shown(postgres_u
     assert environments and all(b"PGPASSWORD=s3cret-word\0" in env for env in environments)
     if given_as == "sslpassword too":  # in a service file readable by us only, gone afterwards
         assert all(b"PGSERVICEFILE=" in env for env in environments)
-        assert not list(Path(tempfile.gettempdir()).glob(f"orchestrator-*.conf"))
+        assert not list(Path(tempfile.gettempdir()).glob("orchestrator-*.conf"))
 
 
 @pytest.mark.postgres
@@ -890,7 +975,8 @@ def test_an_unreachable_server_is_a_clear_backup_error(tmp_path):
 
 
 @pytest.mark.postgres
-def test_a_failing_pg_dump_leaves_no_partial_file(postgres_url, tmp_path):
+@pytest.mark.parametrize("secret_option", [{}, {"sslpassword": "s3cret-key"}])
+def test_a_failing_pg_dump_leaves_no_partial_file(postgres_url, tmp_path, secret_option):
     """A role that may read the revision but not the data: pg_dump itself fails."""
     admin = create_engine(require_postgres(), isolation_level="AUTOCOMMIT")
     role = f"orch_limited_{uuid.uuid4().hex[:8]}"
@@ -900,12 +986,12 @@ def test_a_failing_pg_dump_leaves_no_partial_file(postgres_url, tmp_path):
             f'GRANT SELECT ON alembic_version TO "{role}"')
     try:
         limited = make_url(postgres_url).set(username=role, password="s3cret-word")
-        url = limited.render_as_string(hide_password=False)
+        url = limited.update_query_dict(secret_option).render_as_string(hide_password=False)
         with pytest.raises(BackupError) as failure:
             backup.create(url, backup_dir=tmp_path / "b", progress=lambda done, total: None)
         message = str(failure.value)
         assert message.startswith(f"pg_dump failed for postgresql+psycopg://{role}:***@")
-        assert "permission denied" in message and "s3cret-word" not in message
+        assert "permission denied" in message and "s3cret" not in message
         assert list((tmp_path / "b").iterdir()) == []
     finally:
         execute(postgres_url, f'REVOKE ALL ON alembic_version FROM "{role}"')

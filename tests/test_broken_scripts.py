@@ -126,7 +126,7 @@ def test_scripts_with_a_coding_line_or_a_byte_order_mark_work_for_every_command(
     run = cli_with(scripts)
     title = "Note the café's opening hours: a naïve column."
     for command, shown in [
-        (("db", "upgrade"), f"  006  "),
+        (("db", "upgrade"), "  006  "),
         (("db", "status"), "state:    up to date"),
         (("db", "check"), "state:    up to date"),
         (("db", "history"), f"006  [applied, head]  {title}"),

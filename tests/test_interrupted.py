@@ -4,6 +4,7 @@ that completes it, and that command does."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -118,6 +119,9 @@ def test_a_step_killed_midway_is_reported_by_every_command_until_it_is_completed
     assert line.startswith(f"INTERRUPTED: {told}") and line.endswith(complete)
     checked = run("db", "check", "--database-url", postgres_url)
     assert checked.returncode == 1
+    described = json.loads(run("db", "status", "--json", "--database-url", postgres_url).stdout)
+    assert described["up_to_date"] is False and described["interrupted"]["revision"] == revision
+    assert described["interrupted"]["started_at"].startswith("20")
     history = run("db", "history", "--log", "--database-url", postgres_url)
     assert history.stdout.splitlines()[-1].endswith(complete)
     assert any(line.startswith(f"  {revision}    upgrade started 20") and

@@ -161,3 +161,27 @@ def test_production_on_postgresql_is_ready_only_after_db_upgrade(postgres_url, r
         assert client.get("/health/ready").status_code == 200
         health = client.get("/health", headers=token_headers(postgres_url))
         assert health.json()["schema"]["up_to_date"] is True
+
+
+def test_a_downgrade_that_did_not_finish_keeps_the_service_not_ready(sqlite_url, caplog):
+    """The database is at head, but the newest step is a downgrade that started and did not
+    finish: start-up has nothing to apply, and says what to do instead of "at head"."""
+    from orchestrator.migrations import history
+
+    MigrationManager(sqlite_url).upgrade()
+    engine = create_engine(sqlite_url)
+    with engine.begin() as connection:
+        history.record(connection, revision="004", direction=history.DOWNGRADE, duration=0.0,
+                       success=False, error=history.INTERRUPTED)
+    engine.dispose()
+    caplog.set_level(logging.INFO, logger="orchestrator")
+    with client_for(database_url=sqlite_url) as client:
+        report = client.app.state.startup
+        ready = client.get("/health/ready")
+    assert report.applied == [] and ready.status_code == 503
+    assert report.problem.startswith("downgrade of 004 started at ")
+    assert report.problem.endswith("and did not finish (interrupted); run the same "
+                                   "`orchestrator db downgrade` again to complete it")
+    assert "a migration did not finish" in caplog.text
+    assert "another process migrated" not in caplog.text
+    assert "database schema is at head" not in caplog.text

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
 _POSTGRES_ALIASES = {"postgres", "postgresql"}
+# Seconds a SQLite connection waits for another one's write lock before "database is locked".
+SQLITE_BUSY_TIMEOUT = 30.0
 _SECRET_WORDS = ("password", "secret", "token")
 # name=value in a query string that could not be parsed, for a name holding one of the words.
 _SECRET_PARAMETER = re.compile(
@@ -125,7 +127,7 @@ def _sqlite_on_connect(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     # Several processes share the file (API, CLI, backups): wait for a busy database
     # instead of failing at once.
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}")
     cursor.close()
 
 

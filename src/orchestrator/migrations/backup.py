@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -292,7 +293,7 @@ def remove_stale_partials(folder: Path) -> list[Path]:
     for partial in folder.glob(f".*{_PARTIAL}"):
         try:
             handle = open(partial, "rb")  # noqa: SIM115
-        except OSError:  # gone meanwhile, or not ours to read
+        except FileNotFoundError:  # removed meanwhile (or a link to nothing)
             continue
         with handle:
             try:
@@ -455,7 +456,10 @@ def _copy_file(data, path: Path, progress: Progress | None) -> None:
     with open(path, "r+b") as out:
         done = 0
         while done < size:
-            done += os.sendfile(out.fileno(), data.fileno(), done, min(_CHUNK, size - done))
+            sent = os.sendfile(out.fileno(), data.fileno(), done, min(_CHUNK, size - done))
+            if sent == 0:  # the file ended early (cut by hand?): _check_complete says so
+                break
+            done += sent
             if progress is not None:
                 progress(done, size)
 
@@ -868,10 +872,14 @@ ORDER BY 1 DESC
 # sessions made read-only by default cannot commit a write, and ours (pg_restore, the drops)
 # opt out of it for themselves.
 _READ_WRITE = "-c default_transaction_read_only=off"
+# A role sees little of another role's sessions (no type, no start time, without
+# pg_read_all_stats): those are taken as clients, and as there at any time; background workers
+# (autovacuum) have no user.
 _OTHER_SESSIONS = """
-SELECT pid, coalesce(nullif(application_name, ''), usename, 'a session') FROM pg_stat_activity
+SELECT pid, coalesce(nullif(application_name, ''), usename) FROM pg_stat_activity
 WHERE datname = current_database() AND pid <> pg_backend_pid() AND pid <> ALL(:spare)
-  AND backend_type = 'client backend' AND backend_start >= :since AND backend_start < :until
+  AND usename IS NOT NULL AND coalesce(backend_type, 'client backend') = 'client backend'
+  AND (backend_start IS NULL OR backend_start >= :since AND backend_start < :until)
 ORDER BY pid
 """
 
@@ -892,6 +900,10 @@ def _exclusive_postgres(
     try:
         try:
             connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            # Named, so that an operator looking at pg_stat_activity knows who holds the window.
+            connection.execute(text("SELECT set_config('application_name', :name, false)"),
+                               {"name": f"orchestrator-restore {socket.gethostname()} pid "
+                                        f"{os.getpid()}"})
             name = connection.dialect.identifier_preparer.quote(
                 connection.execute(text("SELECT current_database()")).scalar_one())
             # What to put back afterwards: a read-only default set on purpose stays.
@@ -917,8 +929,9 @@ def _exclusive_postgres(
                                   wait=False)
                 except DBAPIError as exc:
                     raise BackupError(
-                        f"the database's new sessions are still read-only ({_first_line(exc.orig)}"
-                        f"): run `{put_back}` as its owner"
+                        f"the restore ended, but new sessions of the database are still "
+                        f"read-only ({_first_line(exc.orig)}): run `BEGIN READ WRITE; "
+                        f"{put_back}; COMMIT` as its owner"
                     ) from None
     finally:
         engine.dispose()
@@ -1181,9 +1194,8 @@ def _first_error(message: str, database_url: str) -> str:
     for key, value in url.query.items():
         if is_secret_parameter(key):
             secrets.extend([value] if isinstance(value, str) else value)
-    for secret in secrets:
-        if secret:
-            text = text.replace(str(secret), "***")
+    for secret in filter(None, secrets):
+        text = text.replace(str(secret), "***")
     return text or "no error message"
 
 

@@ -272,17 +272,15 @@ class Recorder:
         )
         self._step_started = now
         started, self._started = self._started, None
+        self.written.append(row)
         if started is not None and started[0] == row["revision"]:
-            updated = connection.execute(
+            connection.execute(
                 history_table.update().where(history_table.c.id == started[1]).values(
                     duration=duration, success=row["success"],
                     error=row["error"][:_MAX_ERROR] if row.get("error") else None,
                     checksum=row["script_checksum"]))
-            if updated.rowcount:  # else a rollback took the started row with it
-                self.written.append(row)
-                return
+            return
         record(connection, **row)
-        self.written.append(row)
 
 
 def _aware(value: dt.datetime) -> dt.datetime:

@@ -19,6 +19,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestrator import db
 from orchestrator.db import backend_name, create_engine, mask_url, normalize_url, sqlite_path
 from orchestrator.migrations import lock
 from orchestrator.migrations.environment import (
@@ -266,10 +267,7 @@ class MigrationManager:
         try:
             heads = self.script.get_heads()
         except Exception as exc:
-            broken = _broken_script(exc, Path(self.script.dir))
-            if broken is None:
-                raise
-            raise broken from exc
+            raise _broken_script(exc, Path(self.script.dir)) from exc
         if len(heads) > 1:
             raise MultipleHeadsError(
                 f"the migration scripts have {len(heads)} heads ({', '.join(sorted(heads))}); "
@@ -721,11 +719,11 @@ class MigrationManager:
         """The newest recorded step, if it started and did not finish."""
         from orchestrator.migrations import history
 
+        from sqlalchemy.exc import DBAPIError
+
         try:
             last = history.last_step(connection)
-        except Exception as exc:
-            if not _is_missing_table(exc, history.HISTORY_TABLE):
-                raise self._unreachable(exc) from exc
+        except DBAPIError:  # no history table (or none this role may read): nothing to tell
             connection.rollback()
             return None
         if last is None or not last.interrupted:
@@ -898,8 +896,6 @@ class MigrationManager:
             if _interrupted(failure):
                 # A failure caused by Ctrl-C is reported as what it is.
                 raise KeyboardInterrupt from failure
-            if not isinstance(failure, Exception):
-                raise failure
             failed = plan[min(len(run.steps), len(plan) - 1)]
             raise self._failure(
                 failure, failed, action == "upgrade", backup, rolled_back=whole
@@ -928,7 +924,8 @@ class MigrationManager:
             raise DatabaseLockTimeout(
                 f"the {action} gave up waiting for the database's write lock "
                 f"({exc.orig}): another connection kept a transaction open on it for more "
-                "than 30s; retry later, stop what holds it, or pass --retries"
+                f"than {db.SQLITE_BUSY_TIMEOUT:g}s; retry later, stop what holds it, or pass "
+                "--retries"
             ) from None
         info = self._backup_before(action, lambda: backup.create_held(
             self.database_url, data, wal, backup_dir=self.backup_dir,
@@ -945,15 +942,12 @@ class MigrationManager:
         failed = plan[min(len(run.steps), len(plan) - 1)]
         error = (history.INTERRUPTED if _interrupted(failure)
                  else f"{type(failure).__name__}: {failure}")
-        try:
-            with self._connect() as connection:
-                if rolled_back:
-                    # The steps that succeeded were rolled back with the failed one.
-                    recorder.rewrite(connection)
-                recorder.step_failed(connection, failed, error)
-                connection.commit()
-        except Exception as exc:  # the migration's own failure is the one to report
-            logger.warning("could not record the failed step %s: %s", failed, exc)
+        with self._connect() as connection:
+            if rolled_back:
+                # The steps that succeeded were rolled back with the failed one.
+                recorder.rewrite(connection)
+            recorder.step_failed(connection, failed, error)
+            connection.commit()
 
     def _failure(
         self,
@@ -1007,14 +1001,14 @@ def alembic_config(
     return config
 
 
-def _is_missing_table(exc: Exception, table: str = VERSION_TABLE) -> bool:
+def _is_missing_table(exc: Exception) -> bool:
     text = str(getattr(exc, "orig", exc)).lower()
-    return "no such table" in text or "does not exist" in text and table in text
+    return "no such table" in text or "does not exist" in text and VERSION_TABLE in text
 
 
-def _broken_script(exc: Exception, folder: Path) -> BrokenScriptError | None:
-    """What went wrong loading a script of `folder`, as one line naming the file and line; None
-    when `exc` did not come from a script (an Alembic error of its own)."""
+def _broken_script(exc: Exception, folder: Path) -> BrokenScriptError:
+    """What went wrong loading the scripts of `folder`, as one line naming the file and line
+    when a script raised (or does not parse), or what Alembic found wrong with the chain."""
     import traceback
 
     folder = folder.resolve()
@@ -1022,13 +1016,17 @@ def _broken_script(exc: Exception, folder: Path) -> BrokenScriptError | None:
     def in_folder(filename: str | None) -> bool:
         return filename is not None and Path(filename).resolve().is_relative_to(folder)
 
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if in_folder(f.filename)]
     if isinstance(exc, SyntaxError) and in_folder(exc.filename):
         where, line, reason = exc.filename, exc.lineno, exc.msg
-    else:
-        frames = [f for f in traceback.extract_tb(exc.__traceback__) if in_folder(f.filename)]
-        if not frames:
-            return None
+    elif frames:
         where, line, reason = frames[-1].filename, frames[-1].lineno, str(exc).strip()
+    else:
+        # Alembic's own complaint: a parent no script has (a KeyError naming it), a cycle.
+        return BrokenScriptError(
+            f"the migration scripts in {folder} do not form a chain ({type(exc).__name__}: "
+            f"{exc}); `orchestrator db validate` names the script at fault"
+        )
     reason = reason.splitlines()[0] if reason else ""
     return BrokenScriptError(
         f"the migration script {where}, line {line}, cannot be loaded: {type(exc).__name__}: "
@@ -1040,11 +1038,9 @@ def _broken_script(exc: Exception, folder: Path) -> BrokenScriptError | None:
 def _interrupted(exc: BaseException) -> bool:
     """Whether `exc` is Ctrl-C, or an error raised while Ctrl-C was being handled (SQLAlchemy
     and Alembic clean up after an interrupted statement and may fail doing so)."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
+    while exc is not None:
         if isinstance(exc, KeyboardInterrupt):
             return True
-        seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return False
 
