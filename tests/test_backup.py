@@ -975,7 +975,8 @@ def test_an_unreachable_server_is_a_clear_backup_error(tmp_path):
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("secret_option", [{}, {"sslpassword": "s3cret-key"}])
+@pytest.mark.parametrize("secret_option", [
+    {}, {"sslpassword": "s3cret-key", "application_name": "orchestrator-test"}])
 def test_a_failing_pg_dump_leaves_no_partial_file(postgres_url, tmp_path, secret_option):
     """A role that may read the revision but not the data: pg_dump itself fails."""
     admin = create_engine(require_postgres(), isolation_level="AUTOCOMMIT")

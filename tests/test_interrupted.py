@@ -161,3 +161,21 @@ def test_a_step_still_running_is_not_called_interrupted(sqlite_url, tmp_path):
     finally:
         process.kill()
         process.wait()
+
+
+@pytest.mark.parametrize("how", [
+    "raise KeyboardInterrupt",
+    # What SQLAlchemy and Alembic do when a statement was interrupted: their cleanup fails in
+    # turn (PendingRollbackError), with the interrupt as its context.
+    'try:\n    raise KeyboardInterrupt\nfinally:\n    raise RuntimeError("cleanup failed")',
+], ids=["directly", "during-cleanup"])
+def test_an_interrupt_is_recorded_as_such_not_as_a_failure_of_the_script(db_url, tmp_path, how):
+    scripts = copy_scripts(tmp_path)
+    revision = add_revision(scripts, how)
+    with MigrationManager(db_url, script_location=str(scripts)) as manager:
+        manager.upgrade("004")
+        with pytest.raises(KeyboardInterrupt):
+            manager.upgrade()
+        last = manager.applied_history()[-1]
+        assert (last.revision, last.success, last.error) == (revision, False, "interrupted")
+        assert manager.status().interrupted.revision == revision
