@@ -92,6 +92,23 @@ def test_an_emptied_version_table_over_tables_is_unversioned_not_empty(cli, sqli
     assert cli("db", "check")[0] == 0
 
 
+@pytest.mark.postgres
+def test_status_says_when_new_sessions_are_read_only(capsys, postgres_url):
+    """As a PostgreSQL restore killed midway leaves the database (see test_restore_window)."""
+    from sqlalchemy.engine import make_url
+
+    name = make_url(postgres_url).database
+    execute(postgres_url, f"ALTER DATABASE {name} SET default_transaction_read_only = true")
+    with pytest.raises(SystemExit) as exited:
+        main(["db", "status", "--database-url", postgres_url])
+    out = capsys.readouterr().out
+    assert exited.value.code == 0
+    assert ("READ-ONLY: new sessions of this database cannot write (default_transaction_read_only"
+            " is on); if that is left from a restore that was killed, run `BEGIN READ WRITE; "
+            f"ALTER DATABASE {name} RESET default_transaction_read_only; COMMIT` as its owner"
+            ) in out
+
+
 def test_check_on_an_unreachable_database_exits_3_with_a_masked_url(cli):
     code, _, err = cli("db", "check", url="postgresql://ada:s3cret@127.0.0.1:1/app")
     assert code == 3

@@ -158,10 +158,21 @@ def test_when_the_window_cannot_be_closed_the_error_gives_the_command_that_does(
                                          "are still read-only (")
     assert str(failure.value).endswith(f"): run `{command}` as its owner")
     assert new_sessions_read_only(postgres_url) == "on"
+    # Until then `db status` says so, and a restore keeps it so, saying why.
+    with MigrationManager(postgres_url, backup_dir=tmp_path / "b") as manager:
+        assert manager.status().read_only and manager.make_writable_statement() == command
+        said: list[str] = []
+        manager.notify = said.append
+        manager.restore(info.path)
+        assert manager.status().read_only
+    assert said[0] == ("new sessions of the database were read-only before this restore, and "
+                       "will be after it; if that is left from a restore that was killed, run "
+                       f"`{command}` as its owner afterwards")
     subprocess.run(["psql", "--no-psqlrc", "-v", "ON_ERROR_STOP=1", "-c", command,
                     make_url(postgres_url).set(drivername="postgresql").render_as_string(
                         hide_password=False)], check=True, capture_output=True)
     assert new_sessions_read_only(postgres_url) == "off"
+    assert not MigrationManager(postgres_url).status().read_only
 
 
 def test_a_restored_database_with_tables_and_no_revision_says_so(postgres_url, tmp_path):

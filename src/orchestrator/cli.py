@@ -665,6 +665,12 @@ def _print_status(
     click.echo(f"head:     {status.head or 'none'}")
     if status.interrupted is not None:
         click.echo(f"INTERRUPTED: {status.interrupted.describe()}")
+    if status.read_only:
+        click.echo(
+            "READ-ONLY: new sessions of this database cannot write "
+            "(default_transaction_read_only is on); if that is left from a restore that was "
+            f"killed, run `{manager.make_writable_statement()}` as its owner"
+        )
     if status.ahead:
         click.echo("state:    the database is AHEAD of the code")
     elif status.unversioned:

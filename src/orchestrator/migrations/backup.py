@@ -907,7 +907,11 @@ def _exclusive_postgres(
             name = connection.dialect.identifier_preparer.quote(
                 connection.execute(text("SELECT current_database()")).scalar_one())
             # What to put back afterwards: a read-only default set on purpose stays.
-            setting = connection.execute(text(_READ_ONLY_SETTING)).scalar()
+            setting = read_only_setting(connection)
+            if read_only_by_default(setting) and notify is not None:
+                notify(f"new sessions of the database were read-only before this restore, and "
+                       f"will be after it; if that is left from a restore that was killed, run "
+                       f"`{make_writable(name)}` as its owner afterwards")
             connection.execute(text(f"ALTER DATABASE {name} SET default_transaction_read_only = on"))
         except DBAPIError as exc:
             raise BackupError(
@@ -930,11 +934,31 @@ def _exclusive_postgres(
                 except DBAPIError as exc:
                     raise BackupError(
                         f"the restore ended, but new sessions of the database are still "
-                        f"read-only ({_first_line(exc.orig)}): run `BEGIN READ WRITE; "
-                        f"{put_back}; COMMIT` as its owner"
+                        f"read-only ({_first_line(exc.orig)}): run `{make_writable(name)}` as "
+                        "its owner"
                     ) from None
     finally:
         engine.dispose()
+
+
+def read_only_setting(connection) -> str | None:
+    """The database's own `default_transaction_read_only=...` setting, if it has one."""
+    from sqlalchemy import text
+
+    return connection.execute(text(_READ_ONLY_SETTING)).scalar()
+
+
+def read_only_by_default(setting: str | None) -> bool:
+    """Whether a `default_transaction_read_only=...` setting makes sessions read-only."""
+    value = (setting or "").partition("=")[2].strip().strip("'\"").lower()
+    return value in ("on", "true", "yes", "1", "t", "y")
+
+
+def make_writable(quoted_name: str) -> str:
+    """What an owner runs to make a database's new sessions writable again (it works from a
+    read-only session too)."""
+    return (f"BEGIN READ WRITE; ALTER DATABASE {quoted_name} RESET "
+            "default_transaction_read_only; COMMIT")
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)

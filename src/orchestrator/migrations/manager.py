@@ -103,6 +103,9 @@ class MigrationStatus:
     ahead: bool = False
     # The newest recorded step started and did not finish: part of its work may be done.
     interrupted: InterruptedStep | None = None
+    # PostgreSQL: new sessions are read-only by default (`ALTER DATABASE ... SET
+    # default_transaction_read_only = on`), as a restore leaves it when it is killed midway.
+    read_only: bool = False
 
     @property
     def up_to_date(self) -> bool:
@@ -290,11 +293,13 @@ class MigrationManager:
     def status(self) -> MigrationStatus:
         """Current, head and pending revisions, without changing anything."""
         head = self.get_head_revision()
-        current, exists, unversioned, interrupted = self._read_database(with_history=True)
+        current, exists, unversioned, interrupted, read_only = self._read_database(
+            with_history=True)
         if current is not None and current not in self._chain:
-            return MigrationStatus(current, head, (), exists, ahead=True, interrupted=interrupted)
+            return MigrationStatus(current, head, (), exists, ahead=True, interrupted=interrupted,
+                                   read_only=read_only)
         return MigrationStatus(current, head, self._between(current, head), exists, unversioned,
-                               interrupted=interrupted)
+                               interrupted=interrupted, read_only=read_only)
 
     def history(self) -> list[RevisionInfo]:
         """Every script, oldest first, marked applied up to the database's revision."""
@@ -560,7 +565,7 @@ class MigrationManager:
         logger.warning("the database file was damaged; its bytes were kept in %s", safety.path)
         restored = backup.replace_damaged_sqlite(self.database_url, checked)
         backup.prune(self.database_url, self.backup_dir, self.backup_keep, exclude=[checked.path])
-        current, _, unversioned, _ = self._read_database()
+        current, _, unversioned, _, _ = self._read_database()
         return backup.RestoreReport(restored, safety, current, unversioned)
 
     def _script_for(self, revision: str) -> Script:
@@ -679,21 +684,23 @@ class MigrationManager:
 
     def _read_database(
         self, with_history: bool = False
-    ) -> tuple[str | None, bool, bool, InterruptedStep | None]:
-        """(current revision, database exists, has tables but no revision, the step that was
-        interrupted, if the newest recorded one was and `with_history`)."""
+    ) -> tuple[str | None, bool, bool, InterruptedStep | None, bool]:
+        """(current revision, database exists, has tables but no revision; with
+        `with_history`: the step that was interrupted, if the newest recorded one was, and
+        whether new sessions are read-only by default)."""
         path = sqlite_path(self.database_url)
         if path is not None and not path.exists():
             # Made now (no file is touched before a connection): a waiter that finds no
             # database yet reads it the moment the holder lets go, with nothing left to set up.
             self.engine  # noqa: B018
-            return None, False, False, None
+            return None, False, False, None, False
         with self._reading() as connection:
             rows = self._version_rows(connection)
             if rows is None:  # no version table: a fresh or an unversioned database
                 tables = self._table_names(connection)
                 if VERSION_TABLE not in tables:
-                    return None, True, bool(tables - {"migration_history"}), None
+                    return (None, True, bool(tables - {"migration_history"}), None,
+                            with_history and self._read_only(connection))
                 # Each statement sees its own snapshot (READ COMMITTED): another migrator
                 # committed its first revision between our two reads. Read the version again
                 # rather than report an "unversioned" database.
@@ -702,13 +709,14 @@ class MigrationManager:
             unversioned = not rows and bool(
                 self._table_names(connection) - {VERSION_TABLE, "migration_history"})
             interrupted = self._interrupted_step(connection) if with_history else None
+            read_only = with_history and self._read_only(connection)
         if len(rows) > 1:
             versions = ", ".join(sorted(r[0] for r in rows))
             raise MultipleHeadsError(
                 f"the database records several revisions ({versions}); "
                 "stamp the right one with `orchestrator db stamp <revision>`"
             )
-        return (rows[0][0] if rows else None), True, unversioned, interrupted
+        return (rows[0][0] if rows else None), True, unversioned, interrupted, read_only
 
     def _table_names(self, connection: Connection) -> set[str]:
         # What the inspector's get_table_names() asks, without compiling its reflection query:
@@ -730,6 +738,23 @@ class MigrationManager:
             return None
         return InterruptedStep(last.revision, last.direction, last.started_at,
                                running=self._lock_taken(connection))
+
+    def _read_only(self, connection: Connection) -> bool:
+        """Whether the database makes new sessions read-only by default (PostgreSQL)."""
+        if self.dialect != "postgresql":
+            return False
+        from orchestrator.migrations import backup
+
+        return backup.read_only_by_default(backup.read_only_setting(connection))
+
+    def make_writable_statement(self) -> str:
+        """PostgreSQL: what the database's owner runs to make its new sessions writable."""
+        from sqlalchemy.engine import make_url
+
+        from orchestrator.migrations import backup
+
+        name = make_url(self.database_url).database
+        return backup.make_writable(self.engine.dialect.identifier_preparer.quote(name))
 
     def _lock_taken(self, connection: Connection) -> bool:
         """Whether another process holds the migration lock (we do not, when asking)."""
