@@ -750,14 +750,16 @@ def _restore_postgres_safely(
             # dropped before it: a restore that fails or is interrupted midway is undone.
             if safety is None:
                 raise
-            _put_back(database_url, exc, safety)
+            _put_back(database_url, exc, safety, notify)
         revision, unversioned = _postgres_revision(database_url)
     return RestoreReport(info, safety, revision, unversioned)
 
 
-def _put_back(database_url: str, failure: BaseException, safety: BackupInfo) -> NoReturn:
-    """Restore the state a failed restore replaced; raise a `BackupError` saying what failed
-    (`failure`: a BackupError, or Ctrl-C) and what was done."""
+def _put_back(
+    database_url: str, failure: BaseException, safety: BackupInfo, notify: Notify | None
+) -> NoReturn:
+    """Restore the state a failed restore replaced, then raise: a `BackupError` saying what
+    failed and what was done, or, after Ctrl-C, the interrupt again (once `notify` was told)."""
     what = str(failure) if isinstance(failure, BackupError) else (
         f"the restore was stopped ({type(failure).__name__})"
     )
@@ -769,7 +771,12 @@ def _put_back(database_url: str, failure: BaseException, safety: BackupInfo) -> 
             f"{what}; putting the database back failed too ({again}): restore "
             f"{safety.path} with `orchestrator db restore`"
         ) from None
-    raise error(f"{what}; the database was put back as it was, from {safety.path}") from None
+    done = f"the database was put back as it was, from {safety.path}"
+    if isinstance(failure, KeyboardInterrupt):
+        if notify is not None:
+            notify(f"{what}; {done}")
+        raise failure
+    raise error(f"{what}; {done}") from None
 
 
 def _postgres_revision(database_url: str) -> tuple[str | None, bool]:
