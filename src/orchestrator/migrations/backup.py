@@ -750,13 +750,13 @@ def _restore_postgres_safely(
             # dropped before it: a restore that fails or is interrupted midway is undone.
             if safety is None:
                 raise
-            _put_back(database_url, exc, safety, notify)
+            _put_back(database_url, exc, safety, notify or (lambda _message: None))
         revision, unversioned = _postgres_revision(database_url)
     return RestoreReport(info, safety, revision, unversioned)
 
 
 def _put_back(
-    database_url: str, failure: BaseException, safety: BackupInfo, notify: Notify | None
+    database_url: str, failure: BaseException, safety: BackupInfo, notify: Notify
 ) -> NoReturn:
     """Restore the state a failed restore replaced, then raise: a `BackupError` saying what
     failed and what was done, or, after Ctrl-C, the interrupt again (once `notify` was told)."""
@@ -773,8 +773,7 @@ def _put_back(
         ) from None
     done = f"the database was put back as it was, from {safety.path}"
     if isinstance(failure, KeyboardInterrupt):
-        if notify is not None:
-            notify(f"{what}; {done}")
+        notify(f"{what}; {done}")
         raise failure
     raise error(f"{what}; {done}") from None
 
