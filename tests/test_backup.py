@@ -232,6 +232,27 @@ def test_a_restore_loses_no_commit_of_a_writer_running_throughout(at_head, db_ur
                               "WHERE datname = current_database())") == 0
 
 
+def test_a_wal_database_restore_loses_no_commit_of_a_writer_running_throughout(sqlite_url,
+                                                                              tmp_path):
+    """In WAL mode the restore holds the WAL's write lock (readers go on reading the old
+    content meanwhile); the safety copy is read through SQLite, under that lock."""
+    with MigrationManager(sqlite_url, backup_dir=tmp_path / "b") as manager:
+        manager.upgrade()
+        seed_rows(sqlite_url)
+        target = manager.backup()
+        wal = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"))
+        assert wal.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+        wal.close()
+        with Writer(sqlite_url, tmp_path) as writer:
+            writer.wait_for(50)
+            report = manager.restore(target.path)
+            writer.wait_for(50)
+            acknowledged = set(writer.stop())
+    kept, restored = writer_rows_in_backup(report.safety_backup), writer_rows(sqlite_url)
+    assert kept and restored and not kept & restored
+    assert acknowledged - kept - restored == set()
+
+
 _SLOW_AND_FAILING = """
 time.sleep(float(os.environ.get("ORCH_TEST_STEP_SECONDS", "0")))
 op.execute("DELETE FROM agents WHERE name = 'worker-1'")

@@ -600,7 +600,7 @@ class MigrationManager:
         return self.backup_before_migrate and self.get_current_revision() is not None
 
     def _backup_before(self, action: str, take: Callable[[], BackupInfo]) -> BackupInfo:
-        """The automatic backup before an upgrade or downgrade; none, none of the change."""
+        """Take the automatic backup before an upgrade or downgrade: without it, no change."""
         from orchestrator.migrations.backup import BackupError
 
         try:
@@ -725,9 +725,9 @@ class MigrationManager:
 
     def _interrupted_step(self, connection: Connection) -> InterruptedStep | None:
         """The newest recorded step, if it started and did not finish."""
-        from orchestrator.migrations import history
-
         from sqlalchemy.exc import DBAPIError
+
+        from orchestrator.migrations import history
 
         try:
             last = history.last_step(connection)
