@@ -196,7 +196,7 @@ def _sqlite_lock(path: Path, timeout: float) -> Iterator[None]:
 def _migrate(context: EnvironmentContext, connection, owned: bool) -> None:
     options = _configure_options(context)
     if backend_name(connection.engine.url) == "postgresql":
-        _set_lock_timeout(context.config, connection)
+        _set_session_limits(context.config, connection)
     else:
         # Our SQLite engines emit a real BEGIN (see orchestrator.db), so DDL is transactional.
         options["transactional_ddl"] = True
@@ -298,7 +298,7 @@ class _UnmanagedHistory:
                            error)
 
 
-def _set_lock_timeout(config: Config, connection) -> None:
+def _set_session_limits(config: Config, connection) -> None:
     """Fail fast when a table lock is held by traffic, instead of queueing all traffic behind us."""
     from sqlalchemy import text
 

@@ -172,12 +172,18 @@ def record(
     ).inserted_primary_key[0]
 
 
-def last_step(connection: Connection) -> HistoryEntry | None:
-    """The newest recorded step, or None (no table, or nothing recorded)."""
+def interrupted_step(connection: Connection) -> HistoryEntry | None:
+    """The newest recorded step if it started and did not finish, else None (raises when there
+    is no table). Asked by every status: the usual answer (none) costs one plain query."""
+    newest = connection.exec_driver_sql(
+        f"SELECT id FROM {HISTORY_TABLE} WHERE id = (SELECT max(id) FROM {HISTORY_TABLE}) "
+        f"AND NOT success AND error = '{INTERRUPTED}'"
+    ).scalar()
+    if newest is None:
+        return None
     row = connection.execute(
-        select(history_table).order_by(history_table.c.id.desc()).limit(1)
-    ).mappings().first()
-    return None if row is None else HistoryEntry(**{**row, "started_at": _aware(row["started_at"])})
+        select(history_table).where(history_table.c.id == newest)).mappings().one()
+    return HistoryEntry(**{**row, "started_at": _aware(row["started_at"])})
 
 
 def read(connection: Connection) -> list[HistoryEntry]:

@@ -730,11 +730,11 @@ class MigrationManager:
         from orchestrator.migrations import history
 
         try:
-            last = history.last_step(connection)
+            last = history.interrupted_step(connection)
         except DBAPIError:  # no history table (or none this role may read): nothing to tell
             connection.rollback()
             return None
-        if last is None or not last.interrupted:
+        if last is None:
             return None
         return InterruptedStep(last.revision, last.direction, last.started_at,
                                running=self._lock_taken(connection))
