@@ -478,6 +478,7 @@ def test_a_failed_postgres_restore_puts_the_database_back(postgres_url, tmp_path
                                               r".*before-restore"):
             manager.restore(archive_naming_a_lost_role)
     assert every_table(postgres_url) == before
+    assert scalar(postgres_url, "SHOW default_transaction_read_only") == "off"
 
 
 @pytest.mark.postgres
@@ -501,6 +502,7 @@ def test_a_postgres_restore_interrupted_midway_is_put_back(postgres_url, tmp_pat
     assert said[-1].startswith("the restore was stopped (KeyboardInterrupt); the database was "
                                "put back as it was, from ")
     assert every_table(postgres_url) == before
+    assert scalar(postgres_url, "SHOW default_transaction_read_only") == "off"
     assert "pg_restore" not in subprocess.run(["ps", "-eo", "args"], capture_output=True,
                                               text=True).stdout
 
