@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -22,7 +23,7 @@ from orchestrator.migrations import DatabaseUnreachableError, MigrationFailedErr
 from orchestrator.migrations import backup
 from orchestrator.migrations.backup import BackupError, BackupToolMissing, NotABackupError
 from tests.conftest import require_postgres
-from tests.fixtures import add_revision, command_runner, copy_scripts
+from tests.fixtures import Writer, add_revision, command_runner, copy_scripts
 from orchestrator.migrations.validate import diff_schemas, schema_snapshot, validate
 from tests.schema import execute, scalar, seed_rows
 
@@ -148,6 +149,144 @@ def test_restore_into_a_sqlite_file_that_does_not_exist_yet(sqlite_url: str, tmp
         report = manager.restore(info.path)
         assert report.safety_backup is None
     assert every_table(sqlite_url) == before
+
+
+@pytest.mark.parametrize("auto_vacuum", ["NONE", "FULL"])
+def test_restoring_a_backup_of_a_database_without_tables(sqlite_url, tmp_path, auto_vacuum):
+    """A one-page file (no tables, only its header) restores in one step of SQLite's backup:
+    it gets a free page, so that the safety copy still comes under the write lock."""
+    empty = tmp_path / "empty.sqlite"
+    connection = sqlite3.connect(empty)
+    connection.execute(f"PRAGMA auto_vacuum={auto_vacuum}")
+    connection.execute("PRAGMA user_version=7")
+    connection.close()
+    assert empty.stat().st_size == 4096
+    with MigrationManager(sqlite_url, backup_dir=tmp_path / "b") as manager:
+        manager.upgrade()
+        seed_rows(sqlite_url)
+        before = every_table(sqlite_url)
+        report = manager.restore(empty)
+        assert every_table(sqlite_url) == {} and report.revision is None
+        assert not report.unversioned
+        assert scalar(sqlite_url, "PRAGMA user_version") == 7
+        assert every_table(f"sqlite:///{report.safety_backup.path}") == before
+
+
+def test_a_database_that_records_several_revisions_can_still_be_restored(sqlite_url, tmp_path):
+    with MigrationManager(sqlite_url, backup_dir=tmp_path / "b") as manager:
+        manager.upgrade()
+        good = manager.backup()
+        execute(sqlite_url, "INSERT INTO alembic_version VALUES ('003')")
+        report = manager.restore(good.path)
+        assert report.revision == "004" and report.safety_backup is not None
+        assert manager.status().up_to_date
+
+
+# -- nothing committed is lost: a writer runs throughout ------------------------------------------
+
+
+def writer_rows(url: str) -> set[str]:
+    """The rows the test writer (tests/fixtures/writer.py) committed that a database holds."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return set(connection.execute(
+                text("SELECT name FROM agents WHERE name LIKE 'writer-%'")).scalars())
+    finally:
+        engine.dispose()
+
+
+def writer_rows_in_backup(info: backup.BackupInfo) -> set[str]:
+    if info.dialect == "sqlite":
+        return writer_rows(f"sqlite:///{info.path}")
+    listing = subprocess.run(["pg_restore", "--data-only", "--table=agents", "--file=-",
+                              str(info.path)], capture_output=True, text=True, check=True)
+    return {word for line in listing.stdout.splitlines() for word in line.split("\t")
+            if word.startswith("writer-")}
+
+
+def test_a_restore_loses_no_commit_of_a_writer_running_throughout(at_head, db_url, tmp_path):
+    """Every row a writer was told was committed is in the safety backup (it was committed
+    before the restore) or in the restored database (after it); none falls between the two."""
+    if at_head.dialect == "sqlite":
+        # Large enough that copying it takes a while, with writers waiting on it meanwhile.
+        execute(db_url, "INSERT INTO tasks (project_id, title, description) "
+                        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+                        "WHERE i < 100000) SELECT 1, 'bulk ' || i, hex(randomblob(40)) FROM n")
+    target = at_head.backup()
+    said: list[str] = []
+    at_head.notify = said.append
+    with Writer(db_url, tmp_path) as writer:
+        writer.wait_for(50)
+        report = at_head.restore(target.path)
+        writer.wait_for(50)  # and it writes into the restored database
+        acknowledged = set(writer.stop())
+    kept, restored = writer_rows_in_backup(report.safety_backup), writer_rows(db_url)
+    assert kept and restored and not kept & restored
+    assert acknowledged - kept - restored == set()
+    if at_head.dialect == "postgresql":
+        assert any(line.startswith("ending 1 other session of the database (") for line in said)
+        # The database is writable again for everyone: the sessions the restore opened are gone.
+        assert scalar(db_url, "SELECT count(*) FROM pg_db_role_setting "
+                              "WHERE setdatabase = (SELECT oid FROM pg_database "
+                              "WHERE datname = current_database())") == 0
+
+
+def test_a_wal_database_restore_loses_no_commit_of_a_writer_running_throughout(sqlite_url,
+                                                                              tmp_path):
+    """In WAL mode the restore holds the WAL's write lock (readers go on reading the old
+    content meanwhile); the safety copy is read through SQLite, under that lock."""
+    with MigrationManager(sqlite_url, backup_dir=tmp_path / "b") as manager:
+        manager.upgrade()
+        seed_rows(sqlite_url)
+        target = manager.backup()
+        wal = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"))
+        assert wal.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+        wal.close()
+        with Writer(sqlite_url, tmp_path) as writer:
+            writer.wait_for(50)
+            report = manager.restore(target.path)
+            writer.wait_for(50)
+            acknowledged = set(writer.stop())
+    kept, restored = writer_rows_in_backup(report.safety_backup), writer_rows(sqlite_url)
+    assert kept and restored and not kept & restored
+    assert acknowledged - kept - restored == set()
+
+
+_SLOW_AND_FAILING = """
+time.sleep(float(os.environ.get("ORCH_TEST_STEP_SECONDS", "0")))
+op.execute("DELETE FROM agents WHERE name = 'worker-1'")
+raise RuntimeError("boom: unexpected data")
+"""
+
+
+def test_a_failed_sqlite_migration_loses_no_commit_of_a_writer_running_throughout(
+    sqlite_url, tmp_path, backups, monkeypatch
+):
+    """With a backup first, the command holds the write lock from before its backup to its
+    end: writers wait (or are refused), and the rollback after the failure takes nothing of
+    theirs. Before, what they committed after the backup vanished in the automatic restore."""
+    scripts = copy_scripts(tmp_path)
+    add_revision(scripts, "pass", doc="A step that works.")
+    add_revision(scripts, _SLOW_AND_FAILING)
+    monkeypatch.setenv("ORCH_TEST_STEP_SECONDS", "1")
+    with MigrationManager(sqlite_url, script_location=str(scripts), backup_dir=backups,
+                          backup_before_migrate=True) as manager:
+        manager.upgrade("004")
+        seed_rows(sqlite_url)
+        with Writer(sqlite_url, tmp_path) as writer:
+            writer.wait_for(50)
+            with pytest.raises(MigrationFailedError) as failure:
+                manager.upgrade()
+            writer.wait_for(50)
+            acknowledged = set(writer.stop())
+        assert manager.get_current_revision() == "004"
+        assert acknowledged and acknowledged <= writer_rows(sqlite_url)
+        assert scalar(sqlite_url, "SELECT count(*) FROM agents WHERE name = 'worker-1'") == 1
+        # The backup was taken under the same lock: it holds what was committed before.
+        assert writer_rows_in_backup(manager.last_backup) <= acknowledged
+    assert "was rolled back: the database is back at 004, as before the command" in str(
+        failure.value)
 
 
 # -- what restore refuses -------------------------------------------------------------------------
@@ -339,6 +478,7 @@ def test_a_failed_postgres_restore_puts_the_database_back(postgres_url, tmp_path
                                               r".*before-restore"):
             manager.restore(archive_naming_a_lost_role)
     assert every_table(postgres_url) == before
+    assert scalar(postgres_url, "SHOW default_transaction_read_only") == "off"
 
 
 @pytest.mark.postgres
@@ -355,10 +495,14 @@ def test_a_postgres_restore_interrupted_midway_is_put_back(postgres_url, tmp_pat
             if total is not None:  # pg_restore's progress (pg_dump's has no total)
                 raise KeyboardInterrupt  # after the drops, before the end
 
-        with pytest.raises(BackupError, match=r"the restore was stopped \(KeyboardInterrupt\); "
-                                              r"the database was put back as it was"):
+        said: list[str] = []
+        manager.notify = said.append
+        with pytest.raises(KeyboardInterrupt):  # the CLI says "Interrupted.", exit code 130
             manager.restore(info.path, progress=ctrl_c)
+    assert said[-1].startswith("the restore was stopped (KeyboardInterrupt); the database was "
+                               "put back as it was, from ")
     assert every_table(postgres_url) == before
+    assert scalar(postgres_url, "SHOW default_transaction_read_only") == "off"
     assert "pg_restore" not in subprocess.run(["ps", "-eo", "args"], capture_output=True,
                                               text=True).stdout
 
@@ -368,19 +512,36 @@ def test_when_putting_back_fails_too_the_error_names_the_safety_backup(
     postgres_url, tmp_path, monkeypatch, archive_naming_a_lost_role
 ):
     """Both restores failing cannot be arranged with real files: the second one is made to."""
-    real_restore = backup.restore
+    real_restore = backup._restore_postgres
 
-    def restore_once(url, path, **options):
+    def restore_once(url, path, progress):
         if path != archive_naming_a_lost_role:
             raise BackupError("pg_restore failed again")
-        return real_restore(url, path, **options)
+        return real_restore(url, path, progress)
 
-    monkeypatch.setattr(backup, "restore", restore_once)
+    monkeypatch.setattr(backup, "_restore_postgres", restore_once)
     with MigrationManager(postgres_url, backup_dir=tmp_path / "b") as manager:
         with pytest.raises(BackupError, match=r"putting the database back failed too \(pg_restore "
                                               r"failed again\): restore .*before-restore.* with "
                                               r"`orchestrator db restore`"):
             manager.restore(archive_naming_a_lost_role)
+
+
+@pytest.mark.postgres
+def test_the_library_restores_without_a_safety_backup_when_asked(postgres_url, tmp_path,
+                                                                  archive_naming_a_lost_role):
+    """`backup.restore` without `safety_dir`: no safety dump and no window, for a database
+    that holds nothing to keep (the manager always asks for both)."""
+    from tests.conftest import scratch_postgres_database
+
+    with MigrationManager(postgres_url, backup_dir=tmp_path / "good") as manager:
+        good = manager.backup()
+    with scratch_postgres_database(require_postgres()) as fresh:
+        report = backup.restore(fresh, good.path)
+        assert report.safety_backup is None and report.revision == good.revision
+        assert every_table(fresh) == every_table(postgres_url)
+        with pytest.raises(BackupError, match="pg_restore failed .*role .* does not exist"):
+            backup.restore(fresh, archive_naming_a_lost_role)
 
 
 @pytest.mark.postgres
@@ -447,6 +608,109 @@ def test_backups_record_their_revision_and_only_the_newest_are_kept(sqlite_url, 
         assert manager.backups() == [kept[0]]
 
 
+def test_retention_never_deletes_a_file_the_user_named(sqlite_url, tmp_path, run_here):
+    folder = tmp_path / "b"
+    env = {"BACKUP_DIR": str(folder), "BACKUP_KEEP": "1"}
+    MigrationManager(sqlite_url).upgrade()
+    mine = folder / "mine.sqlite"
+    made = run_here("db", "backup", "--output", str(mine), "--database-url", sqlite_url, env=env)
+    assert made.returncode == 0, made.stderr
+    for _ in range(3):
+        assert run_here("db", "backup", "--database-url", sqlite_url, env=env).returncode == 0
+    kept = MigrationManager(sqlite_url, backup_dir=folder).backups()
+    assert mine.exists() and mine in [info.path for info in kept]
+    assert sorted(info.automatic_name for info in kept) == [False, True]
+    # Sidecars written before the tool recorded who named the file: judged by the name.
+    for info in kept:
+        document = json.loads(info.sidecar.read_text())
+        del document["automatic_name"]
+        info.sidecar.write_text(json.dumps(document))
+    run_here("db", "backup", "--database-url", sqlite_url, env=env)
+    names = sorted(path.name for path in folder.iterdir() if path.suffix == ".sqlite")
+    assert len(names) == 2 and "mine.sqlite" in names
+
+
+def _kill_midway(url: str, folder: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Back `url` up in a process that is killed once the copy has begun (its progress
+    callback is the moment)."""
+    marker = tmp_path / "copying"
+    code = (
+        "import sys, time; from pathlib import Path; from orchestrator.migrations import backup\n"
+        "def hang(done, total):\n"
+        "    Path(sys.argv[3]).write_text(str(done)); time.sleep(120)\n"
+        "backup.create(sys.argv[1], backup_dir=Path(sys.argv[2]), progress=hang)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code, url, str(folder), str(marker)])
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    process.kill()
+    process.wait()
+    return process
+
+
+def test_a_backup_killed_midway_leaves_no_backup_and_the_next_one_cleans_up(at_head, db_url,
+                                                                           tmp_path):
+    folder = at_head.backup_dir
+    _kill_midway(db_url, folder, tmp_path)
+    left = sorted(folder.iterdir())
+    # Only a hidden temporary file: nothing under a backup's name, nothing listed.
+    assert left and all(path.name.startswith(".") and path.name.endswith(".partial")
+                        for path in left)
+    assert at_head.backups() == []
+    info = at_head.backup()
+    assert sorted(folder.iterdir()) == sorted([info.path, info.sidecar])
+
+
+def test_a_backup_still_being_written_is_not_cleaned_up(sqlite_url, tmp_path):
+    import fcntl
+
+    folder = tmp_path / "b"
+    folder.mkdir()
+    busy = folder / ".orchestrator_test-0123456789ab.partial"
+    with open(busy, "wb") as writing:  # another process's backup, in progress
+        fcntl.flock(writing, fcntl.LOCK_EX)
+        with MigrationManager(sqlite_url, backup_dir=folder) as manager:
+            manager.upgrade("001")
+            manager.backup()
+        assert busy.exists()
+    assert backup.remove_stale_partials(folder) == [busy] and not busy.exists()
+    (folder / ".gone.partial").symlink_to(folder / "nowhere")  # removed as we look
+    assert backup.remove_stale_partials(folder) == []
+
+
+def test_restoring_a_backup_of_another_database_needs_other_database(tmp_path, run_here):
+    folder = tmp_path / "b"
+    ours, theirs = (f"sqlite:///{tmp_path / name}" for name in ("rel_f1.db", "rel_c8.db"))
+    for url in (ours, theirs):
+        MigrationManager(url).upgrade()
+    seed_rows(ours)
+    before = every_table(ours)
+    other = MigrationManager(theirs, backup_dir=folder).backup()
+    env = {"BACKUP_DIR": str(folder)}
+    refused = run_here("db", "restore", str(other.path), "--yes", "--database-url", ours, env=env)
+    assert refused.returncode == 2 and every_table(ours) == before
+    assert refused.stderr == (
+        f"Error: {other.path} is a backup of sqlite:///{tmp_path / 'rel_c8.db'}, not of "
+        f"sqlite:///{tmp_path / 'rel_f1.db'}; pick a backup of this database (`orchestrator db "
+        "backups`), or pass --other-database to replace this database's content with the "
+        "other one's\n")
+    done = run_here("db", "restore", str(other.path), "--yes", "--other-database",
+                    "--database-url", ours, env=env)
+    assert done.returncode == 0, done.stderr
+    assert every_table(ours) == every_table(theirs)
+
+
+def test_one_postgresql_database_whoever_connects():
+    same = backup.same_database
+    assert same("postgresql://app@db:5432/x", "postgresql://admin@db/x")
+    assert not same("postgresql://app@db/x", "postgresql://app@db/y")
+    assert not same("postgresql://app@db/x", "postgresql://app@other/x")
+    assert not same("sqlite:///a.db", "sqlite:///b.db")
+    assert not same("postgresql://app@db/x", "not a url")
+
+
 def test_the_backup_restored_from_survives_the_retention(sqlite_url, tmp_path):
     with MigrationManager(sqlite_url, backup_dir=tmp_path / "b", backup_keep=1) as manager:
         manager.upgrade("001")
@@ -501,6 +765,41 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_backup(sqlite_url, t
                                               r"set BACKUP_DIR"):
             manager.backup()
     assert list(folder.iterdir()) == []
+
+
+def test_a_copy_that_comes_out_short_is_not_kept(sqlite_url, tmp_path, monkeypatch):
+    """The file ended before the size read at the start (cut by hand mid-copy): sendfile
+    reports the end early, as it then would."""
+    real_sendfile = os.sendfile
+    calls = []
+
+    def cut_short(out, data, offset, count):
+        calls.append(count)
+        return real_sendfile(out, data, offset, count // 2) if len(calls) == 1 else 0
+
+    folder = tmp_path / "backups"
+    with MigrationManager(sqlite_url, backup_dir=folder) as manager:
+        manager.upgrade("001")
+        monkeypatch.setattr(os, "sendfile", cut_short)
+        with pytest.raises(BackupError, match=r"the copy of the database came out incomplete "
+                                              r"\(\d+ bytes, its header says \d+\); nothing was "
+                                              r"kept: back up again"):
+            manager.backup()
+    assert list(folder.iterdir()) == []
+
+
+def test_an_output_file_made_during_the_backup_is_not_overwritten(sqlite_url, tmp_path):
+    target = tmp_path / "mine.sqlite"
+
+    def someone_else_writes_it(done, total):
+        target.write_text("someone else's")
+
+    with MigrationManager(sqlite_url) as manager:
+        manager.upgrade("001")
+        with pytest.raises(BackupError, match="mine.sqlite already exists; choose another"):
+            manager.backup(target, progress=someone_else_writes_it)
+    assert target.read_text() == "someone else's"
+    assert sorted(path.name for path in tmp_path.iterdir() if "partial" in path.name) == []
 
 
 def test_an_interrupted_backup_leaves_no_partial_file(db_url, tmp_path):
@@ -641,19 +940,31 @@ def test_missing_client_tools_name_the_package(postgres_url, tmp_path, monkeypat
 
 
 @pytest.mark.postgres
-def test_the_password_goes_through_the_environment_and_is_never_shown(postgres_url, tmp_path, run_here):
-    url = make_url(postgres_url).set(password="s3cret-word").render_as_string(hide_password=False)
+@pytest.mark.parametrize("given_as", ["user:password", "password parameter", "sslpassword too"])
+def test_the_password_goes_through_the_environment_and_is_never_shown(postgres_url, tmp_path,
+                                                                      run_here, given_as):
+    parsed = make_url(postgres_url)
+    if given_as == "user:password":
+        parsed = parsed.set(password="s3cret-word")
+    else:
+        parsed = parsed.update_query_dict({"password": "s3cret-word"})
+    if given_as == "sslpassword too":  # a libpq option with no environment variable
+        parsed = parsed.update_query_dict({"sslpassword": "s3cret-key"})
+    url = parsed.render_as_string(hide_password=False)
+    secrets = ("s3cret-word", "s3cret-key")
     with MigrationManager(url, backup_dir=tmp_path / "b") as manager:
         manager.upgrade()
     env = {"BACKUP_DIR": str(tmp_path / "b")}
     made = run_here("db", "backup", "--database-url", url, env=env)
     listed = run_here("db", "backups", "--json", "--database-url", url, env=env)
+    status = run_here("db", "status", "--database-url", url, env=env)
     assert made.returncode == 0 and listed.returncode == 0, made.stderr + listed.stderr
     [info] = json.loads(listed.stdout)
     sidecar = Path(info["path"] + ".json").read_text()
-    for shown in (made.stdout, made.stderr, listed.stdout, sidecar):
-        assert "s3cret-word" not in shown
+    for shown in (made.stdout, made.stderr, listed.stdout, sidecar, status.stdout):
+        assert not any(secret in shown for secret in secrets)
     assert info["database"] == make_url(postgres_url).set(drivername="postgresql").render_as_string()
+    assert "password=***" in status.stdout or given_as == "user:password"
 
     # What `ps` would show of pg_dump and pg_restore while they run, and their environment
     # (where the password must be: this server trusts everyone, so it would not complain).
@@ -672,8 +983,11 @@ def test_the_password_goes_through_the_environment_and_is_never_shown(postgres_u
     with MigrationManager(url, backup_dir=tmp_path / "b") as manager:
         manager.restore(manager.backup(progress=look_at_children).path, progress=look_at_children)
     assert any("pg_dump" in line for line in seen) and any("pg_restore" in line for line in seen)
-    assert not any("s3cret-word" in line for line in seen)
+    assert not any(secret in line for line in seen for secret in secrets)
     assert environments and all(b"PGPASSWORD=s3cret-word\0" in env for env in environments)
+    if given_as == "sslpassword too":  # in a service file readable by us only, gone afterwards
+        assert all(b"PGSERVICEFILE=" in env for env in environments)
+        assert not list(Path(tempfile.gettempdir()).glob("orchestrator-*.conf"))
 
 
 @pytest.mark.postgres
@@ -687,7 +1001,9 @@ def test_an_unreachable_server_is_a_clear_backup_error(tmp_path):
 
 
 @pytest.mark.postgres
-def test_a_failing_pg_dump_leaves_no_partial_file(postgres_url, tmp_path):
+@pytest.mark.parametrize("secret_option", [
+    {}, {"sslpassword": "s3cret-key", "application_name": "orchestrator-test"}])
+def test_a_failing_pg_dump_leaves_no_partial_file(postgres_url, tmp_path, secret_option):
     """A role that may read the revision but not the data: pg_dump itself fails."""
     admin = create_engine(require_postgres(), isolation_level="AUTOCOMMIT")
     role = f"orch_limited_{uuid.uuid4().hex[:8]}"
@@ -697,12 +1013,12 @@ def test_a_failing_pg_dump_leaves_no_partial_file(postgres_url, tmp_path):
             f'GRANT SELECT ON alembic_version TO "{role}"')
     try:
         limited = make_url(postgres_url).set(username=role, password="s3cret-word")
-        url = limited.render_as_string(hide_password=False)
+        url = limited.update_query_dict(secret_option).render_as_string(hide_password=False)
         with pytest.raises(BackupError) as failure:
             backup.create(url, backup_dir=tmp_path / "b", progress=lambda done, total: None)
         message = str(failure.value)
         assert message.startswith(f"pg_dump failed for postgresql+psycopg://{role}:***@")
-        assert "permission denied" in message and "s3cret-word" not in message
+        assert "permission denied" in message and "s3cret" not in message
         assert list((tmp_path / "b").iterdir()) == []
     finally:
         execute(postgres_url, f'REVOKE ALL ON alembic_version FROM "{role}"')
@@ -777,7 +1093,7 @@ def test_a_failed_migration_restores_sqlite_and_leaves_postgres_at_the_last_good
         assert taken.revision == "004" and str(taken.path) in message
         history = manager.applied_history()
         if manager.dialect == "sqlite":
-            assert "was restored automatically" in message and "back at 004" in message
+            assert "was rolled back: the database is back at 004" in message
             assert manager.get_current_revision() == "004"
             assert app_tables(db_url) == before and schema_snapshot(db_url) == schema
         else:
@@ -792,20 +1108,22 @@ def test_a_failed_migration_restores_sqlite_and_leaves_postgres_at_the_last_good
         assert "RuntimeError: boom" in history[-1].error
 
 
-def test_when_the_automatic_restore_fails_too_the_error_says_how_to_restore(
+def test_the_rollback_of_a_failed_sqlite_migration_needs_no_backup_file(
     sqlite_url, tmp_path, backups, monkeypatch
 ):
+    """The backup is the operator's; putting the database back is the transaction's."""
     scripts = copy_scripts(tmp_path)
     add_revision(scripts, _FAILS)
     monkeypatch.setenv("ORCH_TEST_DELETE_BACKUPS", str(backups))
     with MigrationManager(sqlite_url, script_location=str(scripts), backup_dir=backups,
                           backup_before_migrate=True) as manager:
         manager.upgrade("004")
-        with pytest.raises(MigrationFailedError) as failure:
+        seed_rows(sqlite_url)
+        before = app_tables(sqlite_url)
+        with pytest.raises(MigrationFailedError, match="the database is back at 004"):
             manager.upgrade()
-    message = str(failure.value)
-    assert "the database is at 004; restoring the backup" in message
-    assert "failed too" in message and "`orchestrator db restore " in message
+        assert not manager.last_backup.path.exists()
+        assert app_tables(sqlite_url) == before and manager.get_current_revision() == "004"
 
 
 def test_a_failed_migration_without_a_backup_names_the_last_good_revision(sqlite_url, tmp_path):
@@ -869,7 +1187,9 @@ def test_restore_command_names_a_file_without_sidecar(sqlite_url, run_here, tmp_
                     env={"BACKUP_DIR": str(tmp_path / "b")})
     assert shown.returncode == 0, shown.stderr
     assert "(no sidecar: revision unknown)" in shown.stdout
-    assert "the database is at base" in shown.stdout
+    # Tables without a revision: not "at base", which `db upgrade` would build over.
+    assert "Restored; the database has tables but no migration revision" in shown.stdout
+    assert "`orchestrator db stamp <revision>`" in shown.stdout
 
 
 def test_the_progress_bar_shows_on_a_terminal_only(monkeypatch):

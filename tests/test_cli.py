@@ -70,6 +70,45 @@ def test_check_on_an_unversioned_database_exits_2_and_suggests_stamp(cli, sqlite
     assert code == 2 and "has tables but no migration revision" in err and "orchestrator db stamp" in err
 
 
+@pytest.mark.parametrize("emptied_by", ["db stamp base", "hand"])
+def test_an_emptied_version_table_over_tables_is_unversioned_not_empty(cli, sqlite_url,
+                                                                      tmp_path, emptied_by):
+    """Not "empty database, pending 001...": upgrading would fail on "table users already
+    exists", and staging would not even back it up first."""
+    cli("db", "upgrade")
+    execute(sqlite_url, "INSERT INTO agents (name) VALUES ('kept')")
+    if emptied_by == "hand":
+        execute(sqlite_url, "DELETE FROM alembic_version")
+    else:
+        assert cli("db", "stamp", "base")[0] == 0
+    code, out, err = cli("db", "check")
+    assert code == 2 and "state:    tables exist but no revision is recorded" in out
+    assert "has tables but no migration revision" in err
+    code, out, err = cli("db", "upgrade", "--env", "staging")
+    assert code == 2 and "has tables but no migration revision" in err
+    assert "`orchestrator db stamp <revision>`" in err
+    assert not (tmp_path / "backups").exists()  # refused before anything, backups included
+    assert cli("db", "stamp", "head")[0] == 0
+    assert cli("db", "check")[0] == 0
+
+
+@pytest.mark.postgres
+def test_status_says_when_new_sessions_are_read_only(capsys, postgres_url):
+    """As a PostgreSQL restore killed midway leaves the database (see test_restore_window)."""
+    from sqlalchemy.engine import make_url
+
+    name = make_url(postgres_url).database
+    execute(postgres_url, f"ALTER DATABASE {name} SET default_transaction_read_only = true")
+    with pytest.raises(SystemExit) as exited:
+        main(["db", "status", "--database-url", postgres_url])
+    out = capsys.readouterr().out
+    assert exited.value.code == 0
+    assert ("READ-ONLY: new sessions of this database cannot write (default_transaction_read_only"
+            " is on); if that is left from a restore that was killed, run `BEGIN READ WRITE; "
+            f"ALTER DATABASE {name} RESET default_transaction_read_only; COMMIT` as its owner"
+            ) in out
+
+
 def test_check_on_an_unreachable_database_exits_3_with_a_masked_url(cli):
     code, _, err = cli("db", "check", url="postgresql://ada:s3cret@127.0.0.1:1/app")
     assert code == 3

@@ -343,7 +343,7 @@ def test_start_up_that_waited_for_another_replica_says_who_migrated(sqlite_url, 
 
     report = while_waiting(sqlite_url, start, "004")
     assert report.applied == [] and report.status.up_to_date
-    assert "database schema is at head 004 (migrated by another process)" in caplog.text
+    assert "another process migrated the database to 004 while this one waited" in caplog.text
     assert "applied" not in caplog.text
 
 

@@ -30,6 +30,29 @@ def test_mask_url_hides_the_password():
     assert mask_url("no url here") == "no url here"
 
 
+@pytest.mark.parametrize("url, masked", [
+    ("postgresql://app@db/x?password=S3cret", "postgresql://app@db/x?password=***"),
+    ("postgresql://app:S3cret@db/x?sslmode=require&sslpassword=S3cret&api_token=S3cret",
+     "postgresql://app:***@db/x?api_token=***&sslmode=require&sslpassword=***"),
+    ("postgresql://app@db/x?Client_Secret=S3cret&application_name=orch",
+     "postgresql://app@db/x?Client_Secret=***&application_name=orch"),
+    # Unparseable (a port that is not a number): masked all the same.
+    ("postgresql://app@db:x/x?password=S3cret&a=1", "postgresql://app:***@db:x/x?password=***&a=1"),
+    ("postgresql://a:S3@cret@db/x?my_token=S3cret", "postgresql://a:***@db/x?my_token=***"),
+])
+def test_mask_url_hides_query_parameters_that_hold_secrets(url, masked):
+    assert mask_url(url) == masked
+
+
+def test_a_secret_query_parameter_is_masked_in_every_error(run_cli):
+    url = "postgresql://ada@127.0.0.1:1/app?password=S3cret&sslpassword=S3cret"
+    for command in (("db", "status"), ("db", "backup"), ("db", "upgrade")):
+        result = run_cli(*command, "--database-url", url)
+        assert result.returncode in (2, 3) and "cannot" in result.stderr, result.stderr
+        assert "S3cret" not in result.stderr + result.stdout
+        assert "password=***" in result.stderr
+
+
 @pytest.mark.parametrize("url", [
     "postgresql://ada:s3c@retPW@127.0.0.1/app",
     "postgresql://ada:s3c@ret/PW@127.0.0.1/app",

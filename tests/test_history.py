@@ -279,19 +279,25 @@ def test_a_migration_killed_midway_leaves_the_truth_and_a_usable_database(db_url
     assert child.returncode == -signal.SIGKILL
 
     with manager_for(db_url, scripts) as manager:
-        # `db status` tells the truth: 004 applied, the killed step pending, nothing half-done.
+        # `db status` tells the truth: 004 applied, the killed step pending and recorded as
+        # started and not finished, nothing half-done (its transaction was rolled back).
         status = manager.status()
         assert (status.current, status.pending) == ("004", (slow,))
+        assert (status.interrupted.revision, status.interrupted.running) == (slow, False)
+        assert not status.up_to_date
         assert scalar(db_url, "SELECT count(*) FROM tasks WHERE title = 'being migrated'") == 0
-        assert [e.revision for e in manager.applied_history()] == ["001", "002", "003", "004"]
+        recorded = manager.applied_history()
+        assert [e.revision for e in recorded] == ["001", "002", "003", "004", slow]
+        assert recorded[-1].interrupted and recorded[-1].error == "interrupted"
         # The database is usable ...
         execute(db_url, "INSERT INTO agents (name) VALUES ('after-the-kill')")
         assert scalar(db_url, "SELECT count(*) FROM agents") == 2
         # ... and the upgrade completes (the lock died with its holder).
         assert manager.upgrade() == [slow]
-        assert manager.status().up_to_date
+        assert manager.status().up_to_date and manager.status().interrupted is None
         assert scalar(db_url, "SELECT count(*) FROM work_log") == 1
-        assert manager.applied_history()[-1].revision == slow
+        done = manager.applied_history()[-1]
+        assert (done.revision, done.success, done.error) == (slow, True, None)
     engine = create_engine(db_url)
     with engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM tasks")).scalar() == 2

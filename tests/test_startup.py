@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -42,6 +43,43 @@ def test_development_migrates_at_start_up_and_logs_it(sqlite_url, caplog):
     for revision in ("001", "002", "003", "004"):
         assert caplog.text.count(f"applied {revision}") == 1
     assert MigrationManager(sqlite_url).status().up_to_date
+
+
+def test_a_replica_that_waited_says_another_process_migrated(sqlite_url, tmp_path, caplog,
+                                                             monkeypatch):
+    """Two replicas start together: one migrates, the other waits for it and says so (not
+    "migrated the database to 005 (applied )")."""
+    import threading
+
+    from orchestrator.migrations.startup import prepare_database
+    from tests.fixtures import add_revision, copy_scripts
+
+    scripts = copy_scripts(tmp_path)
+    slow = add_revision(scripts, 'Path(os.environ["ORCH_TEST_STARTED"]).touch()\n'
+                                 "time.sleep(1)")
+    started = tmp_path / "started"
+    monkeypatch.setenv("ORCH_TEST_STARTED", str(started))
+    settings = load_settings(database_url=sqlite_url)
+    MigrationManager(sqlite_url, script_location=str(scripts)).upgrade("004")
+    caplog.set_level(logging.INFO, logger="orchestrator")
+    reports = {}
+
+    def start(name: str) -> None:
+        with MigrationManager(sqlite_url, script_location=str(scripts), lock_timeout=60) as m:
+            reports[name] = prepare_database(settings, m)
+
+    first = threading.Thread(target=start, args=("first",))
+    first.start()
+    while not started.exists():
+        time.sleep(0.01)
+    start("second")  # finds 005 pending, waits for the lock, finds it applied
+    first.join()
+    assert reports["first"].applied == [slow] and reports["second"].applied == []
+    assert reports["second"].status.up_to_date and reports["second"].problem is None
+    assert f"migrated the database to {slow} (applied {slow})" in caplog.text
+    assert f"another process migrated the database to {slow} while this one waited" in (
+        caplog.text)
+    assert "(applied )" not in caplog.text
 
 
 def test_a_second_start_finds_the_schema_at_head(sqlite_url, caplog):
@@ -126,3 +164,27 @@ def test_production_on_postgresql_is_ready_only_after_db_upgrade(postgres_url, r
         assert client.get("/health/ready").status_code == 200
         health = client.get("/health", headers=token_headers(postgres_url))
         assert health.json()["schema"]["up_to_date"] is True
+
+
+def test_a_downgrade_that_did_not_finish_keeps_the_service_not_ready(sqlite_url, caplog):
+    """The database is at head, but the newest step is a downgrade that started and did not
+    finish: start-up has nothing to apply, and says what to do instead of "at head"."""
+    from orchestrator.migrations import history
+
+    MigrationManager(sqlite_url).upgrade()
+    engine = create_engine(sqlite_url)
+    with engine.begin() as connection:
+        history.record(connection, revision="004", direction=history.DOWNGRADE, duration=0.0,
+                       success=False, error=history.INTERRUPTED)
+    engine.dispose()
+    caplog.set_level(logging.INFO, logger="orchestrator")
+    with client_for(database_url=sqlite_url) as client:
+        report = client.app.state.startup
+        ready = client.get("/health/ready")
+    assert report.applied == [] and ready.status_code == 503
+    assert report.problem.startswith("downgrade of 004 started at ")
+    assert report.problem.endswith("and did not finish (interrupted); run the same "
+                                   "`orchestrator db downgrade` again to complete it")
+    assert "a migration did not finish" in caplog.text
+    assert "another process migrated" not in caplog.text
+    assert "database schema is at head" not in caplog.text

@@ -435,6 +435,9 @@ def history(ctx: click.Context, full_log: bool, as_json: bool) -> None:
         click.echo("Recorded steps, oldest first:" if applied else "No steps recorded yet.")
         for entry in applied:
             click.echo(f"  {entry.revision:<6} {_describe_step(entry)}")
+    interrupted = manager.status().interrupted
+    if interrupted is not None:
+        click.echo(f"INTERRUPTED: {interrupted.describe()}")
 
 
 @db.command(context_settings=_REVISION_ARGS)
@@ -522,6 +525,11 @@ def _why_state(status: MigrationStatus) -> str:
 
 
 def _describe_step(entry) -> str:
+    if entry.interrupted:
+        return (
+            f"{entry.direction} started {entry.started_at:%Y-%m-%d %H:%M:%S} UTC and did not "
+            f"finish (interrupted), {entry.os_user}@{entry.host}, v{entry.tool_version}"
+        )
     outcome = "ok" if entry.success else "FAILED"
     text = (
         f"{entry.direction} {outcome} {entry.started_at:%Y-%m-%d %H:%M:%S} UTC, "
@@ -610,27 +618,37 @@ def backups(ctx: click.Context, as_json: bool) -> None:
 @common_options
 @click.argument("file", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--other-database", is_flag=True,
+              help="Restore a backup whose sidecar names another database.")
 @click.pass_context
-def restore(ctx: click.Context, file: Path, yes: bool) -> None:
+def restore(ctx: click.Context, file: Path, yes: bool, other_database: bool) -> None:
     """Replace the database with the backup FILE (its current state is backed up first)."""
     from orchestrator.migrations.backup import restorable
 
     manager = _manager(ctx)
-    info = restorable(manager.database_url, file)  # refuse a wrong file before asking anything
+    # Refuse a wrong file before asking anything.
+    info = restorable(manager.database_url, file, other_database=other_database)
     taken = (
         f"revision {info.revision or 'base'}, taken {info.created_at:%Y-%m-%d %H:%M:%S} UTC"
         if info.database is not None
         else "no sidecar: revision unknown"
     )
     click.echo(f"Restoring {manager.masked_url} from {file} ({taken}).")
-    click.echo("This replaces the database's whole content.")
+    click.echo("This replaces the database's whole content; until it is done no other "
+               "connection can write to it.")
     if not yes:
         _confirm("Replace the database's content with the backup?",
                  "refusing to restore without confirmation; run it on a terminal or pass --yes")
-    report = manager.restore(file, progress=_progress(ctx, "Restoring"))
+    report = manager.restore(file, progress=_progress(ctx, "Restoring"),
+                             other_database=other_database)
     if report.safety_backup is not None:
         click.echo(f"Saved the state it replaced to {report.safety_backup.path} first.")
-    click.echo(f"Restored; the database is at {report.revision or 'base'}.")
+    if report.unversioned:
+        click.echo("Restored; the database has tables but no migration revision: check its "
+                   "schema, then record the revision it matches with `orchestrator db stamp "
+                   "<revision>`.")
+    else:
+        click.echo(f"Restored; the database is at {report.revision or 'base'}.")
 
 
 @db.command()
@@ -898,6 +916,14 @@ def _print_status(
     click.echo(f"database: {manager.masked_url}")
     click.echo(f"current:  {_describe_current(status)}")
     click.echo(f"head:     {status.head or 'none'}")
+    if status.interrupted is not None:
+        click.echo(f"INTERRUPTED: {status.interrupted.describe()}")
+    if status.read_only:
+        click.echo(
+            "READ-ONLY: new sessions of this database cannot write "
+            "(default_transaction_read_only is on); if that is left from a restore that was "
+            f"killed, run `{manager.make_writable_statement()}` as its owner"
+        )
     if status.ahead:
         click.echo("state:    the database is AHEAD of the code")
     elif status.unversioned:

@@ -5,6 +5,7 @@ One function per concern, shared by the CLI, the API, the migration system and t
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,13 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
 _POSTGRES_ALIASES = {"postgres", "postgresql"}
+# Seconds a SQLite connection waits for another one's write lock before "database is locked".
+SQLITE_BUSY_TIMEOUT = 30.0
+_SECRET_WORDS = ("password", "secret", "token")
+# name=value in a query string that could not be parsed, for a name holding one of the words.
+_SECRET_PARAMETER = re.compile(
+    r"([?&;][^=&;#]*(?:" + "|".join(_SECRET_WORDS) + r")[^=&;#]*=)[^&;#]*", re.IGNORECASE
+)
 
 
 class InvalidDatabaseUrl(ValueError):
@@ -53,22 +61,32 @@ def normalize_url(url: str | URL) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+def is_secret_parameter(name: str) -> bool:
+    """Whether a URL query parameter carries a secret (`password`, `sslpassword`, `api_token`,
+    `client_secret`...): it is masked wherever the URL is shown."""
+    lowered = name.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
 def mask_url(url: str | URL) -> str:
-    """The URL with its password replaced by `***`, safe to print or log."""
+    """The URL with its password, and every query parameter that holds a secret, replaced by
+    `***`: safe to print or log."""
     if not _several_at_signs(url):
         try:
-            return make_url(url).render_as_string(hide_password=True)
+            text = make_url(url).render_as_string(hide_password=True)
         except (ArgumentError, ValueError):
             pass
+        else:
+            return _SECRET_PARAMETER.sub(lambda match: f"{match[1]}***", text)
     # Unparseable, or an '@' left unencoded in the password (SQLAlchemy would split at the
-    # first one): hide everything between "://user:" and the last "@".
+    # first one): hide everything between "://user:" and the last "@", and secret parameters.
     text = url.render_as_string(hide_password=False) if isinstance(url, URL) else str(url)
     head, sep, rest = text.partition("://")
     if sep and "@" in rest:
         creds, _, host = rest.rpartition("@")
         user = creds.split(":", 1)[0]
-        return f"{head}://{user}:***@{host}"
-    return text
+        text = f"{head}://{user}:***@{host}"
+    return _SECRET_PARAMETER.sub(lambda match: f"{match[1]}***", text)
 
 
 def _several_at_signs(url: str | URL) -> bool:
@@ -109,7 +127,7 @@ def _sqlite_on_connect(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     # Several processes share the file (API, CLI, backups): wait for a busy database
     # instead of failing at once.
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}")
     cursor.close()
 
 

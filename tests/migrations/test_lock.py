@@ -422,3 +422,7 @@ def test_plain_alembic_applies_only_what_is_still_missing_after_waiting(db_url, 
 def test_plain_alembic_reads_take_no_lock(db_url, lock_holder):
     process = plain_alembic(db_url, "current", lock_timeout="0.5")
     assert process.wait(timeout=60) == 0, process.communicate()[1]
+
+
+def test_a_missing_lock_file_is_held_by_nobody(tmp_path):
+    assert lock.file_lock_taken(tmp_path / "never-made.migrate.lock") is False

@@ -372,3 +372,55 @@ def _tables(sqlite_url: str) -> set[str]:
         return {row[0] for row in raw.execute("SELECT name FROM sqlite_master")}
     finally:
         raw.close()
+
+
+# -- what the scripts and the history cannot tell -----------------------------------------------
+
+
+def test_scripts_that_do_not_form_a_chain_are_one_line(sqlite_url):
+    """Alembic's own complaint (a parent that no script has) is not a bug of ours."""
+    from orchestrator.migrations import BrokenScriptError
+    from tests.fixtures import VALIDATOR_SETS
+
+    manager = MigrationManager(sqlite_url, script_location=str(VALIDATOR_SETS / "broken_chain"))
+    with pytest.raises(BrokenScriptError, match=r"^the migration scripts in .*broken_chain do "
+                                                r"not form a chain \(KeyError: '002'\); "
+                                                r"`orchestrator db validate` names the script"):
+        manager.status()
+
+
+def test_a_database_without_the_history_table_has_nothing_interrupted(manager):
+    manager.upgrade()
+    execute(manager.database_url, "DROP TABLE migration_history")
+    status = manager.status()
+    assert status.up_to_date and status.interrupted is None
+
+
+def test_a_sqlite_upgrade_with_a_backup_waits_for_the_write_lock_then_gives_up(
+    sqlite_url, tmp_path, monkeypatch
+):
+    """It takes the write lock before its backup; a writer that keeps it longer than the busy
+    timeout makes it give up, with exit code 5 (like a table lock) and nothing done."""
+    import sqlite3
+
+    from orchestrator import db
+    from orchestrator.migrations import DatabaseLockTimeout
+
+    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT", 0.5)
+    with MigrationManager(sqlite_url, backup_before_migrate=True,
+                          backup_dir=tmp_path / "b") as manager:
+        manager.upgrade("002")
+        writer = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+        try:
+            writer.execute("BEGIN IMMEDIATE")
+            writer.execute("INSERT INTO agents (name) VALUES ('busy')")
+            with pytest.raises(DatabaseLockTimeout, match=r"^the upgrade gave up waiting for "
+                                                          r"the database's write lock \(database "
+                                                          r"is locked\): .* more than 0.5s; retry "
+                                                          r"later") as refused:
+                manager.upgrade()
+        finally:
+            writer.close()
+        assert refused.value.exit_code == 5
+        assert manager.get_current_revision() == "002" and manager.backups() == []
+        assert manager.upgrade()  # once the writer is done

@@ -4,6 +4,7 @@
 """
 
 from orchestrator.migrations.errors import (
+    BrokenScriptError,
     ConfirmationRequired,
     DatabaseAheadError,
     DatabaseLockTimeout,
@@ -17,14 +18,21 @@ from orchestrator.migrations.errors import (
     UnknownRevisionError,
     UnversionedDatabaseError,
 )
-from orchestrator.migrations.manager import MigrationManager, MigrationStatus, RevisionInfo
+from orchestrator.migrations.manager import (
+    InterruptedStep,
+    MigrationManager,
+    MigrationStatus,
+    RevisionInfo,
+)
 
 __all__ = [
+    "BrokenScriptError",
     "ConfirmationRequired",
     "DatabaseAheadError",
     "DatabaseLockTimeout",
     "DatabaseUnreachableError",
     "EmptyMigrationError",
+    "InterruptedStep",
     "MigrationError",
     "MigrationFailedError",
     "MigrationLockTimeout",

@@ -7,37 +7,51 @@ SQLite: a byte copy of the file taken while a read transaction holds it still (s
 created since the backup (`--clean` only drops what the archive has; functions and triggers
 created since are left alone).
 
-Every backup has a sidecar `<file>.json` recording the database it came from (never its
-password), the revision it was taken at, when and why. Backups in the backup folder are kept
-newest first, up to `keep` per database. Nothing here prints: long copies report progress
-through a callback that the CLI renders.
+A restore first backs up the state it replaces, and from the start of that safety backup until
+the restored database is in place no other connection can commit: on SQLite the restore holds
+the database's write lock throughout (`_restore_sqlite`), on PostgreSQL new sessions are
+read-only and the existing ones are ended (`_exclusive_postgres`). A writer is refused (it waits,
+then gets an error) rather than committing into a state that is about to be replaced.
+
+A backup is written under a temporary name and renamed once complete; a backup killed midway
+leaves only that temporary file, which the next backup into the same folder deletes. Every
+backup has a sidecar `<file>.json` recording the database it came from (never its password), the
+revision it was taken at, when and why. Backups the tool named itself are kept newest first, up to
+`keep` per database; files named with `--output` are never deleted. Nothing here prints: long
+copies report progress, and waits for other sessions are announced, through callbacks.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
+import functools
 import json
 import os
 import re
 import shutil
+import socket
 import sqlite3
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote
 
 from sqlalchemy.engine import URL, make_url
 
-from orchestrator.db import backend_name, mask_url, sqlite_path
+from orchestrator.db import backend_name, is_secret_parameter, mask_url, sqlite_path
 from orchestrator.migrations.errors import MigrationError
 
 # Progress callback: (bytes done, bytes in total or None when unknown).
 Progress = Callable[[int, "int | None"], None]
+# Told, in one line, what a restore waits for or ends (other sessions, a busy database).
+Notify = Callable[[str], None]
 
 SIDECAR_FORMAT = "orchestrator-backup"
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -46,11 +60,18 @@ _EXTENSIONS = {"sqlite": ".sqlite", "postgresql": ".dump"}
 _KINDS = {"sqlite": "a SQLite database", "postgresql": "a PostgreSQL pg_dump archive"}
 _DATABASES = {"sqlite": "a SQLite database", "postgresql": "a PostgreSQL database"}
 _CHUNK = 64 * 1024 * 1024
+# Bytes a SQLite restore copies per step, and the cache that holds them (see _restore_sqlite).
+_RESTORE_STEP = 1024 * 1024
+_RESTORE_CACHE_KIB = 4 * _RESTORE_STEP // 1024
 _POLL_SECONDS = 0.1
 # Seconds a backup or restore waits for a writer to finish its transaction.
 _BUSY_TIMEOUT = 30.0
-_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6  # result codes of a backup step that must wait
+_SQLITE_OK, _SQLITE_BUSY, _SQLITE_LOCKED = 0, 5, 6  # result codes of a backup step
 _SIDE_FILES = ("-wal", "-journal", "-shm")  # what SQLite keeps beside a database file
+# A backup being written: hidden, and locked (flock) by the process writing it.
+_PARTIAL = ".partial"
+# The names the tool gives: <database>-<UTC time>-<revision>-<reason>.<extension>.
+_AUTOMATIC_NAME = re.compile(r"-\d{8}T\d{12}Z-[^-]+-[a-z-]+\.(?:sqlite|dump)$")
 _CLIENT_PACKAGE = (
     "install the PostgreSQL client tools, matching the server's major version: "
     "`apt-get install postgresql-client` (Debian/Ubuntu; the package `postgresql-client`)"
@@ -69,6 +90,10 @@ class NotABackupError(BackupError):
     """A file given to restore is not a backup of this kind of database."""
 
 
+class OtherDatabaseError(BackupError):
+    """A backup of another database was given to restore, without `--other-database`."""
+
+
 @dataclass(frozen=True)
 class BackupInfo:
     """One backup file and what its sidecar says about it."""
@@ -82,6 +107,8 @@ class BackupInfo:
     created_at: dt.datetime
     reason: str
     size: int
+    # Named by the tool in the backup folder, hence subject to BACKUP_KEEP (not an --output).
+    automatic_name: bool = False
 
     @property
     def sidecar(self) -> Path:
@@ -100,6 +127,9 @@ class RestoreReport:
     safety_backup: BackupInfo | None
     # The database's revision after the restore.
     revision: str | None
+    # The restored database has tables but no revision (it was not made by these migrations,
+    # or its version table was emptied): `db upgrade` will refuse it until it is stamped.
+    unversioned: bool = False
 
 
 def sidecar_path(path: Path) -> Path:
@@ -111,7 +141,21 @@ def database_identity(database_url: str) -> str:
     path = sqlite_path(database_url)
     if path is not None:
         return f"sqlite:///{path.resolve()}"
-    return _without_password(make_url(database_url), query=False)
+    return _without_secrets(make_url(database_url), query=False)
+
+
+def same_database(identity: str, other: str) -> bool:
+    """Whether two identities name one database (for PostgreSQL: whoever connects to it)."""
+    if identity == other:
+        return True
+    try:
+        first, second = make_url(identity), make_url(other)
+    except Exception:  # noqa: BLE001 - a sidecar edited by hand: not the same
+        return False
+    if backend_name(first) != "postgresql" or backend_name(second) != "postgresql":
+        return False
+    return (first.host or "", first.port or 5432, first.database) == (
+        second.host or "", second.port or 5432, second.database)
 
 
 # -- backing up ---------------------------------------------------------------------------
@@ -130,6 +174,50 @@ def create(
 
     `damaged`: a SQLite file SQLite cannot read, kept byte for byte.
     """
+    dialect = backend_name(database_url)
+    if damaged:
+        copy = lambda temporary: _keep_damaged_sqlite(sqlite_path(database_url), temporary)  # noqa: E731
+    elif dialect == "sqlite":
+        copy = lambda temporary: _backup_sqlite(sqlite_path(database_url), temporary, progress)  # noqa: E731
+    else:
+        copy = lambda temporary: _backup_postgres(database_url, temporary, progress)  # noqa: E731
+    return _write_backup(database_url, backup_dir, output, reason, copy, unknown=damaged)
+
+
+def create_held(
+    database_url: str,
+    data,
+    wal: bool,
+    *,
+    backup_dir: Path,
+    reason: str,
+    progress: Progress | None = None,
+) -> BackupInfo:
+    """Back up a SQLite database whose write lock this process holds (the transaction a
+    migration runs in), reading the file through `data`, a descriptor of it opened before the
+    lock was taken; `wal`: the database is in WAL mode."""
+    database = sqlite_path(database_url)
+    return _write_backup(
+        database_url, backup_dir, None, reason,
+        lambda temporary: _copy_still_revision(database, data, wal, temporary, progress))
+
+
+def _write_backup(
+    database_url: str,
+    backup_dir: Path,
+    output: Path | None,
+    reason: str,
+    copy: Callable[[Path], str | None],
+    *,
+    unknown: bool = False,
+    durable: bool = False,
+) -> BackupInfo:
+    """Run `copy` into a temporary file beside the backup's final place (it returns the
+    revision), then give the file its final name and its sidecar.
+
+    `durable`: fsync the backup before returning, for a backup whose loss would lose data (the
+    state a restore is about to replace).
+    """
     if output is not None and (output.exists() or sidecar_path(output).exists()):
         raise BackupError(f"{output} already exists; choose another --output or delete it first")
     folder = output.parent if output is not None else backup_dir
@@ -140,24 +228,24 @@ def create(
         raise BackupError(f"cannot create the backup folder {folder}: {exc.strerror}; {hint}") from None
     created_at = dt.datetime.now(dt.UTC)
     dialect = backend_name(database_url)
-
-    def target(revision: str | None) -> Path:
-        if output is not None:
-            return output
-        if dialect == "sqlite":
-            name = sqlite_path(database_url).stem
-        else:
-            name = make_url(database_url).database
-        stamp = created_at.strftime("%Y%m%dT%H%M%S%fZ")
-        return backup_dir / f"{name}-{stamp}-{revision or 'base'}-{reason}{_EXTENSIONS[dialect]}"
-
     try:
-        if damaged:
-            path, revision = _keep_damaged_sqlite(sqlite_path(database_url), target("unknown"))
-        elif dialect == "sqlite":
-            path, revision = _backup_sqlite(sqlite_path(database_url), target, progress)
-        else:
-            path, revision = _backup_postgres(database_url, target, progress)
+        remove_stale_partials(folder)
+        with _partial_file(folder, _name_of(database_url)) as temporary:
+            revision = copy(temporary)
+            if not unknown:
+                _check_complete(database_url, temporary)
+            if output is not None:
+                path = output
+            else:
+                stamp = created_at.strftime("%Y%m%dT%H%M%S%fZ")
+                label = "unknown" if unknown else revision or "base"
+                path = backup_dir / (f"{_name_of(database_url)}-{stamp}-{label}-{reason}"
+                                     f"{_EXTENSIONS[dialect]}")
+            if durable:
+                _fsync(temporary)
+            _move(temporary, path)
+        if durable:
+            _fsync(folder)
     except OSError as exc:  # a read-only folder, a full disk
         raise BackupError(
             f"cannot write the backup {exc.filename or folder}: {exc.strerror}; {hint}"
@@ -170,14 +258,87 @@ def create(
         created_at=created_at,
         reason=reason,
         size=path.stat().st_size,
+        automatic_name=output is None,
     )
     _write_sidecar(info)
     return info
 
 
-def _backup_sqlite(
-    source: Path, target: Callable[[str | None], Path], progress: Progress | None
-) -> tuple[Path, str | None]:
+def _name_of(database_url: str) -> str:
+    path = sqlite_path(database_url)
+    return path.stem if path is not None else make_url(database_url).database
+
+
+@contextlib.contextmanager
+def _partial_file(folder: Path, name: str) -> Iterator[Path]:
+    """A new hidden file in `folder`, locked while the block writes it, deleted if the block
+    fails (or is interrupted); the block moves it to its final name when it succeeds."""
+    temporary = folder / f".{name}-{uuid.uuid4().hex[:12]}{_PARTIAL}"
+    handle = open(temporary, "xb")  # noqa: SIM115 - its lock lasts the whole block
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield temporary
+    finally:
+        try:
+            for leftover in (temporary, *_side_files(temporary)):
+                leftover.unlink(missing_ok=True)
+        finally:
+            handle.close()
+
+
+def remove_stale_partials(folder: Path) -> list[Path]:
+    """Delete what backups killed midway left in `folder` (a backup still being written holds
+    a lock on its file, and is left alone)."""
+    removed = []
+    for partial in folder.glob(f".*{_PARTIAL}"):
+        try:
+            handle = open(partial, "rb")  # noqa: SIM115
+        except FileNotFoundError:  # removed meanwhile (or a link to nothing)
+            continue
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            for leftover in (partial, *_side_files(partial)):
+                leftover.unlink(missing_ok=True)
+            removed.append(partial)
+    return removed
+
+
+def _side_files(path: Path) -> list[Path]:
+    return [path.with_name(path.name + suffix) for suffix in _SIDE_FILES[:2]]
+
+
+def _move(temporary: Path, path: Path) -> None:
+    if path.exists():  # an --output made meanwhile is never overwritten
+        raise BackupError(f"{path} already exists; choose another --output or delete it first")
+    for side, final in zip(_side_files(temporary), _side_files(path), strict=True):
+        if side.exists():
+            os.replace(side, final)
+    os.replace(temporary, path)
+
+
+def _check_complete(database_url: str, path: Path) -> None:
+    """A copy that ended early is not a backup: a SQLite file as long as its header says, a
+    pg_dump archive whose table of contents pg_restore can read."""
+    if backend_name(database_url) == "postgresql":
+        _archive_listing(database_url, path)
+        return
+    with open(path, "rb") as data:
+        header = data.read(100)
+    size = path.stat().st_size
+    page_size = int.from_bytes(header[16:18], "big") if len(header) == 100 else 0
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big") if len(header) == 100 else 0
+    if header[:16] != SQLITE_MAGIC or size == 0 or size != page_size * pages:
+        raise BackupError(
+            f"the copy of the database came out incomplete ({size} bytes, its header says "
+            f"{page_size * pages}); nothing was kept: back up again"
+        )
+
+
+def _backup_sqlite(source: Path, path: Path, progress: Progress | None) -> str | None:
     if not source.exists():
         raise BackupError(f"nothing to back up: {source} does not exist yet")
     # Why not `sqlite3.Connection.backup()`: it copies page by page through SQLite's pager and
@@ -190,33 +351,46 @@ def _backup_sqlite(
     with open(source, "rb") as data:
         connection = _sqlite_connect(source, mode="rw")
         try:
-            wal = connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            wal = _is_wal(connection)
             connection.execute("BEGIN")
             # The first read takes SQLite's SHARED lock (rolling back a hot journal first, if a
             # writer died): from here until COMMIT no writer can commit or spill pages into the
             # file, so its bytes are one consistent state, the one this revision is read from.
             revision = _sqlite_revision(connection)
-            path = target(revision)
-            if wal:
-                # In WAL mode committed pages live in the -wal file too, and checkpoints may
-                # write into the main file under a reader: copy through SQLite instead.
-                _backup_api(connection, path)
-            else:
-                _copy_file(data, path, progress)
+            _copy_still(source, data, wal, path, progress)
             connection.execute("COMMIT")
         finally:
             connection.close()
-    return path, revision
+    return revision
 
 
-def _keep_damaged_sqlite(source: Path, path: Path) -> tuple[Path, None]:
+def _copy_still(source: Path, data, wal: bool, path: Path, progress: Progress | None) -> None:
+    """Copy a database no writer can change meanwhile (a lock held by this process), through
+    `data`, a descriptor opened before that lock was taken."""
+    if wal:
+        # In WAL mode committed pages live in the -wal file too, and checkpoints may write into
+        # the main file under a reader: copy through SQLite instead. A new connection of this
+        # process reads the last committed state; SQLite keeps the other's locks when it closes.
+        reader = _sqlite_connect(source, mode="ro")
+        try:
+            _backup_api(reader, path)
+        finally:
+            reader.close()
+    else:
+        _copy_file(data, path, progress)
+
+
+def _is_wal(connection: sqlite3.Connection) -> bool:
+    return connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def _keep_damaged_sqlite(source: Path, path: Path) -> None:
     # With its write-ahead log or journal, if it has one: they may hold its last commits.
     shutil.copyfile(source, path)
-    for suffix in _SIDE_FILES[:2]:
-        side = source.with_name(source.name + suffix)
+    for side, copy in zip(_side_files(source), _side_files(path), strict=True):
         if side.exists():
-            shutil.copyfile(side, path.with_name(path.name + suffix))
-    return path, None
+            shutil.copyfile(side, copy)
+    return None
 
 
 def sqlite_damage(database_url: str) -> str | None:
@@ -275,19 +449,19 @@ def _sqlite_revision(connection: sqlite3.Connection) -> str | None:
 
 
 def _copy_file(data, path: Path, progress: Progress | None) -> None:
-    # sendfile copies inside the kernel, as fast as `cp`. Like `cp`, the copy is not fsynced:
-    # it guards against a migration that fails, and the database file keeps its own journal.
+    # sendfile copies inside the kernel, as fast as `cp`. Like `cp`, the copy is not fsynced
+    # (except before a restore, see _write_backup): it guards against a migration that fails,
+    # and the database file keeps its own journal.
     size = os.fstat(data.fileno()).st_size
-    with open(path, "xb") as out:
-        try:
-            done = 0
-            while done < size:
-                done += os.sendfile(out.fileno(), data.fileno(), done, min(_CHUNK, size - done))
-                if progress is not None:
-                    progress(done, size)
-        except BaseException:  # a full disk, Ctrl-C: a partial copy is not a backup
-            path.unlink(missing_ok=True)
-            raise
+    with open(path, "r+b") as out:
+        done = 0
+        while done < size:
+            sent = os.sendfile(out.fileno(), data.fileno(), done, min(_CHUNK, size - done))
+            if sent == 0:  # the file ended early (cut by hand?): _check_complete says so
+                break
+            done += sent
+            if progress is not None:
+                progress(done, size)
 
 
 def _backup_api(connection: sqlite3.Connection, path: Path) -> None:
@@ -301,9 +475,7 @@ def _backup_api(connection: sqlite3.Connection, path: Path) -> None:
         destination.close()
 
 
-def _backup_postgres(
-    database_url: str, target: Callable[[str | None], Path], progress: Progress | None
-) -> tuple[Path, str | None]:
+def _backup_postgres(database_url: str, path: Path, progress: Progress | None) -> str | None:
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError
 
@@ -319,12 +491,11 @@ def _backup_postgres(
                 revision = connection.execute(
                     text("SELECT version_num FROM alembic_version")
                 ).scalar()
-            path = target(revision)
-            conninfo, env = _libpq(database_url)
-            command = [pg_dump, "--format=custom", "--no-password", f"--snapshot={snapshot}",
-                       f"--file={path}", f"--dbname={conninfo}"]
-            _run_tool(command, env, database_url, cleanup=path,
-                      poll=lambda: progress(_size(path), None) if progress else None)
+            with _libpq(database_url) as (conninfo, env):
+                command = [pg_dump, "--format=custom", "--no-password", f"--snapshot={snapshot}",
+                           f"--file={path}", f"--dbname={conninfo}"]
+                _run_tool(command, env, database_url,
+                          poll=lambda: progress(_size(path), None) if progress else None)
     except DBAPIError as exc:
         raise BackupError(
             f"cannot back up {mask_url(database_url)}: {_first_line(exc.orig)}; "
@@ -332,7 +503,7 @@ def _backup_postgres(
         ) from None
     finally:
         engine.dispose()
-    return path, revision
+    return revision
 
 
 # -- restoring ----------------------------------------------------------------------------
@@ -371,8 +542,11 @@ def inspect_backup(path: Path) -> BackupInfo:
     return sidecar
 
 
-def restorable(database_url: str, path: Path) -> BackupInfo:
-    """The backup at `path`, if it is a backup of this kind of database; refuses it otherwise."""
+def restorable(database_url: str, path: Path, *, other_database: bool = False) -> BackupInfo:
+    """The backup at `path`, if it is a backup of this kind of database; refuses it otherwise.
+
+    A backup whose sidecar names another database is refused unless `other_database`.
+    """
     info = inspect_backup(path)
     dialect = backend_name(database_url)
     if dialect == "postgresql":
@@ -387,6 +561,14 @@ def restorable(database_url: str, path: Path) -> BackupInfo:
     if database is not None and database.exists() and path.resolve() == database.resolve():
         raise NotABackupError(
             f"{path} is the database itself; pick a backup from `orchestrator db backups`"
+        )
+    target = database_identity(database_url)
+    if info.database is not None and not other_database and not same_database(info.database,
+                                                                                target):
+        raise OtherDatabaseError(
+            f"{path} is a backup of {info.database}, not of {target}; pick a backup of this "
+            "database (`orchestrator db backups`), or pass --other-database to replace this "
+            "database's content with the other one's"
         )
     if dialect == "sqlite":
         _check_sqlite_pages(path)
@@ -411,10 +593,10 @@ def _check_sqlite_pages(path: Path) -> None:
 
 def _archive_listing(database_url: str, path: Path) -> str:
     """The archive's table of contents; an archive pg_restore cannot read is not a backup."""
-    _, env = _libpq(database_url)
     command = [_tool("pg_restore"), "--list", str(path)]
     try:
-        return _run_tool(command, env, database_url, capture=True)
+        with _libpq(database_url) as (_, env):
+            return _run_tool(command, env, database_url, capture=True)
     except BackupError as exc:
         raise NotABackupError(f"{exc}; pick another backup") from None
 
@@ -425,25 +607,45 @@ def restore(
     *,
     progress: Progress | None = None,
     checked: BackupInfo | None = None,
-) -> BackupInfo:
+    safety_dir: Path | None = None,
+    notify: Notify | None = None,
+    spare: Iterable[int] = (),
+) -> RestoreReport:
     """Replace the database's whole content with the backup at `path` (`checked`: what
-    `restorable` already said of it, so its pages or archive are not read twice)."""
-    info = checked or restorable(database_url, path)
+    `restorable` already said of it, so its pages or archive are not read twice).
+
+    With `safety_dir`, the state it replaces is backed up there first, and no other connection
+    can commit from the start of that backup until the restore is done (see the module's
+    docstring). `spare`: PostgreSQL sessions of this process not to end (the migration lock's).
+    """
+    info = checked or restorable(database_url, path, other_database=True)
     if info.dialect == "sqlite":
-        _restore_sqlite(path, sqlite_path(database_url), progress)
-    else:
-        _restore_postgres(database_url, path, progress)
-    return info
+        return _restore_sqlite(database_url, info, progress, safety_dir)
+    return _restore_postgres_safely(database_url, info, progress, safety_dir, notify, spare)
 
 
-def _restore_sqlite(path: Path, database: Path, progress: Progress | None) -> None:
-    source = _sqlite_connect(path, mode="ro")
+def _restore_sqlite(
+    database_url: str, info: BackupInfo, progress: Progress | None, safety_dir: Path | None
+) -> RestoreReport:
+    database = sqlite_path(database_url)
+    source = _sqlite_connect(info.path, mode="ro")
+    safety: list[BackupInfo] = []
     try:
+        if safety_dir is not None and source.execute("PRAGMA page_count").fetchone()[0] < 2:
+            source = _with_a_free_page(source)
         page_size = source.execute("PRAGMA page_size").fetchone()[0]
-        # A short busy timeout per step: the clock in report() decides when to give up.
-        destination = sqlite3.connect(database, timeout=0.1)
-        try:
-
+        pages = source.execute("PRAGMA page_count").fetchone()[0]
+        # Opened before the write lock is taken and closed after it is let go (see
+        # _backup_sqlite): the safety copy reads the file through it.
+        with contextlib.ExitStack() as held:
+            data = held.enter_context(open(database, "rb")) if safety_dir is not None else None
+            destination = sqlite3.connect(database, timeout=_BUSY_TIMEOUT)
+            held.callback(destination.close)
+            # No step may spill pages into the file before the safety copy is read from it.
+            destination.execute(f"PRAGMA cache_size=-{_RESTORE_CACHE_KIB}")
+            wal = _is_wal(destination)
+            # A short busy timeout per step: the clock in report() decides when to give up.
+            destination.execute("PRAGMA busy_timeout=100")
             busy_since: list[float] = []
 
             def report(status: int, remaining: int, total: int) -> None:
@@ -458,17 +660,61 @@ def _restore_sqlite(path: Path, database: Path, progress: Progress | None) -> No
                         "connection keeps a transaction open on it; stop it (or the API) and "
                         "restore again"
                     )
+                if status == _SQLITE_OK and data is not None and not safety:
+                    # The first step has taken the database's write lock, which the backup
+                    # holds until its last step has committed: whatever is committed now is
+                    # in this copy, and nothing can be committed until the restore is done.
+                    safety.append(_write_backup(
+                        database_url, safety_dir, None, "before-restore",
+                        lambda temporary: _copy_still_revision(database, data, wal, temporary),
+                        durable=True))
                 if progress is not None:
                     progress((total - remaining) * page_size, total * page_size)
 
             # The online backup API writes through SQLite's own locking and journal: other
             # connections wait for it and then see the restored content; a crash midway leaves
-            # the previous content. The destination stays locked across steps.
-            source.backup(destination, pages=_CHUNK // page_size, progress=report)
-        finally:
-            destination.close()
+            # the previous content. Its first step takes the write lock (in rollback-journal
+            # mode an exclusive one) and each later step keeps it; steps smaller than the whole
+            # file make sure there is a first step before the last, for the safety copy.
+            step = max(1, min(_RESTORE_STEP // page_size, pages - 1))
+            source.backup(destination, pages=step, progress=report, sleep=0.001)
+            revision = _sqlite_revision(destination)
+            unversioned = revision is None and _has_tables(destination)
     finally:
         source.close()
+    return RestoreReport(info, safety[0] if safety else None, revision, unversioned)
+
+
+def _copy_still_revision(
+    database: Path, data, wal: bool, path: Path, progress: Progress | None = None
+) -> str | None:
+    _copy_still(database, data, wal, path, progress)
+    copy = _sqlite_connect(path, mode="ro")
+    try:
+        return _sqlite_revision(copy)
+    finally:
+        copy.close()
+
+
+def _with_a_free_page(source: sqlite3.Connection) -> sqlite3.Connection:
+    """A copy in memory of a one-page backup (a database without tables), with a free page
+    added: a restore needs two steps, so that the safety copy comes between them."""
+    padded = sqlite3.connect(":memory:", isolation_level=None)
+    source.backup(padded)
+    source.close()
+    if padded.execute("PRAGMA auto_vacuum").fetchone()[0] == 1:
+        padded.execute("PRAGMA auto_vacuum=INCREMENTAL")  # FULL would give the page back
+    padded.execute("CREATE TABLE orchestrator_padding (id INTEGER)")
+    padded.execute("DROP TABLE orchestrator_padding")
+    return padded
+
+
+def _has_tables(connection: sqlite3.Connection) -> bool:
+    row = connection.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite~_%' "
+        "ESCAPE '~' AND name NOT IN ('alembic_version', 'migration_history')"
+    ).fetchone()
+    return row is not None
 
 
 _TOC_ENTRY = re.compile(
@@ -481,9 +727,77 @@ _TOC_ROUTINE = re.compile(
 )
 
 
+def _restore_postgres_safely(
+    database_url: str,
+    info: BackupInfo,
+    progress: Progress | None,
+    safety_dir: Path | None,
+    notify: Notify | None,
+    spare: Iterable[int],
+) -> RestoreReport:
+    with _exclusive_postgres(database_url, notify, spare) if safety_dir is not None else (
+        contextlib.nullcontext()
+    ):
+        safety = None
+        if safety_dir is not None:
+            safety = _write_backup(
+                database_url, safety_dir, None, "before-restore",
+                lambda temporary: _backup_postgres(database_url, temporary, None), durable=True)
+        try:
+            _restore_postgres(database_url, info.path, progress)
+        except BaseException as exc:
+            # pg_restore runs in one transaction, but the objects made after the backup were
+            # dropped before it: a restore that fails or is interrupted midway is undone.
+            if safety is None:
+                raise
+            _put_back(database_url, exc, safety, notify or (lambda _message: None))
+        revision, unversioned = _postgres_revision(database_url)
+    return RestoreReport(info, safety, revision, unversioned)
+
+
+def _put_back(
+    database_url: str, failure: BaseException, safety: BackupInfo, notify: Notify
+) -> NoReturn:
+    """Restore the state a failed restore replaced, then raise: a `BackupError` saying what
+    failed and what was done, or, after Ctrl-C, the interrupt again (once `notify` was told)."""
+    what = str(failure) if isinstance(failure, BackupError) else (
+        f"the restore was stopped ({type(failure).__name__})"
+    )
+    error = type(failure) if isinstance(failure, BackupError) else BackupError
+    try:
+        _restore_postgres(database_url, safety.path, None)
+    except BackupError as again:
+        raise error(
+            f"{what}; putting the database back failed too ({again}): restore "
+            f"{safety.path} with `orchestrator db restore`"
+        ) from None
+    done = f"the database was put back as it was, from {safety.path}"
+    if isinstance(failure, KeyboardInterrupt):
+        notify(f"{what}; {done}")
+        raise failure
+    raise error(f"{what}; {done}") from None
+
+
+def _postgres_revision(database_url: str) -> tuple[str | None, bool]:
+    """(the revision, whether it has tables but none) of a PostgreSQL database."""
+    from sqlalchemy import text
+
+    engine = _engine(database_url)
+    try:
+        with engine.connect() as connection:
+            tables = {name for (name,) in connection.execute(text(
+                "SELECT tablename FROM pg_catalog.pg_tables WHERE schemaname = current_schema()"))}
+            revision = None
+            if "alembic_version" in tables:
+                revision = connection.execute(
+                    text("SELECT version_num FROM alembic_version")).scalar()
+    finally:
+        engine.dispose()
+    return revision, revision is None and bool(tables - {"alembic_version", "migration_history"})
+
+
 def _restore_postgres(database_url: str, path: Path, progress: Progress | None) -> None:
     pg_restore = _tool("pg_restore")
-    conninfo, env = _libpq(database_url)
     listing = _archive_listing(database_url, path)
     in_archive = {
         (match["schema"], match["name"])
@@ -491,17 +805,17 @@ def _restore_postgres(database_url: str, path: Path, progress: Progress | None) 
         if (match := _TOC_ENTRY.match(line) or _TOC_ROUTINE.match(line))
     }
     _drop_objects_not_in(database_url, in_archive)
-    command = [pg_restore, "--clean", "--if-exists", "--single-transaction", "--exit-on-error",
-               "--no-password", f"--dbname={conninfo}"]
     total = path.stat().st_size
-    with open(path, "rb") as archive:
+    with open(path, "rb") as archive, _libpq(database_url) as (conninfo, env):
+        command = [pg_restore, "--clean", "--if-exists", "--single-transaction",
+                   "--exit-on-error", "--no-password", f"--dbname={conninfo}"]
         # pg_restore reads the archive as its stdin; the file offset it moves is shared with
         # our descriptor, so it is the progress.
         def poll() -> None:
             if progress is not None:
                 progress(os.lseek(archive.fileno(), 0, os.SEEK_CUR), total)
 
-        _run_tool(command, env, database_url, stdin=archive, poll=poll)
+        _run_tool(command, env, database_url, stdin=archive, poll=poll, die_with_us=False)
 
 
 def _drop_objects_not_in(database_url: str, in_archive: set[tuple[str, str]]) -> None:
@@ -556,6 +870,163 @@ ORDER BY 1 DESC
 """
 
 
+# -- the exclusive window on PostgreSQL ---------------------------------------------------
+
+# Why not ALTER DATABASE ... ALLOW_CONNECTIONS false: pg_dump and pg_restore connect after it,
+# as new sessions, and would be refused too. Why not REVOKE CONNECT: it does not bind the
+# database's owner or a superuser, which is what the application often connects as. New
+# sessions made read-only by default cannot commit a write, and ours (pg_restore, the drops)
+# opt out of it for themselves.
+_READ_WRITE = "-c default_transaction_read_only=off"
+# A role sees little of another role's sessions (no type, no start time, without
+# pg_read_all_stats): those are taken as clients, and as there at any time; background workers
+# (autovacuum) have no user.
+_OTHER_SESSIONS = """
+SELECT pid, coalesce(nullif(application_name, ''), usename) FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid() AND pid <> ALL(:spare)
+  AND usename IS NOT NULL AND coalesce(backend_type, 'client backend') = 'client backend'
+  AND (backend_start IS NULL OR backend_start >= :since AND backend_start < :until)
+ORDER BY pid
+"""
+
+
+@contextlib.contextmanager
+def _exclusive_postgres(
+    database_url: str, notify: Notify | None, spare: Iterable[int]
+) -> Iterator[None]:
+    """No other session can commit in the database during the block: new sessions are
+    read-only, and the sessions that were there are ended (or, where this role may not end
+    them, waited for). Afterwards the database is as writable as before, and the sessions
+    opened meanwhile (read-only) are ended too, so that their pools reconnect read-write."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    spare = list(spare)
+    engine = _engine(database_url)
+    try:
+        try:
+            connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            # Named, so that an operator looking at pg_stat_activity knows who holds the window.
+            connection.execute(text("SELECT set_config('application_name', :name, false)"),
+                               {"name": f"orchestrator-restore {socket.gethostname()} pid "
+                                        f"{os.getpid()}"})
+            name = connection.dialect.identifier_preparer.quote(
+                connection.execute(text("SELECT current_database()")).scalar_one())
+            # What to put back afterwards: a read-only default set on purpose stays.
+            setting = read_only_setting(connection)
+            if read_only_by_default(setting) and notify is not None:
+                notify(f"new sessions of the database were read-only before this restore, and "
+                       f"will be after it; if that is left from a restore that was killed, run "
+                       f"`{make_writable(name)}` as its owner afterwards")
+            connection.execute(text(f"ALTER DATABASE {name} SET default_transaction_read_only = on"))
+        except DBAPIError as exc:
+            raise BackupError(
+                f"cannot restore {mask_url(database_url)}: making its new sessions read-only for "
+                f"the restore's duration failed ({_first_line(exc.orig)}); restore as the "
+                "database's owner or a superuser, with the server running"
+            ) from None
+        with connection:
+            try:
+                until = _server_clock(connection)
+                _end_sessions(connection, spare, _EPOCH, until, notify, wait=True)
+                yield
+            finally:
+                put_back = (f"ALTER DATABASE {name} RESET default_transaction_read_only"
+                            if setting is None else f"ALTER DATABASE {name} SET {setting}")
+                try:
+                    connection.execute(text(put_back))
+                    _end_sessions(connection, spare, until, _server_clock(connection), None,
+                                  wait=False)
+                except DBAPIError as exc:
+                    raise BackupError(
+                        f"the restore ended, but new sessions of the database are still "
+                        f"read-only ({_first_line(exc.orig)}): run `{make_writable(name)}` as "
+                        "its owner"
+                    ) from None
+    finally:
+        engine.dispose()
+
+
+def read_only_setting(connection) -> str | None:
+    """The database's own `default_transaction_read_only=...` setting, if it has one."""
+    from sqlalchemy import text
+
+    return connection.execute(text(_READ_ONLY_SETTING)).scalar()
+
+
+def read_only_by_default(setting: str | None) -> bool:
+    """Whether a `default_transaction_read_only=...` setting makes sessions read-only."""
+    value = (setting or "").partition("=")[2].strip().strip("'\"").lower()
+    return value in ("on", "true", "yes", "1", "t", "y")
+
+
+def make_writable(quoted_name: str) -> str:
+    """What an owner runs to make a database's new sessions writable again (it works from a
+    read-only session too)."""
+    return (f"BEGIN READ WRITE; ALTER DATABASE {quoted_name} RESET "
+            "default_transaction_read_only; COMMIT")
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_READ_ONLY_SETTING = """
+SELECT s.setting FROM pg_db_role_setting r
+JOIN pg_database d ON d.oid = r.setdatabase AND d.datname = current_database()
+CROSS JOIN unnest(r.setconfig) s(setting)
+WHERE r.setrole = 0 AND s.setting LIKE 'default\\_transaction\\_read\\_only=%'
+"""
+
+
+def _server_clock(connection) -> dt.datetime:
+    from sqlalchemy import text
+
+    return connection.execute(text("SELECT clock_timestamp()")).scalar_one()
+
+
+def _end_sessions(connection, spare: list[int], since, until, notify: Notify | None,
+                  wait: bool) -> None:
+    """End the other sessions of the database that started between `since` and `until`;
+    those this role may not end are waited for (`wait`), up to the busy timeout."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    def others() -> list[tuple[int, str]]:
+        return [tuple(row) for row in connection.execute(
+            text(_OTHER_SESSIONS), {"spare": spare, "since": since, "until": until})]
+
+    found = others()
+    if not found:
+        return
+    if notify is not None:
+        notify(f"ending {len(found)} other session{'s' * (len(found) != 1)} of the database "
+               f"({_describe(found)}); new sessions are read-only until the restore is done")
+    refused = []
+    for pid, who in found:
+        try:
+            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        except DBAPIError:  # another role's session, which this one may not end
+            refused.append((pid, who))
+    deadline = time.monotonic() + _BUSY_TIMEOUT
+    told = False
+    while wait and (left := others()):
+        waited_for = [session for session in left if session in refused] or left
+        if time.monotonic() > deadline:
+            raise BackupError(
+                f"{len(waited_for)} session{'s' * (len(waited_for) != 1)} of another role "
+                f"stayed connected for more than {_BUSY_TIMEOUT:g}s ({_describe(waited_for)}); "
+                "stop them (or the API), or restore as a superuser, then restore again"
+            )
+        if notify is not None and refused and not told:
+            notify(f"waiting for {_describe(refused)} to disconnect (this role may not end "
+                   f"them; up to {_BUSY_TIMEOUT:g}s)")
+            told = True
+        time.sleep(_POLL_SECONDS)
+
+
+def _describe(sessions: list[tuple[int, str]]) -> str:
+    shown = ", ".join(f"{who} pid {pid}" for pid, who in sessions[:5])
+    return shown + (f" and {len(sessions) - 5} more" if len(sessions) > 5 else "")
+
+
 # -- listing and retention ----------------------------------------------------------------
 
 
@@ -573,10 +1044,12 @@ def list_backups(database_url: str, backup_dir: Path) -> list[BackupInfo]:
 def prune(
     database_url: str, backup_dir: Path, keep: int, *, exclude: Iterable[Path] = ()
 ) -> list[Path]:
-    """Delete this database's backups beyond the newest `keep`; returns the deleted files."""
+    """Delete this database's backups beyond the newest `keep` that the tool named itself
+    (never a file given with --output); returns the deleted files."""
     spared = {Path(path).resolve() for path in exclude}
     deleted = []
-    for info in list_backups(database_url, backup_dir)[keep:]:
+    named = [info for info in list_backups(database_url, backup_dir) if info.automatic_name]
+    for info in named[keep:]:
         if info.path.resolve() in spared:
             continue
         info.path.unlink(missing_ok=True)
@@ -617,6 +1090,9 @@ def _read_sidecar(path: Path) -> BackupInfo | None:
             created_at=dt.datetime.fromisoformat(document["created_at"]),
             reason=document["reason"],
             size=int(document["size"]),
+            # Sidecars written before the field existed: the tool's names have one shape.
+            automatic_name=bool(document.get("automatic_name",
+                                             _AUTOMATIC_NAME.search(path.name) is not None)),
         )
     except (KeyError, TypeError, ValueError):
         return None
@@ -632,7 +1108,9 @@ def _engine(database_url: str):
 
     from orchestrator.db import create_engine
 
-    return create_engine(database_url, poolclass=NullPool, connect_args={"connect_timeout": 10})
+    # Our sessions write during a restore, while other new sessions are read-only by default.
+    connect_args = {"connect_timeout": 10, "options": _READ_WRITE}
+    return create_engine(database_url, poolclass=NullPool, connect_args=connect_args)
 
 
 def _tool(name: str) -> str:
@@ -642,20 +1120,43 @@ def _tool(name: str) -> str:
     return path
 
 
-def _libpq(database_url: str) -> tuple[str, dict[str, str]]:
-    """A libpq connection string without the password, and the environment that carries it."""
+@contextlib.contextmanager
+def _libpq(database_url: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """A libpq connection string without any secret, and the environment that carries them:
+    the password in PGPASSWORD; other secret options (`sslpassword`) in a service file readable
+    by us only, deleted afterwards. Never the command line, which `ps` shows to everyone.
+
+    The environment also lets the tools write while a restore makes new sessions read-only.
+    """
     url = make_url(database_url)
     env = dict(os.environ)
-    if url.password:
-        # Through the environment, never the command line, which `ps` shows to everyone.
-        env["PGPASSWORD"] = str(url.password)
-    return _without_password(url, query=True), env
+    env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} {_READ_WRITE}".strip()
+    password = url.password if url.password is not None else url.query.get("password")
+    if password is not None:
+        env["PGPASSWORD"] = str(password if isinstance(password, str) else password[-1])
+    secrets = {key: value for key, value in url.query.items()
+               if key != "password" and is_secret_parameter(key)}
+    conninfo = _without_secrets(url, query=True)
+    if not secrets:
+        yield conninfo, env
+        return
+    service = f"orchestrator-{uuid.uuid4().hex[:12]}"
+    with tempfile.NamedTemporaryFile("w", prefix="orchestrator-", suffix=".conf") as file:
+        os.chmod(file.name, 0o600)
+        file.write(f"[{service}]\n")
+        for key, value in secrets.items():
+            file.write(f"{key}={value if isinstance(value, str) else value[-1]}\n")
+        file.flush()
+        env["PGSERVICEFILE"] = file.name
+        separator = "&" if "?" in conninfo else "?"
+        yield f"{conninfo}{separator}service={service}", env
 
 
-def _without_password(url, query: bool) -> str:
+def _without_secrets(url, query: bool) -> str:
     # Built afresh: `URL.set(password=None)` keeps the password (None means "unchanged").
+    options = {key: value for key, value in url.query.items() if not is_secret_parameter(key)}
     bare = URL.create("postgresql", url.username, None, url.host, url.port, url.database,
-                      url.query if query else {})
+                      options if query else {})
     return bare.render_as_string(hide_password=False)
 
 
@@ -664,12 +1165,16 @@ def _run_tool(
     env: dict[str, str],
     database_url: str,
     *,
-    cleanup: Path | None = None,
     stdin: Any = None,
     poll: Callable[[], object] = lambda: None,
     capture: bool = False,
+    die_with_us: bool = True,
 ) -> str:
-    """Run pg_dump or pg_restore; a failure becomes a BackupError with a masked message."""
+    """Run pg_dump or pg_restore; a failure becomes a BackupError with a masked message.
+
+    `die_with_us`: the tool is killed if this process is (a dump nobody will finish or name
+    is only load on the server); a restore is not, and completes in its one transaction.
+    """
     # stderr goes to a file, not a pipe: a chatty tool can never block on a full pipe while we
     # poll it.
     with tempfile.TemporaryFile() as errors:
@@ -679,6 +1184,7 @@ def _run_tool(
             stdin=stdin if stdin is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
             stderr=errors,
+            preexec_fn=functools.partial(_die_with, os.getpid()) if die_with_us else None,
         )
         try:
             output = process.communicate()[0] if capture else b""
@@ -689,14 +1195,10 @@ def _run_tool(
         except BaseException:  # Ctrl-C, or the progress display failed: the tool stops too
             process.kill()
             process.wait()
-            if cleanup is not None:
-                cleanup.unlink(missing_ok=True)
             raise
         errors.seek(0)
         message = errors.read().decode(errors="replace")
     if process.returncode != 0:
-        if cleanup is not None:
-            cleanup.unlink(missing_ok=True)
         raise BackupError(
             f"{Path(command[0]).name} failed for {mask_url(database_url)}: "
             f"{_first_error(message, database_url)}"
@@ -704,12 +1206,26 @@ def _run_tool(
     return output.decode()
 
 
+def _die_with(parent: int) -> None:  # pragma: no cover - runs in the child, before exec
+    """Linux: the child gets SIGKILL when the process that started it dies."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
+
+
 def _first_error(message: str, database_url: str) -> str:
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     text = next((line for line in lines if "error" in line.lower()), lines[0] if lines else "")
-    password = make_url(database_url).password
-    if password:
-        text = text.replace(str(password), "***")
+    url = make_url(database_url)
+    secrets = [url.password] if url.password else []
+    for key, value in url.query.items():
+        if is_secret_parameter(key):
+            secrets.extend([value] if isinstance(value, str) else value)
+    for secret in filter(None, secrets):
+        text = text.replace(str(secret), "***")
     return text or "no error message"
 
 

@@ -204,18 +204,20 @@ def _sqlite_lock(path: Path, timeout: float) -> Iterator[None]:
 def _migrate(context: EnvironmentContext, connection, owned: bool) -> None:
     options = _configure_options(context)
     if backend_name(connection.engine.url) == "postgresql":
-        _set_lock_timeout(context.config, connection)
+        _set_session_limits(context.config, connection)
     else:
         # Our SQLite engines emit a real BEGIN (see orchestrator.db), so DDL is transactional.
         options["transactional_ddl"] = True
     unmanaged = None
+    on_start = context.config.attributes.get("on_step_start")
     if options["on_version_apply"] is None and not context.config.attributes.get("managed"):
         # Plain `alembic upgrade` (or pytest-alembic): the history is written here instead.
         unmanaged = _UnmanagedHistory(context)
         options["on_version_apply"] = unmanaged.step_done
+        on_start = unmanaged.step_started
     context.configure(connection=connection, **options)
-    if unmanaged is not None:
-        unmanaged.watch(context.get_context())
+    if on_start is not None:
+        watch_steps(context.get_context(), lambda step: on_start(step, connection))
     try:
         with context.begin_transaction():
             context.run_migrations()
@@ -224,6 +226,25 @@ def _migrate(context: EnvironmentContext, connection, owned: bool) -> None:
         if unmanaged is not None and owned:
             unmanaged.step_failed(connection, exc)
         raise
+
+
+def watch_steps(migration_context: Any, on_start: Any) -> None:
+    """Call `on_start(step)` as Alembic takes each step from its plan, before the step's
+    transaction begins.
+
+    The plan is the command's function that `MigrationContext.run_migrations` iterates
+    (`_migrations_fn`, not public API: without it, steps are known only once they end).
+    """
+    plan = getattr(migration_context, "_migrations_fn", None)
+    if plan is None:  # pragma: no cover - an Alembic without it
+        return
+
+    def steps(heads: Any, context: Any) -> Iterator[Any]:
+        for step in plan(heads, context):
+            on_start(step.info)
+            yield step
+
+    migration_context._migrations_fn = steps
 
 
 class _UnmanagedHistory:
@@ -246,22 +267,9 @@ class _UnmanagedHistory:
         script = self._context.script.get_revision(revision) if revision else None
         return script.path if script is not None else None
 
-    def watch(self, migration_context: Any) -> None:
-        """Note each step as Alembic takes it from its plan to run it.
-
-        The plan is the command's function that `MigrationContext.run_migrations` iterates
-        (`_migrations_fn`, not public API: without it, failed steps go unrecorded).
-        """
-        plan = getattr(migration_context, "_migrations_fn", None)
-        if plan is None:  # pragma: no cover - an Alembic without it
-            return
-
-        def steps(heads: Any, context: Any) -> Iterator[Any]:
-            for step in plan(heads, context):
-                self._running = step.info
-                yield step
-
-        migration_context._migrations_fn = steps
+    def step_started(self, step: Any, _connection: Any) -> None:
+        """Note the step Alembic is about to run, to record it if it fails."""
+        self._running = step
 
     @staticmethod
     def _describe(step) -> tuple[str, str]:
@@ -311,11 +319,17 @@ def lock_timeout(config: Config) -> str:
     return f"{milliseconds}ms"
 
 
-def _set_lock_timeout(config: Config, connection) -> None:
+def _set_session_limits(config: Config, connection) -> None:
     """Fail fast when a table lock is held by traffic, instead of queueing all traffic behind us."""
     from sqlalchemy import text
 
     connection.execute(text("SELECT set_config('lock_timeout', :value, false)"),
                        {"value": lock_timeout(config)})
-    # The setting is session-wide; end the implicit transaction so Alembic starts its own.
+    # A migrator killed mid-statement leaves its server session running the statement (an
+    # index build goes on, and the next migrator's CREATE INDEX CONCURRENTLY waits for it): the
+    # server checks every second that the client is still there (PostgreSQL 14 and later).
+    connection.execute(text(
+        "SELECT set_config('client_connection_check_interval', '1s', false) "
+        "WHERE current_setting('server_version_num')::int >= 140000"))
+    # The settings are session-wide; end the implicit transaction so Alembic starts its own.
     connection.commit()

@@ -35,6 +35,11 @@ class UnversionedDatabaseError(MigrationError):
     """The database has tables but no revision: it was not created by these migrations."""
 
 
+class BrokenScriptError(MigrationError):
+    """A migration script cannot be loaded (a syntax error, an exception on import): the
+    message names the file and the line."""
+
+
 class NotAtHeadError(MigrationError):
     """An operation that needs an up-to-date database found pending migrations."""
 

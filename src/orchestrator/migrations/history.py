@@ -1,10 +1,13 @@
 """The applied history: one row per revision step in `migration_history`, and script checksums.
 
 The table is not a model: the migration system creates it on demand beside the schema it
-manages, and autogenerate ignores it (`environment.UNMANAGED_TABLES`). A successful step's row
-is written inside that step's own transaction, so the history and the schema cannot disagree
-(a process killed mid-step leaves neither). A failed step's transaction is rolled back with
-everything in it, so its row is written afterwards, in a transaction of its own.
+manages, and autogenerate ignores it (`environment.UNMANAGED_TABLES`). The manager records each
+step as it starts, in a transaction of its own, as failed and `interrupted`; the step's own
+transaction turns that row into a success as it commits, so the history and the schema cannot
+disagree. A process killed mid-step leaves the `interrupted` row: on PostgreSQL a step that
+builds indexes CONCURRENTLY has then done part of its work, and the row is what tells. A failed
+step's transaction is rolled back with everything in it, so its row is updated afterwards, in
+a transaction of its own.
 
 Each row keeps the SHA-256 of the script as it was applied; a script whose file no longer has
 that checksum was edited after it ran, and no longer describes what this database went through.
@@ -44,6 +47,8 @@ if TYPE_CHECKING:
 
 HISTORY_TABLE = "migration_history"
 UPGRADE, DOWNGRADE, STAMP = "upgrade", "downgrade", "stamp"
+# The error of a step that started and did not finish: killed, interrupted, or still running.
+INTERRUPTED = "interrupted"
 # Error texts are kept whole for the operator, within reason.
 _MAX_ERROR = 4000
 
@@ -84,6 +89,11 @@ class HistoryEntry:
     os_user: str
     host: str
     tool_version: str
+
+    @property
+    def interrupted(self) -> bool:
+        """The step started and did not finish (or is still running)."""
+        return not self.success and self.error == INTERRUPTED
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "started_at": self.started_at.isoformat()}
@@ -138,14 +148,15 @@ def record(
     error: str | None = None,
     script_checksum: str | None = None,
     started_at: dt.datetime | None = None,
-) -> None:
-    """Insert one row on `connection`, in whatever transaction it is in (the caller commits)."""
+) -> int:
+    """Insert one row on `connection`, in whatever transaction it is in (the caller commits);
+    returns its id."""
     from orchestrator import __version__
 
     user, host = operator()
     if started_at is None:
         started_at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=duration)
-    connection.execute(
+    return connection.execute(
         history_table.insert().values(
             revision=revision,
             direction=direction,
@@ -158,7 +169,21 @@ def record(
             host=host,
             tool_version=__version__,
         )
-    )
+    ).inserted_primary_key[0]
+
+
+def interrupted_step(connection: Connection) -> HistoryEntry | None:
+    """The newest recorded step if it started and did not finish, else None (raises when there
+    is no table). Asked by every status: the usual answer (none) costs one plain query."""
+    newest = connection.exec_driver_sql(
+        f"SELECT id FROM {HISTORY_TABLE} WHERE id = (SELECT max(id) FROM {HISTORY_TABLE}) "
+        f"AND NOT success AND error = '{INTERRUPTED}'"
+    ).scalar()
+    if newest is None:
+        return None
+    row = connection.execute(
+        select(history_table).where(history_table.c.id == newest)).mappings().one()
+    return HistoryEntry(**{**row, "started_at": _aware(row["started_at"])})
 
 
 def read(connection: Connection) -> list[HistoryEntry]:
@@ -201,9 +226,28 @@ class Recorder:
     def __init__(self, direction: str, script_path: Callable[[str], str]) -> None:
         self.direction = direction
         self._script_path = script_path
-        # What this run wrote, to write again if a restore puts back an older history table.
+        # What this run wrote, to write again if a rollback took the rows with it.
         self.written: list[dict[str, Any]] = []
         self._step_started = time.perf_counter()
+        # The row recorded when the running step started: (its revision, its id).
+        self._started: tuple[str, int] | None = None
+
+    def step_started(self, connection: Connection, revision: str) -> None:
+        """Record a step as it starts, as `interrupted`, and commit: a step killed midway
+        stays recorded as such (called between two steps' transactions)."""
+        self._step_started = time.perf_counter()
+        row_id = record(
+            connection,
+            revision=revision,
+            direction=self.direction,
+            duration=0.0,
+            success=False,
+            error=INTERRUPTED,
+            script_checksum=checksum(self._script_path(revision)),
+            started_at=dt.datetime.now(dt.UTC),
+        )
+        connection.commit()
+        self._started = (revision, row_id)
 
     def step_done(self, connection: Connection, revision: str, direction: str | None = None) -> None:
         """Record a successful step inside its own transaction (called by `on_version_apply`)."""
@@ -216,13 +260,14 @@ class Recorder:
         self._write(connection, revision=revision, success=False, error=error, direction=direction)
 
     def rewrite(self, connection: Connection) -> None:
-        """Write this run's rows again (after a restore replaced the table with an older one)."""
+        """Write this run's rows again (after a rollback or a restore took them away)."""
+        self._started = None
         for row in self.written:
             record(connection, **row)
 
     def _write(self, connection: Connection, **row: Any) -> None:
-        # Alembic reports the end of a step only: a step lasts from the end of the one before
-        # (the first one also carries loading env.py and the scripts).
+        # Alembic reports the end of a step only: without a recorded start, a step lasts from
+        # the end of the one before (the first one also carries loading env.py and the scripts).
         now = time.perf_counter()
         duration = now - self._step_started
         row.update(
@@ -232,8 +277,16 @@ class Recorder:
             script_checksum=checksum(self._script_path(row["revision"])),
         )
         self._step_started = now
-        record(connection, **row)
+        started, self._started = self._started, None
         self.written.append(row)
+        if started is not None and started[0] == row["revision"]:
+            connection.execute(
+                history_table.update().where(history_table.c.id == started[1]).values(
+                    duration=duration, success=row["success"],
+                    error=row["error"][:_MAX_ERROR] if row.get("error") else None,
+                    checksum=row["script_checksum"]))
+            return
+        record(connection, **row)
 
 
 def _aware(value: dt.datetime) -> dt.datetime:

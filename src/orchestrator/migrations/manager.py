@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import io
 import logging
 import re
@@ -16,8 +17,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
+from orchestrator import db
 from orchestrator.db import backend_name, create_engine, mask_url, normalize_url, sqlite_path
 from orchestrator.migrations import lock
 from orchestrator.migrations.environment import (
@@ -26,6 +28,7 @@ from orchestrator.migrations.environment import (
     next_revision_id,
 )
 from orchestrator.migrations.errors import (
+    BrokenScriptError,
     DatabaseAheadError,
     DatabaseLockTimeout,
     DatabaseUnreachableError,
@@ -61,6 +64,33 @@ _SQLITE_DAMAGE = ("SQLITE_NOTADB", "SQLITE_CORRUPT")
 
 
 @dataclass(frozen=True)
+class InterruptedStep:
+    """A revision step that started and did not finish: the process was killed or
+    interrupted midway (or, when `running`, a migration may still be running it)."""
+
+    revision: str
+    direction: str
+    started_at: datetime.datetime
+    # Another process holds the migration lock now: the step may still be in progress.
+    running: bool = False
+
+    def describe(self) -> str:
+        """One line: what happened and the command that completes it."""
+        started = f"{self.started_at:%Y-%m-%d %H:%M:%S} UTC"
+        if self.running:
+            return (f"{self.direction} of {self.revision} started at {started} and has not "
+                    "finished: another process holds the migration lock and may still be "
+                    "running it")
+        command = ("`orchestrator db upgrade`" if self.direction == "upgrade"
+                   else "the same `orchestrator db downgrade` again")
+        return (f"{self.direction} of {self.revision} started at {started} and did not finish "
+                f"(interrupted); run {command} to complete it")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "started_at": self.started_at.isoformat()}
+
+
+@dataclass(frozen=True)
 class MigrationStatus:
     """Where the database stands against the scripts."""
 
@@ -68,17 +98,29 @@ class MigrationStatus:
     head: str | None
     pending: tuple[str, ...]
     database_exists: bool = True
-    # The database has tables but no revision: it was not made by these migrations.
+    # The database has tables but no revision: it was not made by these migrations, or its
+    # version table was emptied (`db stamp base` over a schema, or by hand).
     unversioned: bool = False
     # The database is at a revision these scripts do not know (newer code migrated it).
     ahead: bool = False
+    # The newest recorded step started and did not finish: part of its work may be done.
+    interrupted: InterruptedStep | None = None
+    # PostgreSQL: new sessions are read-only by default (`ALTER DATABASE ... SET
+    # default_transaction_read_only = on`), as a restore leaves it when it is killed midway.
+    read_only: bool = False
 
     @property
     def up_to_date(self) -> bool:
-        return not self.ahead and not self.unversioned and self.current == self.head
+        return (not self.ahead and not self.unversioned and self.interrupted is None
+                and self.current == self.head)
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "pending": list(self.pending), "up_to_date": self.up_to_date}
+        return {
+            **asdict(self),
+            "pending": list(self.pending),
+            "up_to_date": self.up_to_date,
+            "interrupted": self.interrupted.as_dict() if self.interrupted else None,
+        }
 
 
 @dataclass(frozen=True)
@@ -129,6 +171,12 @@ class _Run:
     started: float = field(default_factory=time.perf_counter)
     # Writes each step to `migration_history`, inside the step's transaction.
     history: Any = field(kw_only=True)
+    # Called with (connection, revision) as each step starts, between two transactions.
+    on_start: Callable[[Any, str], None] | None = field(default=None, kw_only=True)
+
+    def start(self, step, connection) -> None:
+        if self.on_start is not None:
+            self.on_start(connection, step.up_revision_id)
 
     def record(self, *, step, ctx, **_: Any) -> None:
         # For both directions this is the revision whose script ran.
@@ -183,6 +231,8 @@ class MigrationManager:
         self._engine: Engine | None = None
         # The connection holding (or awaiting) the PostgreSQL migration lock, if any.
         self._lock_connection: Connection | None = None
+        # Whether this manager holds the migration lock now.
+        self._lock_held = False
 
     @classmethod
     def from_settings(cls, settings, **kwargs: Any) -> MigrationManager:
@@ -243,8 +293,15 @@ class MigrationManager:
     # -- reading -------------------------------------------------------------------------
 
     def get_head_revision(self) -> str | None:
-        """The newest revision in the scripts (None when there are none)."""
-        heads = self.script.get_heads()
+        """The newest revision in the scripts (None when there are none).
+
+        Every command asks this first, and it loads every script: one that cannot be loaded
+        is reported here, naming its file and line.
+        """
+        try:
+            heads = self.script.get_heads()
+        except Exception as exc:
+            raise _broken_script(exc, Path(self.script.dir)) from exc
         if len(heads) > 1:
             raise MultipleHeadsError(
                 f"the migration scripts have {len(heads)} heads ({', '.join(sorted(heads))}); "
@@ -267,10 +324,13 @@ class MigrationManager:
     def status(self) -> MigrationStatus:
         """Current, head and pending revisions, without changing anything."""
         head = self.get_head_revision()
-        current, exists, unversioned = self._read_database()
+        current, exists, unversioned, interrupted, read_only = self._read_database(
+            with_history=True)
         if current is not None and current not in self._chain:
-            return MigrationStatus(current, head, (), exists, ahead=True)
-        return MigrationStatus(current, head, self._between(current, head), exists, unversioned)
+            return MigrationStatus(current, head, (), exists, ahead=True, interrupted=interrupted,
+                                   read_only=read_only)
+        return MigrationStatus(current, head, self._between(current, head), exists, unversioned,
+                               interrupted=interrupted, read_only=read_only)
 
     def history(self) -> list[RevisionInfo]:
         """Every script, oldest first, marked applied up to the database's revision."""
@@ -347,8 +407,7 @@ class MigrationManager:
                 return []
             if self.environment in ("staging", "production") and not allow_changed:
                 self._refuse_changed_scripts()
-            backup = self._backup_before("upgrade")
-            return self._run(command.upgrade, plan[-1], plan, backup)
+            return self._run(command.upgrade, plan[-1], plan)
 
     def downgrade(self, target: str, *, revision: str | None = None) -> list[str]:
         """Undo revisions down to `target` (an id, `-N` or `base`); returns what was undone."""
@@ -361,8 +420,7 @@ class MigrationManager:
             if not plan:
                 return []
             destination = self._script_for(plan[-1]).down_revision or "base"
-            backup = self._backup_before("downgrade")
-            return self._run(command.downgrade, destination, plan, backup)
+            return self._run(command.downgrade, destination, plan)
 
     def stamp(self, revision: str) -> None:
         """Record `revision` as the database's revision without running any migration."""
@@ -508,39 +566,53 @@ class MigrationManager:
 
         return backup.list_backups(self.database_url, self.backup_dir)
 
-    def restore(self, path: str | Path, *, progress: Progress | None = None) -> RestoreReport:
-        """Replace the database with a backup, after backing up its current state."""
+    def restore(
+        self,
+        path: str | Path,
+        *,
+        progress: Progress | None = None,
+        other_database: bool = False,
+    ) -> RestoreReport:
+        """Replace the database with a backup, after backing up its current state; no other
+        connection can commit from the start of that backup until the restore is done.
+
+        A backup of another database (by its sidecar) is refused unless `other_database`.
+        """
         from orchestrator.migrations import backup
 
         path = Path(path)
-        checked = backup.restorable(self.database_url, path)  # before touching anything
+        checked = backup.restorable(self.database_url, path, other_database=other_database)
         with self._migration_lock():
-            safety = None
+            # What the database holds does not matter (nor do the scripts): only whether there
+            # is one to keep, and whether SQLite can read it.
             try:
-                exists = self.status().database_exists
+                exists = self._read_database()[1]
+            except MultipleHeadsError:
+                exists = True
             except DatabaseUnreachableError:
                 if self.dialect != "sqlite" or backup.sqlite_damage(self.database_url) is None:
                     raise
                 return self._restore_over_damage(checked)
-            if exists:
-                safety = self._backup("before-restore", None, progress, prune=False)
             self.close()
-            try:
-                restored = backup.restore(
-                    self.database_url, path, progress=progress or self.backup_progress,
-                    checked=checked,
-                )
-            except BaseException as exc:
-                # SQLite's restore is one transaction; PostgreSQL's first drops what the backup
-                # lacks, so a pg_restore that fails or is interrupted midway is undone from the
-                # safety backup.
-                if safety is None or sqlite_path(self.database_url) is not None:
-                    raise
-                self._put_back(exc, safety)
+            report = backup.restore(
+                self.database_url,
+                path,
+                progress=progress or self.backup_progress,
+                checked=checked,
+                safety_dir=self.backup_dir if exists else None,
+                notify=self.notify,
+                spare=self._own_sessions(),
+            )
             backup.prune(self.database_url, self.backup_dir, self.backup_keep, exclude=[path])
-        return backup.RestoreReport(restored, safety, self.get_current_revision())
+        return report
 
     # -- internals -----------------------------------------------------------------------
+
+    def _own_sessions(self) -> list[int]:
+        """PostgreSQL sessions of ours that a restore must not end: the migration lock's."""
+        if self._lock_connection is None:
+            return []
+        return [self._lock_connection.connection.driver_connection.info.backend_pid]
 
     def _restore_over_damage(self, checked: BackupInfo) -> RestoreReport:
         """A SQLite file too damaged to read: keep its bytes, then put the backup in its place."""
@@ -553,25 +625,8 @@ class MigrationManager:
         logger.warning("the database file was damaged; its bytes were kept in %s", safety.path)
         restored = backup.replace_damaged_sqlite(self.database_url, checked)
         backup.prune(self.database_url, self.backup_dir, self.backup_keep, exclude=[checked.path])
-        return backup.RestoreReport(restored, safety, self.get_current_revision())
-
-    def _put_back(self, failure: BaseException, safety: BackupInfo) -> NoReturn:
-        """Restore the state a failed restore replaced; raise a `BackupError` saying what
-        failed (`failure`: a BackupError, or Ctrl-C) and what was done."""
-        from orchestrator.migrations import backup
-
-        what = str(failure) if isinstance(failure, backup.BackupError) else (
-            f"the restore was stopped ({type(failure).__name__})"
-        )
-        error = type(failure) if isinstance(failure, backup.BackupError) else backup.BackupError
-        try:
-            backup.restore(self.database_url, safety.path)
-        except backup.BackupError as again:
-            raise error(
-                f"{what}; putting the database back failed too ({again}): restore "
-                f"{safety.path} with `orchestrator db restore`"
-            ) from None
-        raise error(f"{what}; the database was put back as it was, from {safety.path}") from None
+        current, _, unversioned, _, _ = self._read_database()
+        return backup.RestoreReport(restored, safety, current, unversioned)
 
     def _script_for(self, revision: str) -> Script:
         return self.script.get_revision(revision)
@@ -584,7 +639,7 @@ class MigrationManager:
     ) -> BackupInfo:
         from orchestrator.migrations import backup
 
-        if not self.status().database_exists:
+        if not self._read_database()[1]:  # the scripts are not needed, nor loaded
             raise backup.BackupError(
                 f"nothing to back up: {sqlite_path(self.database_url)} does not exist yet"
             )
@@ -599,19 +654,22 @@ class MigrationManager:
             backup.prune(self.database_url, self.backup_dir, self.backup_keep)
         return info
 
-    def _backup_before(self, action: str) -> BackupInfo | None:
-        """The automatic backup before an upgrade or downgrade, when enabled and worth taking."""
+    def _wants_backup(self) -> bool:
+        """Whether an upgrade or downgrade takes a backup first: when enabled, and when there
+        is something to lose."""
+        return self.backup_before_migrate and self.get_current_revision() is not None
+
+    def _backup_before(self, action: str, take: Callable[[], BackupInfo]) -> BackupInfo:
+        """Take the automatic backup before an upgrade or downgrade: without it, no change."""
         from orchestrator.migrations.backup import BackupError
 
-        self.last_backup = None
-        if self.backup_before_migrate and self.get_current_revision() is not None:
-            try:
-                self.last_backup = self._backup(f"before-{action}", None, None)
-            except BackupError as exc:
-                raise type(exc)(
-                    f"{exc} (no {action} without the backup taken before it; to go without, "
-                    "set BACKUP_BEFORE_MIGRATE=false)"
-                ) from exc
+        try:
+            self.last_backup = take()
+        except BackupError as exc:
+            raise type(exc)(
+                f"{exc} (no {action} without the backup taken before it; to go without, "
+                "set BACKUP_BEFORE_MIGRATE=false)"
+            ) from exc
         return self.last_backup
 
     def _refuse_changed_scripts(self) -> None:
@@ -684,34 +742,93 @@ class MigrationManager:
             )
         return status
 
-    def _read_database(self) -> tuple[str | None, bool, bool]:
-        """(current revision, database exists, has tables but no revision)."""
+    def _read_database(
+        self, with_history: bool = False
+    ) -> tuple[str | None, bool, bool, InterruptedStep | None, bool]:
+        """(current revision, database exists, has tables but no revision; with
+        `with_history`: the step that was interrupted, if the newest recorded one was, and
+        whether new sessions are read-only by default)."""
         path = sqlite_path(self.database_url)
         if path is not None and not path.exists():
             # Made now (no file is touched before a connection): a waiter that finds no
             # database yet reads it the moment the holder lets go, with nothing left to set up.
             self.engine  # noqa: B018
-            return None, False, False
+            return None, False, False, None, False
         with self._reading() as connection:
             rows = self._version_rows(connection)
             if rows is None:  # no version table: a fresh or an unversioned database
-                # What the inspector's get_table_names() asks, without compiling its reflection
-                # query: 4 ms of CPU on PostgreSQL, paid by every replica starting at once.
-                sql = _TABLE_NAMES_SQL[self.dialect]
-                tables = {name for (name,) in connection.exec_driver_sql(sql)}
+                tables = self._table_names(connection)
                 if VERSION_TABLE not in tables:
-                    return None, True, bool(tables - {"migration_history"})
+                    return (None, True, bool(tables - {"migration_history"}), None,
+                            with_history and self._read_only(connection))
                 # Each statement sees its own snapshot (READ COMMITTED): another migrator
                 # committed its first revision between our two reads. Read the version again
                 # rather than report an "unversioned" database.
                 rows = self._version_rows(connection) or []
+            # An empty version table over tables is no more a revision than a missing one.
+            unversioned = not rows and bool(
+                self._table_names(connection) - {VERSION_TABLE, "migration_history"})
+            interrupted = self._interrupted_step(connection) if with_history else None
+            read_only = with_history and self._read_only(connection)
         if len(rows) > 1:
             versions = ", ".join(sorted(r[0] for r in rows))
             raise MultipleHeadsError(
                 f"the database records several revisions ({versions}); "
                 "stamp the right one with `orchestrator db stamp <revision>`"
             )
-        return (rows[0][0] if rows else None), True, False
+        return (rows[0][0] if rows else None), True, unversioned, interrupted, read_only
+
+    def _table_names(self, connection: Connection) -> set[str]:
+        # What the inspector's get_table_names() asks, without compiling its reflection query:
+        # 4 ms of CPU on PostgreSQL, paid by every replica starting at once.
+        return {name for (name,) in connection.exec_driver_sql(_TABLE_NAMES_SQL[self.dialect])}
+
+    def _interrupted_step(self, connection: Connection) -> InterruptedStep | None:
+        """The newest recorded step, if it started and did not finish."""
+        from sqlalchemy.exc import DBAPIError
+
+        from orchestrator.migrations import history
+
+        try:
+            last = history.interrupted_step(connection)
+        except DBAPIError:  # no history table (or none this role may read): nothing to tell
+            connection.rollback()
+            return None
+        if last is None:
+            return None
+        return InterruptedStep(last.revision, last.direction, last.started_at,
+                               running=self._lock_taken(connection))
+
+    def _read_only(self, connection: Connection) -> bool:
+        """Whether the database makes new sessions read-only by default (PostgreSQL)."""
+        if self.dialect != "postgresql":
+            return False
+        from orchestrator.migrations import backup
+
+        return backup.read_only_by_default(backup.read_only_setting(connection))
+
+    def make_writable_statement(self) -> str:
+        """PostgreSQL: what the database's owner runs to make its new sessions writable."""
+        from sqlalchemy.engine import make_url
+
+        from orchestrator.migrations import backup
+
+        name = make_url(self.database_url).database
+        return backup.make_writable(self.engine.dialect.identifier_preparer.quote(name))
+
+    def _lock_taken(self, connection: Connection) -> bool:
+        """Whether another process holds the migration lock (we do not, when asking)."""
+        if self._lock_held:
+            return False
+        path = sqlite_path(self.database_url)
+        if path is not None:
+            return lock.file_lock_taken(lock.lock_file_for(path))
+        from sqlalchemy import text
+
+        return bool(connection.execute(text(
+            "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid = :key "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND pid <> pg_backend_pid()"), {"key": lock.ADVISORY_LOCK_KEY}).first())
 
     def _version_rows(self, connection: Connection) -> list | None:
         """The version table's rows, or None when the table does not exist."""
@@ -786,6 +903,15 @@ class MigrationManager:
         """Hold the migration lock; yields False when `still_needed` ended the wait unheld.
 
         Sets `lock_wait` to the seconds spent getting it (or giving up on it)."""
+        with self._locked(still_needed) as held:
+            self._lock_held = held
+            try:
+                yield held
+            finally:
+                self._lock_held = False
+
+    @contextlib.contextmanager
+    def _locked(self, still_needed: lock.StillNeeded | None) -> Iterator[bool]:
         path = sqlite_path(self.database_url)
         started = time.perf_counter()
         if path is not None:
@@ -811,72 +937,118 @@ class MigrationManager:
             finally:
                 self._lock_connection = None
 
-    def _run(
-        self,
-        command_fn: Callable[..., Any],
-        destination: str,
-        plan: list[str],
-        backup: BackupInfo | None = None,
-    ) -> list[str]:
-        """Run an Alembic command on our own connection and report what it did."""
+    def _run(self, command_fn: Callable[..., Any], destination: str, plan: list[str]) -> list[str]:
+        """Run an Alembic command on our own connection and report what it did.
+
+        With a backup first (BACKUP_BEFORE_MIGRATE), on PostgreSQL the backup is a snapshot
+        taken before, and each revision commits on its own. On SQLite the backup and every
+        revision run inside one transaction that holds the database's write lock from before
+        the backup to the end: a failure rolls the whole command back, and no other
+        connection can commit anything that the backup lacks and a rollback would lose.
+        """
         from orchestrator.migrations import history
 
-        recorder = history.Recorder(command_fn.__name__, self._script_path)
+        action = command_fn.__name__
+        self.last_backup = None
+        backup = None
+        whole = self._wants_backup()
+        if whole and self.dialect != "sqlite":
+            backup = self._backup_before(
+                action, lambda: self._backup(f"before-{action}", None, None))
+            whole = False
+        recorder = history.Recorder(action, self._script_path)
         run = _Run(self.progress, history=recorder)
         attributes = self.config.attributes
-        failure: Exception | None = None
+        failure: BaseException | None = None
         with self._connect(create=True) as connection:
             history.ensure_table(connection)
             connection.commit()
-            attributes.update(
-                connection=connection,
-                on_version_apply=run.record,
-                db_lock_timeout=self.db_lock_timeout,
-            )
-            try:
-                command_fn(self.config, destination)
-            except Exception as exc:
-                failure = exc
-            finally:
-                for key in ("connection", "on_version_apply"):
-                    attributes.pop(key, None)
+            with contextlib.ExitStack() as held:
+                if whole:
+                    backup = self._begin_with_backup(connection, held, action)
+                else:
+                    run.on_start = recorder.step_started
+                attributes.update(
+                    connection=connection,
+                    on_version_apply=run.record,
+                    on_step_start=run.start,
+                    db_lock_timeout=self.db_lock_timeout,
+                )
+                try:
+                    command_fn(self.config, destination)
+                except BaseException as exc:
+                    failure = exc
+                    if whole:
+                        connection.rollback()
+                else:
+                    if whole:
+                        connection.commit()
+                finally:
+                    for key in ("connection", "on_version_apply", "on_step_start"):
+                        attributes.pop(key, None)
         if failure is not None:
-            # The failed step's transaction is rolled back and its connection closed: record it
-            # on a fresh one (after putting the database back, on SQLite, so the row survives).
+            self._record_failure(failure, plan, run, recorder, rolled_back=whole)
+            if _interrupted(failure):
+                # A failure caused by Ctrl-C is reported as what it is.
+                raise KeyboardInterrupt from failure
             failed = plan[min(len(run.steps), len(plan) - 1)]
-            restored = self._restore_after_failure(backup)
-            error = f"{type(failure).__name__}: {failure}"
-            with self._connect() as connection:
-                if restored is True:
-                    recorder.rewrite(connection)
-                recorder.step_failed(connection, failed, error)
-                connection.commit()
             raise self._failure(
-                failure, failed, command_fn.__name__ == "upgrade", backup, restored
+                failure, failed, action == "upgrade", backup, rolled_back=whole
             ) from failure
         return list(plan[: len(run.steps)])
 
-    def _restore_after_failure(self, backup: BackupInfo | None) -> bool | str | None:
-        """On SQLite, put back the backup taken before the run: True, or why it failed."""
-        if backup is None or self.dialect != "sqlite":
-            # PostgreSQL rolled the failed step back; earlier steps stand, and are sound.
-            return None
-        from orchestrator.migrations import backup as backups
+    def _begin_with_backup(
+        self, connection: Connection, held: contextlib.ExitStack, action: str
+    ) -> BackupInfo:
+        """SQLite: begin the transaction the whole command runs in, with the write lock taken
+        first, and back the database up under it."""
+        from sqlalchemy.exc import OperationalError
 
-        self.close()
+        from orchestrator.migrations import backup
+
+        path = sqlite_path(self.database_url)
+        # Opened before the lock is taken, closed after it is let go (see backup._backup_sqlite).
+        data = held.enter_context(open(path, "rb"))
         try:
-            backups.restore(self.database_url, backup.path)
-        except MigrationError as exc:
-            return str(exc)
-        return True
+            connection.execution_options(sqlite_begin="BEGIN IMMEDIATE").begin()
+            wal = connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        except OperationalError as exc:
+            connection.rollback()
+            raise DatabaseLockTimeout(
+                f"the {action} gave up waiting for the database's write lock "
+                f"({exc.orig}): another connection kept a transaction open on it for more "
+                f"than {db.SQLITE_BUSY_TIMEOUT:g}s; retry later, stop what holds it, or pass "
+                "--retries"
+            ) from None
+        info = self._backup_before(action, lambda: backup.create_held(
+            self.database_url, data, wal, backup_dir=self.backup_dir,
+            reason=f"before-{action}", progress=self.backup_progress))
+        backup.prune(self.database_url, self.backup_dir, self.backup_keep)
+        return info
+
+    def _record_failure(
+        self, failure: BaseException, plan: list[str], run: _Run, recorder, rolled_back: bool
+    ) -> None:
+        """Write the failed (or interrupted) step to the history, on a fresh transaction."""
+        from orchestrator.migrations import history
+
+        failed = plan[min(len(run.steps), len(plan) - 1)]
+        error = (history.INTERRUPTED if _interrupted(failure)
+                 else f"{type(failure).__name__}: {failure}")
+        with self._connect() as connection:
+            if rolled_back:
+                # The steps that succeeded were rolled back with the failed one.
+                recorder.rewrite(connection)
+            recorder.step_failed(connection, failed, error)
+            connection.commit()
 
     def _failure(
         self,
-        exc: Exception,
+        exc: BaseException,
         failed: str,
         upgrading: bool,
         backup: BackupInfo | None = None,
-        restored: bool | str | None = None,
+        rolled_back: bool = False,
     ) -> MigrationError:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         if _is_lock_timeout(exc):
@@ -888,15 +1060,11 @@ class MigrationManager:
         position = self._position(failed)
         last_good = (self._chain[position - 2] if position > 1 else None) if upgrading else failed
         where = f"the database is at {last_good or 'base'}"
-        if restored is True:
+        if rolled_back:
             where = (
-                f"the database was restored automatically from {backup.path} and is back at "
-                f"{backup.revision or 'base'}, as before the command"
-            )
-        elif restored is not None:
-            where += (
-                f"; restoring the backup {backup.path} failed too ({restored}): restore it with "
-                f"`orchestrator db restore {backup.path}`"
+                f"the whole command ran in one transaction and was rolled back: the database "
+                f"is back at {backup.revision or 'base'}, as before the command (its backup: "
+                f"{backup.path})"
             )
         elif backup is not None:
             where += f"; the backup taken before the command is {backup.path}"
@@ -931,5 +1099,44 @@ def _is_missing_table(exc: Exception) -> bool:
     return "no such table" in text or "does not exist" in text and VERSION_TABLE in text
 
 
-def _is_lock_timeout(exc: Exception) -> bool:
+def _broken_script(exc: Exception, folder: Path) -> BrokenScriptError:
+    """What went wrong loading the scripts of `folder`, as one line naming the file and line
+    when a script raised (or does not parse), or what Alembic found wrong with the chain."""
+    import traceback
+
+    folder = folder.resolve()
+
+    def in_folder(filename: str | None) -> bool:
+        return filename is not None and Path(filename).resolve().is_relative_to(folder)
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if in_folder(f.filename)]
+    if isinstance(exc, SyntaxError) and in_folder(exc.filename):
+        where, line, reason = exc.filename, exc.lineno, exc.msg
+    elif frames:
+        where, line, reason = frames[-1].filename, frames[-1].lineno, str(exc).strip()
+    else:
+        # Alembic's own complaint: a parent no script has (a KeyError naming it), a cycle.
+        return BrokenScriptError(
+            f"the migration scripts in {folder} do not form a chain ({type(exc).__name__}: "
+            f"{exc}); `orchestrator db validate` names the script at fault"
+        )
+    reason = reason.splitlines()[0] if reason else ""
+    return BrokenScriptError(
+        f"the migration script {where}, line {line}, cannot be loaded: {type(exc).__name__}: "
+        f"{reason}; fix the script (every command loads all of them; --verbose shows the "
+        "traceback)"
+    )
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether `exc` is Ctrl-C, or an error raised while Ctrl-C was being handled (SQLAlchemy
+    and Alembic clean up after an interrupted statement and may fail doing so)."""
+    while exc is not None:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _is_lock_timeout(exc: BaseException) -> bool:
     return getattr(getattr(exc, "orig", None), "sqlstate", None) == "55P03"

@@ -43,8 +43,9 @@ def prepare_database(settings, manager: MigrationManager) -> StartupReport:
             f"the database is at revision {status.current}, which this code does not know; "
             "refusing to start: deploy the code that has it, or roll the database back"
         )
-    if settings.auto_migrate and not status.up_to_date:
-        before, caller_progress = status.current, manager.progress
+    migrated = settings.auto_migrate and not status.up_to_date
+    if migrated:
+        before, pending, caller_progress = status.current, status.pending, manager.progress
         # Each step logged once, as it is done.
         manager.progress = lambda revision, seconds: logger.info(
             "applied %s in %.2fs", revision, seconds
@@ -56,8 +57,14 @@ def prepare_database(settings, manager: MigrationManager) -> StartupReport:
         status = manager.status()
         if report.applied:
             logger.info("migrated the database from %s to %s", before or "base", status.current)
-        else:  # another replica migrated it while this one waited for the lock
-            logger.info("database schema is at head %s (migrated by another process)", status.head)
+        elif pending:
+            # We waited for the lock while another process (a replica starting beside us)
+            # brought the database to head.
+            logger.info("another process migrated the database to %s while this one waited",
+                        status.current)
+    if status.interrupted is not None and not status.interrupted.running:
+        report.problem = status.interrupted.describe()
+        logger.warning("a migration did not finish: %s", report.problem)
     elif not status.up_to_date:
         report.problem = (
             f"the database is at {status.current or 'base'} and head is {status.head} "
@@ -65,7 +72,7 @@ def prepare_database(settings, manager: MigrationManager) -> StartupReport:
             "run `orchestrator db upgrade` to migrate it"
         )
         logger.warning("schema is behind: %s", report.problem)
-    else:
+    elif not migrated:
         logger.info("database schema is at head %s", status.head)
     report.status = status
     return report

@@ -391,6 +391,13 @@ def no_drift(ctx: Context) -> list[Finding]:
     if position >= len(scratch.snapshots):
         raise Skip("the migrations do not reach the database's revision on a fresh database")
     live = schema_snapshot(ctx.database_url)
+    fix = (
+        "if the change is wanted, write a migration that makes it so every database gets "
+        "it; otherwise undo the change by hand"
+    )
+    if status.interrupted is not None:
+        # Not a change made by hand: what the interrupted step did before it stopped.
+        fix = f"the difference is what it did before it stopped: {status.interrupted.describe()}"
     return [
         Finding(
             "MIG005",
@@ -398,8 +405,7 @@ def no_drift(ctx: Context) -> list[Finding]:
             ERROR,
             f"the database differs from what the migrations build at "
             f"{status.current or 'base'}: {difference}",
-            "if the change is wanted, write a migration that makes it so every database gets "
-            "it; otherwise undo the change by hand",
+            fix,
         )
         for difference in diff_schemas(scratch.snapshots[position], live)
     ]
