@@ -4,6 +4,7 @@ said once, exit codes of their own, and output a script can read (`--json`, `--q
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import pty
@@ -561,9 +562,12 @@ def test_every_reporting_command_prints_the_json_its_documentation_describes(
         "a backup": outputs["db backups"][0],
         "a skipped rule": {"code": "", "rule": "", "reason": ""},  # none skip here: asdict()
     }
+    from orchestrator.migrations.manager import InterruptedStep
     from orchestrator.migrations.validate import Finding
 
     inner["a finding"] = Finding("MIG000", "r", "error", "m", "f").as_dict()
+    inner["an interrupted step"] = InterruptedStep(
+        "001", "upgrade", dt.datetime.now(dt.timezone.utc)).as_dict()
     assert set(objects) == set(inner)
     for name, example in inner.items():
         assert set(example) == objects[name], name

@@ -76,7 +76,7 @@ def test_a_replica_that_waited_says_another_process_migrated(sqlite_url, tmp_pat
     first.join()
     assert reports["first"].applied == [slow] and reports["second"].applied == []
     assert reports["second"].status.up_to_date and reports["second"].problem is None
-    assert f"migrated the database to {slow} (applied {slow})" in caplog.text
+    assert f"migrated the database from 004 to {slow}" in caplog.text
     assert f"another process migrated the database to {slow} while this one waited" in (
         caplog.text)
     assert "(applied )" not in caplog.text
