@@ -25,13 +25,14 @@ def _schema(app: FastAPI):
 
 def case_for(app: FastAPI, method: str, path: str):
     """A schemathesis case for the operation a request to `path` reaches (a literal segment
-    beats a parameter), with the path's parameters."""
+    beats a parameter), with the path's parameters; None for a path the API does not have."""
     matches = []
     for template, operations in app.openapi()["paths"].items():
         pattern = re.sub(r"\{([^}]+)\}", r"(?P<\1>[^/]+)", template)
         if method.lower() in operations and (found := re.fullmatch(pattern, path)):
             matches.append((template.count("{"), template, found.groupdict()))
-    assert matches, f"{method} {path} is not in the OpenAPI document"
+    if not matches:
+        return None
     _, template, parameters = min(matches)
     return _schema(app)[template][method.upper()].Case(path_parameters=parameters)
 
@@ -39,6 +40,19 @@ def case_for(app: FastAPI, method: str, path: str):
 def assert_conforms(app: FastAPI, response) -> None:
     """Fail unless the OpenAPI document describes `response` (status, type, headers, body)."""
     request = response.request
-    case_for(app, request.method, request.url.path).validate_response(
-        response, checks=RESPONSE_CHECKS
-    )
+    case = case_for(app, request.method, request.url.path)
+    assert case is not None, f"{request.method} {request.url.path} is not in the OpenAPI document"
+    case.validate_response(response, checks=RESPONSE_CHECKS)
+
+
+def check_every_response(client) -> None:
+    """Make `client` (a TestClient) check each response of an operation the API documents:
+    every test that uses it then also tests the OpenAPI document against real answers."""
+
+    def check(response) -> None:
+        request = response.request
+        if case_for(client.app, request.method, request.url.path) is not None:
+            response.read()
+            assert_conforms(client.app, response)
+
+    client.event_hooks = {"request": [], "response": [check]}
