@@ -134,16 +134,13 @@ def _decode(
         document = json.loads(raw)
     except (binascii.Error, ValueError):
         _invalid("cursor", cursor, "is not a cursor this API gave; start again without it")
-    if (
-        not isinstance(document, dict)
-        or document.get("v") != _CURSOR_VERSION
-        or not isinstance(document.get("after"), list)
-        or len(document["after"]) != len(order)
-    ):
+    if not isinstance(document, dict) or document.get("v") != _CURSOR_VERSION:
         _invalid("cursor", cursor, "is not a cursor this API gave; start again without it")
     if document.get("list") != name:
         _invalid("cursor", cursor, f"belongs to another list, not to {name}; start again "
                                    "without it")
+    if not isinstance(document.get("after"), list) or len(document["after"]) != len(order):
+        _invalid("cursor", cursor, "is not a cursor this API gave; start again without it")
     return [_key(cursor, column, value, sqlite) for column, value in zip(order, document["after"])]
 
 
