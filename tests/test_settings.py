@@ -114,7 +114,8 @@ def test_an_env_file_of_settings_is_read_whatever_their_case(tmp_path):
 
 def test_an_empty_unknown_key_is_refused_too(tmp_path):
     (tmp_path / ".env").write_text("ENVIROMENT=\n")
-    with pytest.raises(SettingsError, match=r"unknown setting ENVIROMENT \(did you mean ENVIRONMENT\?\)"):
+    expected = r"unknown setting ENVIROMENT \(did you mean ENVIRONMENT\?\)"
+    with pytest.raises(SettingsError, match=expected):
         load_settings()
 
 

@@ -179,7 +179,8 @@ def warn_about_unknown_variables(environ: Mapping[str, str]) -> None:
         if upper in known or name in _warned:
             continue
         if upper.startswith(_PREFIX):
-            hint = f"settings have no {_PREFIX} prefix; did you mean {_closest(upper.removeprefix(_PREFIX))}?"
+            meant = _closest(upper.removeprefix(_PREFIX))
+            hint = f"settings have no {_PREFIX} prefix; did you mean {meant}?"
         elif difflib.get_close_matches(upper, known, n=1, cutoff=_CLOSE_ENOUGH):
             hint = f"did you mean {_closest(upper)}?"
         else:

@@ -70,7 +70,8 @@ def test_readiness_documents_its_503_and_the_reason_codes(app):
 
 def test_every_route_answers_503_as_documented_before_the_database_is_migrated(db_url):
     """Staging does not migrate at start-up: until `db upgrade`, every route is a 503."""
-    with TestClient(create_app(load_settings(environment="staging", database_url=db_url))) as client:
+    settings = load_settings(environment="staging", database_url=db_url)
+    with TestClient(create_app(settings)) as client:
         check_every_response(client)
         headers = {"Authorization": "Bearer orch_whatever"}
         answers = {}

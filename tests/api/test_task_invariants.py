@@ -125,7 +125,8 @@ def test_a_task_ends_with_the_agent_that_held_it(client, alice, task, new_agent)
 
 
 @pytest.mark.parametrize("final", ["done", "failed"])
-@pytest.mark.parametrize("change", FIELDS_OF_A_FINISHED_TASK, ids=lambda c: "{}={}".format(*next(iter(c.items()))))
+@pytest.mark.parametrize("change", FIELDS_OF_A_FINISHED_TASK,
+                         ids=lambda c: "{}={}".format(*next(iter(c.items()))))
 def test_a_finished_task_no_longer_changes(client, alice, task, new_agent, final, change):
     agent, other = new_agent("holder"), new_agent("other")
     _patch(client, alice, task, status="in_progress", agent_id=agent["id"])
@@ -156,7 +157,8 @@ def test_an_agent_holding_work_does_not_go_offline(client, alice, project, new_a
     response = client.patch(url, json={"status": "offline"}, headers=alice.headers)
     assert response.status_code == 409
     detail = response.json()["detail"]
-    assert f"agent {agent['id']} holds 2 tasks in progress ({held[0]['id']}, {held[1]['id']})" in detail
+    ids = f"{held[0]['id']}, {held[1]['id']}"
+    assert f"agent {agent['id']} holds 2 tasks in progress ({ids})" in detail
     assert client.get(url, headers=alice.headers).json()["status"] == "idle"
     for task in held:
         _patch(client, alice, task, status="pending")

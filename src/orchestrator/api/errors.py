@@ -66,7 +66,9 @@ BUSY = DatabaseProblem(503, "the database is busy; retry shortly")
 NOT_READY = DatabaseProblem(
     503, "the database is not ready (its schema is not the one this code needs); see /health/ready"
 )
-UNAVAILABLE = DatabaseProblem(503, "the database is unavailable; retry shortly, or see /health/ready")
+UNAVAILABLE = DatabaseProblem(
+    503, "the database is unavailable; retry shortly, or see /health/ready"
+)
 
 # PostgreSQL SQLSTATEs: https://www.postgresql.org/docs/current/errcodes-appendix.html
 _PG_BUSY = {

@@ -141,7 +141,10 @@ def _decode(
                                    "without it")
     if not isinstance(document.get("after"), list) or len(document["after"]) != len(order):
         _invalid("cursor", cursor, "is not a cursor this API gave; start again without it")
-    return [_key(cursor, column, value, sqlite) for column, value in zip(order, document["after"])]
+    return [
+        _key(cursor, column, value, sqlite)
+        for column, value in zip(order, document["after"], strict=True)
+    ]
 
 
 def _key(cursor: str, column: InstrumentedAttribute, value: Any, sqlite: bool) -> Any:

@@ -310,7 +310,9 @@ class SchemaState(BaseModel):
 class HealthDetail(BaseModel):
     environment: str
     schema_: SchemaState = Field(alias="schema")
-    reason: ReadinessReason | None = Field(description="As `/health/ready` gives it; null when ready.")
+    reason: ReadinessReason | None = Field(
+        description="As `/health/ready` gives it; null when ready."
+    )
     problem: str | None = Field(description="What is wrong and what to do; null when ready.")
 
     model_config = ConfigDict(populate_by_name=True)

@@ -75,7 +75,8 @@ def _check(request: Request) -> tuple[str | None, SchemaState, str | None]:
                      f"the database is at {status.current}, which this code does not know")
     if status.unversioned:
         return _note(request, "database_unversioned", schema,
-                     "the database has tables but no migration revision; see `orchestrator db stamp`")
+                     "the database has tables but no migration revision; "
+                     "see `orchestrator db stamp`")
     if not status.up_to_date:
         return _note(request, "migrations_pending", schema,
                      f"the schema is at {status.current or 'base'}, head is {status.head}; "
