@@ -111,7 +111,7 @@ def page_of(
         limit=params.limit,
         offset=params.offset,
         next_offset=params.offset + params.limit if more and params.cursor is None else None,
-        next_cursor=_encode(name, tuple(rows[-1])[1:]) if more else None,
+        next_cursor=encode_cursor(name, tuple(rows[-1])[1:]) if more else None,
     )
 
 
@@ -119,7 +119,8 @@ def _is_datetime(column: InstrumentedAttribute) -> bool:
     return isinstance(column.type, DateTime)
 
 
-def _encode(name: str, key: Sequence[Any]) -> str:
+def encode_cursor(name: str, key: Sequence[Any]) -> str:
+    """The cursor of the page after the row whose sort key (as stored) is `key`."""
     values = [value.isoformat() if isinstance(value, dt.datetime) else value for value in key]
     document = json.dumps({"v": _CURSOR_VERSION, "list": name, "after": values},
                           separators=(",", ":"))
