@@ -1,4 +1,4 @@
-"""Shared dependencies of the routes: the database, a session per request, the caller, paging.
+"""Shared dependencies of the routes: the database, a session per request, the caller, errors.
 
 The engines are made in the app's lifespan (`open_database`) and kept on `app.state.db`.
 
