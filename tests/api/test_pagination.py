@@ -109,6 +109,7 @@ def test_offsets_stop_at_the_cap_and_point_to_the_cursor(client, alice, project)
     assert response.status_code == 422
     error = response.json()["detail"][0]
     assert error["loc"] == ["query", "offset"]
+    assert error["msg"].startswith(f"is at most {MAX_OFFSET}") and "`cursor`" in error["msg"]
     assert client.get("/api/v1/tasks", params={"offset": MAX_OFFSET},
                       headers=alice.headers).status_code == 200
     description = client.app.openapi()["paths"]["/api/v1/tasks"]["get"]["parameters"]

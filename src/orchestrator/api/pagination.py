@@ -57,7 +57,8 @@ def page_params(
         int,
         Query(
             ge=0,
-            le=MAX_OFFSET,
+            # Checked below, to say what to do instead.
+            json_schema_extra={"maximum": MAX_OFFSET},
             description=f"Items to skip, at most {MAX_OFFSET:,}; go further with `cursor`.",
         ),
     ] = 0,
@@ -70,6 +71,10 @@ def page_params(
     ] = None,
 ) -> PageParams:
     """The `limit`, `offset` and `cursor` query parameters of every list."""
+    if offset > MAX_OFFSET:
+        _invalid("offset", offset, f"is at most {MAX_OFFSET}: an offset makes the database read "
+                                   "and drop every item before it; page further with `cursor` "
+                                   "(each page's next_cursor)")
     if cursor is not None and offset:
         _invalid("offset", offset, "give either offset or cursor, not both")
     return PageParams(limit, offset, cursor)
