@@ -25,7 +25,7 @@ from typing import Annotated, Any, NoReturn
 from fastapi import Depends, Query
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
-from sqlalchemy import DateTime, Select, String, cast, tuple_
+from sqlalchemy import ColumnElement, DateTime, Select, String, and_, cast, literal, or_
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from orchestrator.api.schemas import (
@@ -98,8 +98,7 @@ def page_of(
     """
     sqlite = session.get_bind().dialect.name == "sqlite"
     if params.cursor is not None:
-        after = _decode(params.cursor, name, order, sqlite)
-        statement = statement.where(tuple_(*order) > tuple_(*after))
+        statement = statement.where(after(order, _decode(params.cursor, name, order, sqlite)))
     # The sort key is read back as stored: SQLite keeps timestamps as text in more than one
     # format, and compares them as text, so the cursor must carry the text itself.
     keys = [
@@ -118,6 +117,24 @@ def page_of(
         next_offset=params.offset + params.limit if more and params.cursor is None else None,
         next_cursor=encode_cursor(name, tuple(rows[-1])[1:]) if more else None,
     )
+
+
+def after(order: Sequence[InstrumentedAttribute], key: Sequence[Any]) -> ColumnElement[bool]:
+    """The rows whose sort key comes after `key` in `order`.
+
+    Spelt out, `a >= x AND (a > x OR (a = x AND (b > y OR (b = y AND c > z))))`, rather than
+    as the row comparison `(a, b, c) > (x, y, z)`: PostgreSQL estimates a row comparison by
+    its first column alone (`a > x`), which finds no rows when the key is in the last block of
+    equal `a` (all tasks of priority 3, say); it then joins the user's projects by nested loop
+    over what are really all the rows, 5 s instead of 0.3 s on 500,000 tasks. The leading
+    `a >= x` lets an index on `a` narrow the scan.
+    """
+    condition = order[-1] > key[-1]
+    for column, value in zip(reversed(order[:-1]), reversed(key[:-1]), strict=True):
+        condition = or_(column > value, and_(column == value, condition))
+    if len(order) > 1:
+        condition = and_(order[0] >= key[0], condition)
+    return condition
 
 
 def _is_datetime(column: InstrumentedAttribute) -> bool:
@@ -157,7 +174,8 @@ def _key(cursor: str, column: InstrumentedAttribute, value: Any, sqlite: bool) -
     if _is_datetime(column):
         if isinstance(value, str) and len(value) <= _MAX_TEXT_KEY:
             if sqlite:
-                return value
+                # Compared as the text it is stored as, not converted as a datetime would be.
+                return literal(value, String())
             try:
                 moment = dt.datetime.fromisoformat(value)
             except ValueError:
