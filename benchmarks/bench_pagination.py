@@ -34,6 +34,9 @@ TITLE = "Last page of 500,000 tasks by cursor vs the first page (HTTP)"
 ROWS = 500_000
 PAGE = 50
 TARGET = 1.5
+# A guard against the planner's misestimate (about 50 × when it struck), not a tight target:
+# this page sorts the 100,000 tasks after its key where the first page's workers split theirs.
+BLOCK_TARGET = 3
 
 
 def run(options) -> dict[str, Any]:
@@ -103,9 +106,10 @@ def _measure(dialect: str, url: str, rows: int, repeats: int, smoke: bool) -> li
         metric(f"page by cursor at the start of the last priority level ({rows // 5:,} tasks "
                f"after it), {dialect}", median(blocks), "ms", reference=median(firsts),
                reference_name="the first page", ratio=median(paired_ratios(blocks, firsts)),
-               target=f"≤ {TARGET} ×", passed=None if smoke else
-               median(paired_ratios(blocks, firsts)) <= TARGET, runs=repeats,
-               note="where a row comparison made PostgreSQL's planner expect one row"),
+               target=f"≤ {BLOCK_TARGET} ×", passed=None if smoke else
+               median(paired_ratios(blocks, firsts)) <= BLOCK_TARGET, runs=repeats,
+               note="where a row comparison made PostgreSQL's planner expect one row and take "
+                    "5 s"),
         metric(f"page at offset 10,000 (the deepest offsets reach), {dialect}", median(offsets),
                "ms", reference=median(firsts), reference_name="the first page", runs=repeats),
         metric(f"last page by OFFSET {rows - PAGE:,}, the list's SQL in process (refused by the "
