@@ -2,8 +2,8 @@
 
 Every list has a fixed order that ends in a unique column (tasks: priority level, age, id;
 everything else: id). A page's `next_cursor` holds the sort key of its last row, and the next
-page asks the database for the rows after that key, which an index finds without reading the
-rows before it: a cursor page deep in a long list costs what the first page costs, and rows
+page asks the database for the rows after that key, never for the rows before it: a cursor page
+deep in a long list costs about what the first page costs (docs/benchmarks.md), and rows
 inserted or deleted meanwhile neither repeat nor skip the rows already listed. An offset makes
 the database read and drop every row before it, so offsets stop at `MAX_OFFSET`.
 
@@ -125,9 +125,9 @@ def after(order: Sequence[InstrumentedAttribute], key: Sequence[Any]) -> ColumnE
     Spelt out, `a >= x AND (a > x OR (a = x AND (b > y OR (b = y AND c > z))))`, rather than
     as the row comparison `(a, b, c) > (x, y, z)`: PostgreSQL estimates a row comparison by
     its first column alone (`a > x`), which finds no rows when the key is in the last block of
-    equal `a` (all tasks of priority 3, say); it then joins the user's projects by nested loop
-    over what are really all the rows, 5 s instead of 0.3 s on 500,000 tasks. The leading
-    `a >= x` lets an index on `a` narrow the scan.
+    equal `a` (all tasks of priority 3, say), and then joins the user's projects by a nested
+    loop over what are really all the rows (docs/benchmarks.md has the page this struck). The
+    leading `a >= x` lets an index on `a` narrow the scan.
     """
     condition = order[-1] > key[-1]
     for column, value in zip(reversed(order[:-1]), reversed(key[:-1]), strict=True):
