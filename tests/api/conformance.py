@@ -4,7 +4,7 @@ the status is documented for the operation, and so are its content type, headers
 from __future__ import annotations
 
 import re
-from functools import cache
+import weakref
 
 import schemathesis
 from fastapi import FastAPI
@@ -18,9 +18,14 @@ RESPONSE_CHECKS = [
 ]
 
 
-@cache
+# Per app, without keeping the apps of finished tests alive.
+_schemas: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _schema(app: FastAPI):
-    return schemathesis.openapi.from_dict(app.openapi())
+    if app not in _schemas:
+        _schemas[app] = schemathesis.openapi.from_dict(app.openapi())
+    return _schemas[app]
 
 
 def case_for(app: FastAPI, method: str, path: str):
