@@ -106,7 +106,7 @@ def run(smoke: bool) -> dict[str, Any]:
 def _measure(dialect: str, admin_url: str | None, tasks: int) -> dict[str, Any]:
     with _database(dialect, admin_url) as url:
         token, agent_ids = _seed(url, tasks)
-        with _server(url) as base:
+        with serve_api(url) as base:
             import httpx
 
             headers = {"Authorization": f"Bearer {token}"}
@@ -256,7 +256,7 @@ def _count_pending(url: str) -> int:
 
 
 @contextlib.contextmanager
-def _server(url: str) -> Iterator[str]:
+def serve_api(url: str) -> Iterator[str]:
     """uvicorn serving the app on a free local port; yields its base URL."""
     port = _free_port()
     env = project_env(DATABASE_URL=url, ENVIRONMENT="development", AUTO_MIGRATE="false")

@@ -115,3 +115,59 @@ def test_dotenv_file_is_read(tmp_path):
     settings = get_settings()
     assert settings.environment is Environment.staging and settings.auto_migrate is True
     assert get_settings() is settings
+
+
+# -- names that are not settings ----------------------------------------------------------
+
+
+def test_a_misspelt_key_in_env_file_is_an_error_naming_it_and_the_closest_setting(tmp_path):
+    (tmp_path / ".env").write_text("# local\nDATABSE_URL=sqlite:///other.db\nUNKNOWN_KEY=1\n")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert str(info.value) == (
+        ".env: line 2: unknown setting DATABSE_URL (did you mean DATABASE_URL?); "
+        "line 3: unknown setting UNKNOWN_KEY (did you mean BACKUP_KEEP?); fix or remove them"
+    )
+
+
+def test_an_env_file_of_settings_is_read_whatever_their_case(tmp_path):
+    (tmp_path / ".env").write_text("export database_url=sqlite:///mine.db\nBACKUP_KEEP=3\n")
+    settings = load_settings()
+    assert (settings.database_url, settings.backup_keep) == ("sqlite:///mine.db", 3)
+
+
+def test_an_empty_unknown_key_is_refused_too(tmp_path):
+    (tmp_path / ".env").write_text("ENVIROMENT=\n")
+    expected = r"unknown setting ENVIROMENT \(did you mean ENVIRONMENT\?\)"
+    with pytest.raises(SettingsError, match=expected):
+        load_settings()
+
+
+def test_the_cli_refuses_a_misspelt_env_file_with_one_line(tmp_path, run_cli):
+    (tmp_path / ".env").write_text("DATABSE_URL=sqlite:///other.db\n")
+    result = run_cli("db", "current")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "Error: .env: line 1: unknown setting DATABSE_URL (did you mean DATABASE_URL?); "
+        "fix or remove it\n"
+    )
+    assert not (tmp_path / "orchestrator_dev.db").exists()
+
+
+def test_unknown_variables_that_look_like_settings_get_a_warning(monkeypatch, caplog):
+    from orchestrator import settings as module
+
+    monkeypatch.setattr(module, "_warned", set())
+    for name, value in [("ORCHESTRATOR_DATABASE_URL", "sqlite:///a.db"),
+                        ("DATABSE_URL", "sqlite:///b.db"), ("TEST_DATABASE_URL", "x"),
+                        ("HOME", "/root")]:
+        monkeypatch.setenv(name, value)
+    load_settings()
+    load_settings()  # once per process, not once per call
+    warnings = [r.getMessage() for r in caplog.records if r.name == "orchestrator.settings"]
+    assert warnings == [
+        "ignoring environment variable DATABSE_URL, which is not a setting: "
+        "did you mean DATABASE_URL?",
+        "ignoring environment variable ORCHESTRATOR_DATABASE_URL, which is not a setting: "
+        "settings have no ORCHESTRATOR_ prefix; did you mean DATABASE_URL?",
+    ]

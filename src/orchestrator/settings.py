@@ -6,9 +6,13 @@ Settings are built, never imported as a ready object: call `get_settings()` (cac
 
 from __future__ import annotations
 
+import difflib
 import enum
+import logging
 import math
+import os
 import re
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
@@ -71,6 +75,12 @@ class SettingsError(Exception):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", validate_default=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _env_file_sets_only_settings(cls, data: object) -> object:
+        check_env_file(Path(str(cls.model_config["env_file"])))
+        return data
+
     environment: Environment = Environment.development
     database_url: str | None = None
     # None means "the environment's default": on in development, off elsewhere.
@@ -121,6 +131,7 @@ class Settings(BaseSettings):
 
 def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment plus `overrides`, turning errors into one line."""
+    warn_about_unknown_variables(os.environ)
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
@@ -146,3 +157,62 @@ def _describe(exc: ValidationError) -> str:
             "use one of: development, staging, production"
         )
     return f"{variable} is invalid: {message}"
+
+
+# -- names that are not settings ----------------------------------------------------------
+
+logger = logging.getLogger("orchestrator.settings")
+# A variable close to a setting's name is probably that setting misspelt (DATABSE_URL), but
+# other programs' names may resemble ours (TEST_DATABASE_URL): only near misses are flagged.
+_CLOSE_ENOUGH = 0.85
+_PREFIX = "ORCHESTRATOR_"
+_warned: set[str] = set()
+
+
+def check_env_file(path: Path) -> None:
+    """Refuse a `.env` that sets a name that is not a setting: a misspelt name would otherwise
+    be ignored, and the setting's default (another database!) used without a word."""
+    if not path.is_file():
+        return
+    from dotenv import dotenv_values
+
+    known = set(_VARIABLES.values())
+    unknown = [key for key in dotenv_values(path) if key.upper() not in known]
+    if not unknown:
+        return
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    problems = [
+        f"{_line_of(key, lines)}unknown setting {key} (did you mean {_closest(key)}?)"
+        for key in unknown
+    ]
+    raise ValueError(f"{path}: {'; '.join(problems)}; fix or remove "
+                     f"{'them' if len(problems) > 1 else 'it'}")
+
+
+def warn_about_unknown_variables(environ: Mapping[str, str]) -> None:
+    """Log a warning, once per process, for each environment variable that looks meant for
+    this program but is not a setting (ORCHESTRATOR_DATABASE_URL, DATABSE_URL)."""
+    known = set(_VARIABLES.values())
+    for name in sorted(environ):
+        upper = name.upper()
+        if upper in known or name in _warned:
+            continue
+        if upper.startswith(_PREFIX):
+            meant = _closest(upper.removeprefix(_PREFIX))
+            hint = f"settings have no {_PREFIX} prefix; did you mean {meant}?"
+        elif difflib.get_close_matches(upper, known, n=1, cutoff=_CLOSE_ENOUGH):
+            hint = f"did you mean {_closest(upper)}?"
+        else:
+            continue
+        _warned.add(name)
+        logger.warning("ignoring environment variable %s, which is not a setting: %s", name, hint)
+
+
+def _closest(name: str) -> str:
+    return difflib.get_close_matches(name.upper(), _VARIABLES.values(), n=1, cutoff=0)[0]
+
+
+def _line_of(key: str, lines: list[str]) -> str:
+    pattern = re.compile(rf"\s*(export\s+)?{re.escape(key)}\s*=")
+    number = next((i for i, line in enumerate(lines, 1) if pattern.match(line)), None)
+    return f"line {number}: " if number else ""

@@ -18,6 +18,7 @@ from orchestrator.api.app import create_app
 from orchestrator.db import create_engine
 from orchestrator.migrations import MigrationManager
 from orchestrator.settings import Settings
+from tests.api.conformance import check_every_response
 from tests.conftest import require_postgres, scratch_postgres_database
 
 
@@ -67,9 +68,11 @@ def api_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def client(api_db: str) -> Iterator[TestClient]:
-    """The app on `api_db`, with its lifespan running."""
+    """The app on `api_db`, with its lifespan running; every answer it gets is checked against
+    the OpenAPI document (tests/api/conformance.py)."""
     app = create_app(Settings(database_url=api_db, environment="development"))
     with TestClient(app) as test_client:
+        check_every_response(test_client)
         yield test_client
 
 

@@ -89,6 +89,9 @@ schema = schemathesis.pytest.from_fixture("api_schema")
     database=None,
 )
 def test_no_generated_request_gets_a_server_error(case, caller: Caller):
+    if case.meta.generation.mode.is_positive and case.query:
+        # A cursor is valid only when the server made it: a generated one is rightly a 422.
+        case.query.pop("cursor", None)
     response = case.call_and_validate(headers=caller.headers, excluded_checks=FRAMEWORK_BEHAVIOUR)
     if case.method == "DELETE" and response.status_code == 204 and "/users/" in case.path:
         caller.renew()  # the caller deleted themselves or their token

@@ -28,17 +28,23 @@ def add_task(client, alice, project):
     return add
 
 
-def _move(client, user, task: dict, status: str):
+def _move(client, user, task: dict, status: str, **fields):
     url = f"/api/v1/tasks/{task['id']}"
-    return client.patch(url, json={"status": status}, headers=user.headers)
+    return client.patch(url, json={"status": status, **fields}, headers=user.headers)
 
 
-def _task_in(client, alice, add_task, status: str) -> dict:
+@pytest.fixture
+def agent(client, alice) -> dict:
+    return client.post("/api/v1/agents", json={"name": "worker"}, headers=alice.headers).json()
+
+
+def _task_in(client, alice, add_task, agent, status: str) -> dict:
     task = add_task()
     path = {"pending": [], "in_progress": ["in_progress"], "done": ["in_progress", "done"],
             "failed": ["in_progress", "failed"]}[status]
     for step in path:
-        assert _move(client, alice, task, step).status_code == 200
+        fields = {"agent_id": agent["id"]} if step == "in_progress" else {}
+        assert _move(client, alice, task, step, **fields).status_code == 200
     return task
 
 
@@ -51,9 +57,10 @@ def test_a_new_task_is_pending_with_priority_3(add_task):
     ("start", "target"),
     [pair for pair in itertools.product(STATUSES, STATUSES) if pair[0] != pair[1]],
 )
-def test_status_moves_follow_the_machine(client, alice, add_task, start, target):
-    task = _task_in(client, alice, add_task, start)
-    response = _move(client, alice, task, target)
+def test_status_moves_follow_the_machine(client, alice, add_task, agent, start, target):
+    task = _task_in(client, alice, add_task, agent, start)
+    fields = {"agent_id": agent["id"]} if target == "in_progress" else {}
+    response = _move(client, alice, task, target, **fields)
     allowed = [status.value for status in ALLOWED_MOVES[start]]
     if target in allowed:
         assert response.status_code == 200
@@ -61,8 +68,13 @@ def test_status_moves_follow_the_machine(client, alice, add_task, start, target)
     else:
         assert response.status_code == 409
         detail = response.json()["detail"]
-        assert f"from {start} to {target}" in detail
+        if start in ("done", "failed"):
+            assert f"is {start}, which is final" in detail
+        else:
+            assert f"from {start} to {target}" in detail
         assert f"allowed moves from {start}: {', '.join(allowed) or 'none'}" in detail
+        after = client.get(f"/api/v1/tasks/{task['id']}", headers=alice.headers).json()
+        assert after["status"] == start
 
 
 def test_the_status_machine_is_the_one_the_issue_describes():
@@ -74,8 +86,7 @@ def test_the_status_machine_is_the_one_the_issue_describes():
     }
 
 
-def test_releasing_a_task_clears_its_agent(client, alice, add_task):
-    agent = client.post("/api/v1/agents", json={"name": "a"}, headers=alice.headers).json()
+def test_releasing_a_task_clears_its_agent(client, alice, add_task, agent):
     task = add_task()
     claimed = client.post(f"/api/v1/agents/{agent['id']}/claim", headers=alice.headers).json()
     assert (claimed["id"], claimed["agent_id"]) == (task["id"], agent["id"])
@@ -83,10 +94,9 @@ def test_releasing_a_task_clears_its_agent(client, alice, add_task):
     assert (released["status"], released["agent_id"]) == ("pending", None)
 
 
-def test_assigning_an_unknown_agent_is_404(client, alice, add_task):
+def test_starting_a_task_with_an_unknown_agent_is_404(client, alice, add_task):
     task = add_task()
-    url = f"/api/v1/tasks/{task['id']}"
-    response = client.patch(url, json={"agent_id": 999}, headers=alice.headers)
+    response = _move(client, alice, task, "in_progress", agent_id=999)
     assert response.status_code == 404
     assert response.json()["detail"] == "agent 999 not found"
 

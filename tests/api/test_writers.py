@@ -15,6 +15,7 @@ from orchestrator.api.app import create_app
 from orchestrator.db import create_engine
 from orchestrator.migrations import MigrationManager
 from orchestrator.settings import Settings
+from tests.api.conformance import check_every_response
 
 
 @pytest.fixture
@@ -29,6 +30,7 @@ def sqlite_api(sqlite_url: str, monkeypatch: pytest.MonkeyPatch):
         session.commit()
     engine.dispose()
     with TestClient(create_app(Settings(database_url=sqlite_url))) as client:
+        check_every_response(client)  # the 503 and its Retry-After are documented
         yield client, {"Authorization": f"Bearer {token}"}
 
 

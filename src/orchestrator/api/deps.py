@@ -1,4 +1,4 @@
-"""Shared dependencies of the routes: the database, a session per request, the caller, paging.
+"""Shared dependencies of the routes: the database, a session per request, the caller, errors.
 
 The engines are made in the app's lifespan (`open_database`) and kept on `app.state.db`.
 
@@ -17,26 +17,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Path, Query, Request, status
+import sqlalchemy.exc
+from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
-from sqlalchemy import Select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from orchestrator.accounts import Caller, caller_for_token
-from orchestrator.api.schemas import (
-    DEFAULT_PAGE_SIZE,
-    MAX_ID,
-    MAX_OFFSET,
-    MAX_PAGE_SIZE,
-    Page,
-    Problem,
-)
+from orchestrator.api.errors import NOT_READY, RETRY_AFTER, database_problem
+from orchestrator.api.schemas import MAX_ID, Problem
 from orchestrator.db import create_engine
 
 _READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -128,11 +120,13 @@ def authenticate(db: Database, credentials: HTTPAuthorizationCredentials | None)
         with db.auth.connect() as connection:
             caller = caller_for_token(connection, credentials.credentials)
             connection.commit()
-    except DBAPIError as exc:
-        # Unreachable or not yet migrated (no api_tokens table): say so instead of a 500.
+    except (sqlalchemy.exc.DBAPIError, sqlalchemy.exc.TimeoutError) as exc:
+        # Unreachable, busy, or not migrated yet (no api_tokens table): a 503, not a 500.
+        problem = database_problem(exc)
+        if problem is None or problem.status_code != 503:
+            problem = NOT_READY
         raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            "the database is not ready; see /health/ready",
+            problem.status_code, problem.detail, headers={"Retry-After": RETRY_AFTER}
         ) from exc
     if caller is None:
         raise _unauthorized("unknown or revoked API token")
@@ -155,39 +149,6 @@ def _unauthorized(detail: str) -> HTTPException:
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
-@dataclass(frozen=True)
-class PageParams:
-    limit: int
-    offset: int
-
-
-def page_params(
-    limit: Annotated[
-        int, Query(ge=1, le=MAX_PAGE_SIZE, description=f"At most {MAX_PAGE_SIZE} items.")
-    ] = DEFAULT_PAGE_SIZE,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip.")] = 0,
-) -> PageParams:
-    """The `limit` and `offset` query parameters of every list."""
-    return PageParams(limit, offset)
-
-
-PageDep = Annotated[PageParams, Depends(page_params)]
-
-
-def page_of(
-    session: Session, statement: Select, params: PageParams, schema: type[BaseModel]
-) -> Page:
-    """One page of `statement` (which must be ordered deterministically) as `Page[schema]`."""
-    rows = session.scalars(statement.limit(params.limit + 1).offset(params.offset)).all()
-    more = len(rows) > params.limit
-    return Page[schema](
-        items=[schema.model_validate(row) for row in rows[: params.limit]],
-        limit=params.limit,
-        offset=params.offset,
-        next_offset=params.offset + params.limit if more else None,
-    )
-
-
 def save(session: Session, row: object) -> None:
     """Commit the changes to `row`, having read back the columns the database set on update.
 
@@ -203,13 +164,48 @@ def not_found(kind: str, id_: int) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"{kind} {id_} not found")
 
 
-def problems(*codes: int) -> dict[int | str, dict]:
-    """OpenAPI entries for the error responses a route can give."""
-    descriptions = {
-        400: "The body is not valid JSON",
-        401: "No valid API token",
-        403: "Not allowed for this user",
-        404: "Unknown id",
-        409: "Conflicts with the current state",
-    }
-    return {code: {"model": Problem, "description": descriptions[code]} for code in codes}
+def lock_for_share(statement: Any) -> Any:
+    """`statement` taking a share lock on the rows it reads (PostgreSQL; SQLite has one writer).
+
+    A row read this way cannot be deleted or changed by another transaction until this one
+    ends, and a transaction changing it makes this one wait and then read the new version.
+    """
+    return statement.with_for_update(read=True)
+
+
+_PROBLEMS: dict[int, str] = {
+    400: "The body is not valid JSON (bad syntax, not UTF-8, nested too deeply, or a number "
+    "with too many digits)",
+    401: "No valid API token",
+    403: "Not allowed for this user",
+    404: "Unknown id",
+    409: "Conflicts with the current state, or with a change made at the same time",
+    503: "The database is busy, not ready (not migrated, or its schema is changing) or "
+    "unreachable; retry after `Retry-After` seconds",
+}
+_HEADERS: dict[int, dict[str, Any]] = {
+    401: {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}},
+    503: {
+        "Retry-After": {
+            "description": "Seconds to wait before retrying",
+            "required": True,
+            "schema": {"type": "string"},
+        }
+    },
+}
+
+
+def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error responses a route can give, each with its headers."""
+    entries: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        entries[code] = {"model": Problem, "description": _PROBLEMS[code]}
+        if code in _HEADERS:
+            entries[code]["headers"] = _HEADERS[code]
+    return entries
+
+
+# Every /api/v1 route: a token is needed, and the database may be busy or not ready.
+API_PROBLEMS = problems(401, 503)
+# Every route that takes a JSON body.
+BODY_PROBLEMS = problems(400)

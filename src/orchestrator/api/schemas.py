@@ -10,7 +10,7 @@ field left out keeps its value, and null is accepted only where the column is nu
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -27,7 +27,9 @@ from orchestrator.models import AgentStatus, TaskStatus
 MAX_ID = 2**31 - 1
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 50
-MAX_OFFSET = 2**31 - 1
+# Deeper pages go by cursor: an offset makes the database read and drop every row before it.
+MAX_OFFSET = 10_000
+MAX_CURSOR_LENGTH = 200
 
 
 # Text the databases can store: no NUL (PostgreSQL refuses it). Names and titles also need a
@@ -120,12 +122,19 @@ T = TypeVar("T")
 
 
 class Page(BaseModel, Generic[T]):
-    """One page of a list; ask for the next with `offset=next_offset` until it is null."""
+    """One page of a list; ask for the next with `cursor=next_cursor` until it is null."""
 
     items: list[T]
     limit: int
     offset: int
-    next_offset: int | None
+    next_offset: int | None = Field(
+        description="The `offset` of the next page when this one was asked for by offset "
+        f"(null at the end, and when paging by cursor); offsets stop at {MAX_OFFSET:,}."
+    )
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null on the last page. Opaque: its "
+        "content may change between versions."
+    )
 
 
 # -- users and tokens ---------------------------------------------------------------------
@@ -229,11 +238,20 @@ class TaskUpdate(_Update):
         default=None,
         json_schema_extra=_no_default,
         description=(
-            "pending → in_progress → done or failed; in_progress → pending releases the task. "
-            "Any other move is refused with 409."
+            "pending → in_progress (with an agent) → done or failed; in_progress → pending "
+            "releases the task from its agent. Done and failed are final. Any other move is "
+            "refused with 409."
         ),
     )
-    agent_id: Id | None = _unchanged()
+    agent_id: Id | None = Field(
+        default=None,
+        json_schema_extra=_no_default,
+        description=(
+            "The agent that holds the task: only with status in_progress (to start a pending "
+            "task, or to hand an in-progress one to another agent), and only an agent that is "
+            "not offline."
+        ),
+    )
 
 
 class TaskRead(_Output):
@@ -252,3 +270,49 @@ class Problem(BaseModel):
     """An error: `detail` says what is wrong and what to do."""
 
     detail: str
+
+
+# -- health -------------------------------------------------------------------------------
+
+
+ReadinessReason = Literal[
+    "database_unreachable",
+    "migrations_pending",
+    "database_ahead",
+    "database_unversioned",
+    "migrations_unusable",
+    "check_failed",
+]
+
+
+class Liveness(BaseModel):
+    status: Literal["alive"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"]
+
+
+class NotReady(BaseModel):
+    """Not ready, and why, as a code (the details are on `/health`, with a token)."""
+
+    status: Literal["not ready"] = "not ready"
+    reason: ReadinessReason
+
+
+class SchemaState(BaseModel):
+    current: str | None
+    head: str | None
+    pending: list[str]
+    up_to_date: bool
+
+
+class HealthDetail(BaseModel):
+    environment: str
+    schema_: SchemaState = Field(alias="schema")
+    reason: ReadinessReason | None = Field(
+        description="As `/health/ready` gives it; null when ready."
+    )
+    problem: str | None = Field(description="What is wrong and what to do; null when ready.")
+
+    model_config = ConfigDict(populate_by_name=True)

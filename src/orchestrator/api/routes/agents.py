@@ -5,7 +5,10 @@ most urgent pending task of the caller's own projects (lowest priority level, th
 marks it in_progress and returns it, in one statement:
 
 - PostgreSQL: the candidate row is picked with `FOR UPDATE SKIP LOCKED`, so concurrent claimers
-  each lock a different task instead of queueing behind (or double-claiming) the same one.
+  each lock a different task instead of queueing behind (or double-claiming) the same one. The
+  agent's row is read `FOR SHARE`: deleting the agent or setting it offline locks that row
+  first, so a claim either finishes before and is seen (409: it holds a task), or waits and
+  sees the agent gone (404) or offline (409), never a task held by an agent that is gone.
 - SQLite: the request runs on the single writer connection, whose transactions begin
   IMMEDIATE (see `orchestrator.api.deps`), so claims run one at a time, each one short write
   transaction.
@@ -21,23 +24,24 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials
-from sqlalchemy import Update, bindparam, delete, exists, select, update
+from sqlalchemy import Update, bindparam, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from orchestrator.api.deps import (
+    API_PROBLEMS,
+    BODY_PROBLEMS,
     BearerToken,
     CurrentUser,
     Database,
     IdPath,
-    PageDep,
     SessionDep,
     authenticate,
     not_found,
-    page_of,
     problems,
     save,
 )
+from orchestrator.api.pagination import PageDep, page_of
 from orchestrator.api.routes.projects import own_project
 from orchestrator.api.routes.tasks import owned_project_ids
 from orchestrator.api.schemas import (
@@ -52,7 +56,7 @@ from orchestrator.api.schemas import (
 )
 from orchestrator.models import Agent, Task
 
-router = APIRouter(prefix="/agents", tags=["agents"], responses=problems(401))
+router = APIRouter(prefix="/agents", tags=["agents"], responses=API_PROBLEMS)
 
 
 @lru_cache(maxsize=4)
@@ -64,16 +68,20 @@ def claim_statement(dialect: str, by_project: bool = False) -> Update:
     building and hashing the statement would cost more than running it.
     """
     tasks, agents = Task.__table__, Agent.__table__
+    # The agent must exist and not be offline; checked here rather than by a query of its own,
+    # so that a successful claim is one statement.
+    claimer = select(agents.c.id).where(
+        agents.c.id == bindparam("claimer"), agents.c.status != AgentStatus.offline.value
+    )
+    if dialect == "postgresql":
+        claimer = claimer.with_for_update(read=True)
+    claimer_cte = claimer.cte("claimer")
     candidate = (
         select(tasks.c.id)
         .where(
             tasks.c.status == TaskStatus.pending.value,
             tasks.c.project_id.in_(owned_project_ids(bindparam("owner"))),
-            # The agent must exist and not be offline; checked here rather than by a query of
-            # its own, so that a successful claim is one statement.
-            exists().where(
-                agents.c.id == bindparam("claimer"), agents.c.status != AgentStatus.offline.value
-            ),
+            exists(select(claimer_cte.c.id)),
         )
         .order_by(tasks.c.priority_level, tasks.c.created_at, tasks.c.id)
         .limit(1)
@@ -93,7 +101,7 @@ def claim_statement(dialect: str, by_project: bool = False) -> Update:
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=problems(400))
+@router.post("", status_code=status.HTTP_201_CREATED, responses=BODY_PROBLEMS)
 def create_agent(body: AgentCreate, session: SessionDep, _: CurrentUser) -> AgentRead:
     """Register an agent."""
     agent = Agent(name=body.name, status=body.status.value)
@@ -105,7 +113,8 @@ def create_agent(body: AgentCreate, session: SessionDep, _: CurrentUser) -> Agen
 @router.get("")
 def list_agents(session: SessionDep, _: CurrentUser, page: PageDep) -> Page[AgentRead]:
     """All agents, by id."""
-    return page_of(session, select(Agent).order_by(Agent.id), page, AgentRead)
+    statement = select(Agent).order_by(Agent.id)
+    return page_of(session, statement, page, AgentRead, order=(Agent.id,), name="agents")
 
 
 @router.get("/{agent_id}", responses=problems(404))
@@ -114,13 +123,17 @@ def read_agent(agent_id: IdPath, session: SessionDep, _: CurrentUser) -> AgentRe
     return AgentRead.model_validate(_agent(session, agent_id))
 
 
-@router.patch("/{agent_id}", responses=problems(400, 404))
+@router.patch("/{agent_id}", responses={**BODY_PROBLEMS, **problems(404, 409)})
 def update_agent(
     agent_id: IdPath, body: AgentUpdate, session: SessionDep, _: CurrentUser
 ) -> AgentRead:
-    """Rename an agent or set its status (an offline agent cannot claim)."""
-    agent = _agent(session, agent_id)
-    for name, value in body.changes().items():
+    """Rename an agent or set its status; an agent that holds tasks cannot go offline."""
+    changes = body.changes()
+    going_offline = changes.get("status") == AgentStatus.offline.value
+    agent = _agent(session, agent_id, lock=going_offline)
+    if going_offline and agent.status != AgentStatus.offline.value:
+        _require_no_work(session, agent_id, "go offline")
+    for name, value in changes.items():
         setattr(agent, name, value)
     save(session, agent)
     return AgentRead.model_validate(agent)
@@ -129,23 +142,36 @@ def update_agent(
 @router.delete("/{agent_id}", status_code=status.HTTP_204_NO_CONTENT, responses=problems(404, 409))
 def delete_agent(agent_id: IdPath, session: SessionDep, _: CurrentUser) -> Response:
     """Remove an agent that is not working on a task."""
-    _agent(session, agent_id)
-    working = session.scalar(
-        select(
-            exists().where(
-                Task.agent_id == agent_id, Task.status == TaskStatus.in_progress.value
-            )
-        )
-    )
-    if working:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            f"agent {agent_id} has tasks in progress; finish or release them first",
-        )
+    _agent(session, agent_id, lock=True)
+    _require_no_work(session, agent_id, "be deleted")
     # The database sets agent_id to null on the tasks it did.
     session.execute(delete(Agent).where(Agent.id == agent_id))
     session.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _require_no_work(session: Session, agent_id: int, action: str) -> None:
+    """409 while the agent holds tasks in progress (call with the agent's row locked, so that
+    no claim can give it one meanwhile)."""
+    held = session.scalars(
+        select(Task.id)
+        .where(Task.agent_id == agent_id, Task.status == TaskStatus.in_progress.value)
+        .order_by(Task.id)
+        .limit(3)
+    ).all()
+    if held:
+        count = session.scalar(
+            select(func.count())
+            .select_from(Task)
+            .where(Task.agent_id == agent_id, Task.status == TaskStatus.in_progress.value)
+        )
+        shown = ", ".join(str(task_id) for task_id in held) + (", …" if count > len(held) else "")
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"agent {agent_id} holds {count} task{'s' * (count != 1)} in progress ({shown}) "
+            f"and cannot {action}; finish or release them first "
+            '(PATCH /api/v1/tasks/{id} with {"status": "pending"})',
+        )
 
 
 @router.post(
@@ -203,8 +229,9 @@ def _claim(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-def _agent(session: Session, agent_id: int) -> Agent:
-    agent = session.get(Agent, agent_id)
+def _agent(session: Session, agent_id: int, *, lock: bool = False) -> Agent:
+    """The agent; with `lock`, its row locked until the transaction ends (claims wait)."""
+    agent = session.get(Agent, agent_id, with_for_update=lock or None)
     if agent is None:
         raise not_found("agent", agent_id)
     return agent

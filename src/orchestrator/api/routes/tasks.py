@@ -3,6 +3,20 @@
 Lists are ordered the way agents claim work, most urgent first: by priority level, then age
 (then id, so that tasks made in the same instant keep a fixed order). The statements are public
 so that the tests can check their query plans use the indexes of migration 003.
+
+A task keeps these invariants (docs/api.md, "Task invariants"); a change that would break one
+is refused with 409, naming the moves that are allowed:
+
+- pending → in_progress → done or failed; in_progress → pending releases the task.
+- A task is in progress exactly when an agent holds it: a pending task has no agent, and a task
+  starts only with an agent (claimed, or `{"status": "in_progress", "agent_id": N}`).
+- Only an agent that can work (known, not offline) is given a task.
+- Done and failed are final: nothing about the task changes any more (it can be deleted).
+  Sending a field's present value is not a change, so a retried request succeeds.
+- The agent of a task that ends is the agent that held it.
+
+Agents and projects are read with a share lock where a task is tied to them, so that a
+concurrent delete or status change either waits for this request or is seen by it.
 """
 
 from __future__ import annotations
@@ -15,18 +29,21 @@ from sqlalchemy.orm import Session
 
 from orchestrator.accounts import Caller
 from orchestrator.api.deps import (
+    API_PROBLEMS,
+    BODY_PROBLEMS,
     CurrentUser,
     IdPath,
-    PageDep,
     SessionDep,
+    lock_for_share,
     not_found,
-    page_of,
     problems,
     save,
 )
+from orchestrator.api.pagination import PageDep, page_of
 from orchestrator.api.routes.projects import own_project
 from orchestrator.api.schemas import (
     MAX_ID,
+    AgentStatus,
     Page,
     TaskCreate,
     TaskRead,
@@ -35,7 +52,7 @@ from orchestrator.api.schemas import (
 )
 from orchestrator.models import Agent, Project, Task
 
-router = APIRouter(prefix="/tasks", tags=["tasks"], responses=problems(401))
+router = APIRouter(prefix="/tasks", tags=["tasks"], responses=API_PROBLEMS)
 
 # Most urgent first: the order of ix_tasks_status_priority_created (id breaks ties).
 TASK_ORDER = (Task.priority_level, Task.created_at, Task.id)
@@ -47,6 +64,7 @@ ALLOWED_MOVES: dict[TaskStatus, tuple[TaskStatus, ...]] = {
     TaskStatus.done: (),
     TaskStatus.failed: (),
 }
+FINAL = frozenset({TaskStatus.done, TaskStatus.failed})
 
 
 def owned_project_ids(owner_id: int) -> Select:
@@ -80,11 +98,63 @@ def check_move(task: Task, new: TaskStatus) -> None:
     current = TaskStatus(task.status)
     if new is current or new in ALLOWED_MOVES[current]:
         return
+    raise _conflict(task, f"cannot move from {current.value} to {new.value}")
+
+
+def check_update(session: Session, task: Task, sent: dict[str, object]) -> dict[str, object]:
+    """The changes to make to `task` for an update that sent `sent`; 409 (or 404 for an
+    unknown agent) when they would break one of the invariants."""
+    # A field sent with its present value is no change: retrying "done" on a done task is fine.
+    changes = {name: value for name, value in sent.items() if value != getattr(task, name)}
+    if not changes:
+        return {}
+    current = TaskStatus(task.status)
+    if current in FINAL:
+        raise _conflict(task, f"is {current.value}, which is final: it cannot be changed "
+                              "(delete it, or create a new task)")
+    new = TaskStatus(changes.get("status", current))
+    check_move(task, new)
+    agent_id = changes.get("agent_id", task.agent_id)
+    if new is TaskStatus.pending:
+        if sent.get("agent_id") is not None:
+            raise _conflict(task, "cannot be pending with an agent: a pending task has none; to "
+                                  "give it to an agent send "
+                                  f'{{"status": "in_progress", "agent_id": {sent["agent_id"]}}}')
+        if task.agent_id is not None:
+            changes["agent_id"] = None  # released
+    elif new is TaskStatus.in_progress:
+        if agent_id is None:
+            raise _conflict(task, "needs an agent to be in progress: send agent_id with it, or "
+                                  "let the agent claim it (POST /api/v1/agents/{id}/claim); to "
+                                  'release it send {"status": "pending"}')
+        if "agent_id" in changes or current is not TaskStatus.in_progress:
+            require_working_agent(session, int(agent_id))
+    elif "agent_id" in changes:
+        raise _conflict(task, f"ends with the agent that held it ({task.agent_id}); send the "
+                              f"status {new.value} without another agent_id")
+    return changes
+
+
+def require_working_agent(session: Session, agent_id: int) -> Agent:
+    """The agent `agent_id`, share-locked; 404 if unknown, 409 if it cannot work (offline)."""
+    agent = session.scalar(lock_for_share(select(Agent).where(Agent.id == agent_id)))
+    if agent is None:
+        raise not_found("agent", agent_id)
+    if agent.status == AgentStatus.offline.value:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"agent {agent_id} is offline and cannot be given work; set its status to idle "
+            "first, or choose another agent",
+        )
+    return agent
+
+
+def _conflict(task: Task, problem: str) -> HTTPException:
+    current = TaskStatus(task.status)
     allowed = ", ".join(move.value for move in ALLOWED_MOVES[current]) or "none (it is final)"
-    raise HTTPException(
+    return HTTPException(
         status.HTTP_409_CONFLICT,
-        f"task {task.id} cannot move from {current.value} to {new.value}; "
-        f"allowed moves from {current.value}: {allowed}",
+        f"task {task.id} {problem}; allowed moves from {current.value}: {allowed}",
     )
 
 
@@ -102,10 +172,13 @@ def own_task(session: Session, user: Caller, task_id: int, *, for_update: bool =
     return task
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=problems(400, 404))
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, responses={**BODY_PROBLEMS, **problems(404, 409)}
+)
 def create_task(body: TaskCreate, session: SessionDep, user: CurrentUser) -> TaskRead:
     """Add a pending task to one of your projects."""
-    own_project(session, user, body.project_id)
+    # Locked until the task is in: a concurrent delete of the project waits, or is seen here.
+    own_project(session, user, body.project_id, lock=True)
     task = Task(**body.model_dump())
     session.add(task)
     session.commit()
@@ -132,7 +205,7 @@ def list_tasks(
         agent_id=agent_id,
         priority_level=priority_level,
     )
-    return page_of(session, statement, page, TaskRead)
+    return page_of(session, statement, page, TaskRead, order=TASK_ORDER, name="tasks")
 
 
 @router.get("/{task_id}", responses=problems(404))
@@ -141,20 +214,19 @@ def read_task(task_id: IdPath, session: SessionDep, user: CurrentUser) -> TaskRe
     return TaskRead.model_validate(own_task(session, user, task_id))
 
 
-@router.patch("/{task_id}", responses=problems(400, 404, 409))
+@router.patch("/{task_id}", responses={**BODY_PROBLEMS, **problems(404, 409)})
 def update_task(
     task_id: IdPath, body: TaskUpdate, session: SessionDep, user: CurrentUser
 ) -> TaskRead:
-    """Edit a task or move its status; moving back to pending releases it from its agent."""
+    """Edit a task or move its status, within the task invariants (409 otherwise).
+
+    Start a pending task with `{"status": "in_progress", "agent_id": N}`; `{"status":
+    "pending"}` releases a task from its agent; a done or failed task no longer changes.
+    """
     task = own_task(session, user, task_id, for_update=True)
-    changes = body.changes()
-    if "status" in changes:
-        new = TaskStatus(changes["status"])
-        check_move(task, new)
-        if new is TaskStatus.pending and "agent_id" not in changes:
-            changes["agent_id"] = None
-    if changes.get("agent_id") is not None and session.get(Agent, changes["agent_id"]) is None:
-        raise not_found("agent", changes["agent_id"])
+    changes = check_update(session, task, body.changes())
+    if not changes:
+        return TaskRead.model_validate(task)  # the session's end rolls back (and unlocks)
     for name, value in changes.items():
         setattr(task, name, value)
     save(session, task)

@@ -13,15 +13,16 @@ from sqlalchemy.exc import IntegrityError
 from orchestrator import accounts
 from orchestrator.accounts import Caller
 from orchestrator.api.deps import (
+    API_PROBLEMS,
+    BODY_PROBLEMS,
     CurrentUser,
     IdPath,
-    PageDep,
     SessionDep,
     not_found,
-    page_of,
     problems,
     save,
 )
+from orchestrator.api.pagination import PageDep, page_of
 from orchestrator.api.schemas import (
     NewToken,
     NewUser,
@@ -34,10 +35,10 @@ from orchestrator.api.schemas import (
 )
 from orchestrator.models import ApiToken, User
 
-router = APIRouter(prefix="/users", tags=["users"], responses=problems(401))
+router = APIRouter(prefix="/users", tags=["users"], responses=API_PROBLEMS)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=problems(400, 409))
+@router.post("", status_code=status.HTTP_201_CREATED, responses={**BODY_PROBLEMS, **problems(409)})
 def create_user(body: UserCreate, session: SessionDep, _: CurrentUser) -> NewUser:
     """Create a user; the response holds their first API token, shown only this once."""
     try:
@@ -51,7 +52,8 @@ def create_user(body: UserCreate, session: SessionDep, _: CurrentUser) -> NewUse
 @router.get("")
 def list_users(session: SessionDep, _: CurrentUser, page: PageDep) -> Page[UserRead]:
     """All users, by id."""
-    return page_of(session, select(User).order_by(User.id), page, UserRead)
+    statement = select(User).order_by(User.id)
+    return page_of(session, statement, page, UserRead, order=(User.id,), name="users")
 
 
 @router.get("/me")
@@ -64,10 +66,12 @@ def read_me(user: CurrentUser) -> UserRead:
 def list_tokens(session: SessionDep, user: CurrentUser, page: PageDep) -> Page[TokenRead]:
     """Your tokens (never the tokens themselves, only their first characters)."""
     statement = select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.id)
-    return page_of(session, statement, page, TokenRead)
+    return page_of(session, statement, page, TokenRead, order=(ApiToken.id,), name="tokens")
 
 
-@router.post("/me/tokens", status_code=status.HTTP_201_CREATED, responses=problems(400))
+@router.post(
+    "/me/tokens", status_code=status.HTTP_201_CREATED, responses={**BODY_PROBLEMS, **problems(409)}
+)
 def create_token(body: TokenCreate, session: SessionDep, user: CurrentUser) -> NewToken:
     """Make another token for yourself; the response is its only showing."""
     row, token = accounts.issue_token(session, user.id, body.name)
@@ -98,7 +102,7 @@ def read_user(user_id: IdPath, session: SessionDep, _: CurrentUser) -> UserRead:
     return UserRead.model_validate(user)
 
 
-@router.patch("/{user_id}", responses=problems(400, 403, 404, 409))
+@router.patch("/{user_id}", responses={**BODY_PROBLEMS, **problems(403, 404, 409)})
 def update_user(
     user_id: IdPath, body: UserUpdate, session: SessionDep, caller: CurrentUser
 ) -> UserRead:
