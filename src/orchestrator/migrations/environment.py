@@ -208,6 +208,11 @@ def _migrate(context: EnvironmentContext, connection, owned: bool) -> None:
     else:
         # Our SQLite engines emit a real BEGIN (see orchestrator.db), so DDL is transactional.
         options["transactional_ddl"] = True
+        if not connection.in_transaction():
+            # Each step writes: take the write lock as its transaction begins, waiting through
+            # busy_timeout, rather than fail with "database is locked" when a deferred read lock
+            # cannot be upgraded while the API writes.
+            connection.execution_options(sqlite_begin="BEGIN IMMEDIATE")
     unmanaged = None
     on_start = context.config.attributes.get("on_step_start")
     if options["on_version_apply"] is None and not context.config.attributes.get("managed"):
