@@ -33,7 +33,8 @@ def test_the_corpus_covers_every_class_in_two_spellings_and_every_safe_pattern()
         assert case.files, f"{case.name} has no script"
         assert case.reason and case.verdict in (DANGEROUS, SAFE)
         assert bool(case.codes) == case.dangerous
-    dangerous_codes = {code for c in CASES for code in c.codes}
+    # MIG009 (a script `db upgrade --sql` cannot render) comes with a dangerous case's own code.
+    dangerous_codes = {code for c in CASES for code in c.codes} - {"MIG009"}
     assert dangerous_codes == set(NAMES) - {"MIG009"}
     for code in dangerous_codes:
         spellings = {c.spelling.split()[0] for c in CASES if code in c.codes}

@@ -103,12 +103,29 @@ def render(script: ScriptDirectory, revisions: Iterable[str]) -> list[Rendered]:
     tracer = _Tracer()
     context = _offline_context(tracer)
     rendered = []
-    with Operations.context(context), _batch_in_place(tracer):
+    with Operations.context(context), _environment(script, context), _batch_in_place(tracer):
         for revision in revisions:
             found = script.get_revision(revision)
             for direction in (UPGRADE, DOWNGRADE):
                 rendered.append(_render_one(context, tracer, found, direction))
     return rendered
+
+
+@contextlib.contextmanager
+def _environment(script: ScriptDirectory, context: MigrationContext) -> Iterator[None]:
+    """`from alembic import context` as env.py would leave it for an offline run, so that a script
+    that asks `context.is_offline_mode()` (Alembic's documented test) renders as `--sql` does."""
+    import alembic.context
+    from alembic.config import Config
+    from alembic.runtime.environment import EnvironmentContext
+
+    if getattr(alembic.context, "_proxy", None) is not None:  # already inside an env.py run
+        yield
+        return
+    environment = EnvironmentContext(Config(), script, as_sql=True)
+    environment._migration_context = context
+    with environment:
+        yield
 
 
 @contextlib.contextmanager
@@ -238,4 +255,8 @@ def _with_values(statement: Any, parameters: Any) -> Any:
 def _no_rows() -> Any:
     from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
 
-    return IteratorResult(SimpleResultMetaData([]), iter([]))
+    class NoRows(IteratorResult):
+        # A loop that runs until a batch changes nothing (`while result.rowcount:`) stops.
+        rowcount = 0
+
+    return NoRows(SimpleResultMetaData([]), iter([]))

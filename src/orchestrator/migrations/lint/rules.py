@@ -26,6 +26,7 @@ from orchestrator.migrations.lint.sql import (
     ast,
     constraints,
     default_of,
+    TypeKey,
     names,
     relname,
     rewrites,
@@ -41,6 +42,8 @@ class Hit:
     code: str
     message: str
     fix: str
+    # The table a later statement of the revision can make safe (a view under a renamed name).
+    subject: str | None = None
 
 
 @dataclass
@@ -57,6 +60,8 @@ class At:
     # held until COMMIT, so anything slow later in the same transaction blocks them all along.
     # (Emptied when a transaction ends, and before each statement run outside one.)
     locked: set[str] = field(default_factory=set)
+    # Views this revision created (a view under a renamed table's old name keeps old code working).
+    views: set[str] = field(default_factory=set)
 
     def existing(self, table: str) -> bool:
         """The table existed before this revision (one it does not create is assumed to)."""
@@ -151,8 +156,11 @@ def set_not_null(table: str, cmd: ast.AlterTableCmd, at: At) -> Iterator[Hit]:
         return
     check = f"ck_{table}_{column}_not_null"
     if (table, column) in at.new_columns:
-        fix = (f"add {column} NOT NULL with a constant server_default in the ADD COLUMN itself "
-               "(stored in the catalogue, no scan), instead of setting NOT NULL afterwards")
+        fix = (f"if every existing row gets the same value, add {column} NOT NULL with that "
+               "constant server_default in the ADD COLUMN itself (stored in the catalogue, no "
+               "scan); otherwise add it nullable here, backfill it in batches, and make it NOT "
+               f"NULL in later migrations with `CHECK ({column} IS NOT NULL) NOT VALID`, "
+               "`VALIDATE CONSTRAINT`, then SET NOT NULL")
     else:
         fix = (f"backfill the NULLs, then `ALTER TABLE {table} ADD CONSTRAINT {check} CHECK "
                f"({column} IS NOT NULL) NOT VALID`; in a later migration `VALIDATE CONSTRAINT "
@@ -203,6 +211,8 @@ def index_not_concurrent(node: ast.Node, at: At) -> Iterator[Hit]:
     what, _table = found
     statement = {ast.IndexStmt: "CREATE INDEX", ast.DropStmt: "DROP INDEX",
                  ast.ReindexStmt: "REINDEX"}[type(node)]
+    if isinstance(node, ast.IndexStmt) and node.unique:
+        statement = "CREATE UNIQUE INDEX"
     yield Hit(
         "MIG013",
         f"{what} without CONCURRENTLY: PostgreSQL blocks writes to the table (reads too, to "
@@ -238,6 +248,10 @@ def unique_constraint(table: str, cmd: ast.AlterTableCmd, at: At) -> Iterator[Hi
     build. Built first with CREATE UNIQUE INDEX CONCURRENTLY, the index can be attached as the
     constraint instantly."""
     kinds = {ConstrType.CONSTR_UNIQUE: "UNIQUE", ConstrType.CONSTR_PRIMARY: "PRIMARY KEY"}
+    if (cmd.subtype == AlterTableType.AT_AddConstraint and at.existing(table)
+            and cmd.def_.contype == ConstrType.CONSTR_EXCLUSION):
+        yield _exclusion_hit(table, cmd.def_)
+        return
     if cmd.subtype == AlterTableType.AT_AddColumn:
         found = [(c, (cmd.def_.colname,)) for c in constraints(cmd.def_, *kinds)]
     else:
@@ -257,6 +271,19 @@ def unique_constraint(table: str, cmd: ast.AlterTableCmd, at: At) -> Iterator[Hi
             f"({columns})` inside {AUTOCOMMIT}, then `ALTER TABLE {table} ADD CONSTRAINT "
             f"{name} {kinds[constraint.contype]} USING INDEX {name}`",
         )
+
+
+def _exclusion_hit(table: str, constraint: ast.Constraint) -> Hit:
+    """An exclusion constraint has no concurrent build and no USING INDEX form."""
+    name = constraint.conname or f"{table}_excl"
+    return Hit(
+        "MIG015",
+        f"adds EXCLUDE constraint {name} to {table}: PostgreSQL builds its index and checks "
+        "every row under an ACCESS EXCLUSIVE lock, and offers no CONCURRENTLY form for it",
+        "if every operator is `=`, use a unique index built `CONCURRENTLY` inside "
+        f"{AUTOCOMMIT} instead; otherwise add the constraint to a new table and move the rows "
+        "to it in batches, or run it in a maintenance window with a short lock_timeout",
+    )
 
 
 def _validated_later(kind: str, name: str, table: str) -> str:
@@ -287,12 +314,20 @@ def constraint_not_valid(table: str, cmd: ast.AlterTableCmd, at: At) -> Iterator
         kind = "FOREIGN KEY" if foreign else "CHECK"
         # PostgreSQL's own name for an unnamed constraint.
         name = constraint.conname or f"{stem}_{'fkey' if foreign else 'check'}"
+        columns = names(constraint.fk_attrs)
+        if where != table:
+            first = "add the column first, then the constraint separately; "
+        elif foreign and columns and all((table, c) in at.new_columns for c in columns):
+            first = (f"drop the `sa.ForeignKey` from the new column {', '.join(columns)} (Alembic "
+                     "adds it as a separate, validated constraint) and add the key with "
+                     "`op.create_foreign_key(...)`; ")
+        else:
+            first = ""
         yield Hit(
             "MIG016",
             f"adds {kind} {name} on {where} without NOT VALID: PostgreSQL checks every existing "
             "row while holding a lock that blocks writes",
-            (f"add the column first, then the constraint separately; " if where != table else "")
-            + _validated_later(kind, name, table),
+            first + _validated_later(kind, name, table),
         )
 
 
@@ -324,7 +359,8 @@ def rewriting_type_change(table: str, cmd: ast.AlterTableCmd, at: At) -> Iterato
         return
     new = type_key(cmd.def_.typeName)
     old = at.schema.column_type(table, column)
-    if old is not None and not rewrites(old, new) and cmd.def_.raw_default is None:
+    if old is not None and not rewrites(old, new) and _plain_using(cmd.def_.raw_default, column,
+                                                                     new):
         return
     change = f"from {old} to {new}" if old is not None else f"to {new} (its old type is unknown)"
     yield Hit(
@@ -335,6 +371,49 @@ def rewriting_type_change(table: str, cmd: ast.AlterTableCmd, at: At) -> Iterato
         f"move the readers, then drop {column} in a later release (widening a varchar or "
         "changing it to text needs no rewrite)",
     )
+
+
+def _plain_using(using: object, column: str, new: TypeKey) -> bool:
+    """No USING, or one that only casts the column to its new type (`USING code::text`, as
+    `postgresql_using` is often written): PostgreSQL then decides as without it. Any other
+    expression is computed for every row: a rewrite."""
+    if isinstance(using, ast.TypeCast) and type_key(using.typeName) == new:
+        using = using.arg
+    return using is None or (isinstance(using, ast.ColumnRef)
+                             and names(using.fields)[-1:] == (column,))
+
+
+_REWRITE_FIX = ("do not rewrite a live table in a migration: rebuild it online with pg_repack "
+                "(or pg_squeeze), or run it in a maintenance window")
+
+
+@on_statement(ast.ClusterStmt, ast.VacuumStmt)
+def table_rewrite(node: ast.Node, at: At) -> Iterator[Hit]:
+    """MIG017 too. CLUSTER and VACUUM FULL copy the whole table into new files under an ACCESS
+    EXCLUSIVE lock: no reads or writes until the copy and its indexes are done."""
+    if isinstance(node, ast.ClusterStmt):
+        what, tables = "CLUSTER", [node.relation] if node.relation else []
+    elif any(option.defname == "full" for option in node.options or ()):
+        what, tables = "VACUUM FULL", [r.relation for r in node.rels or ()]
+    else:
+        return
+    targets = [relname(t) for t in tables if t is not None]
+    if any(at.existing(t) for t in targets) or not targets:
+        yield Hit("MIG017", f"rewrites {', '.join(targets) or 'every table'} ({what}): "
+                  "PostgreSQL copies every row under an ACCESS EXCLUSIVE lock (no reads or "
+                  "writes meanwhile)", _REWRITE_FIX)
+
+
+@on_command(AlterTableType.AT_SetLogged, AlterTableType.AT_SetUnLogged,
+            AlterTableType.AT_SetTableSpace)
+def rewriting_table_command(table: str, cmd: ast.AlterTableCmd, at: At) -> Iterator[Hit]:
+    """MIG017 too. SET LOGGED / UNLOGGED and SET TABLESPACE copy the whole table under an ACCESS
+    EXCLUSIVE lock."""
+    what = {AlterTableType.AT_SetLogged: "SET LOGGED", AlterTableType.AT_SetUnLogged:
+            "SET UNLOGGED", AlterTableType.AT_SetTableSpace: "SET TABLESPACE"}[cmd.subtype]
+    if at.existing(table):
+        yield Hit("MIG017", f"rewrites {table} ({what}): PostgreSQL copies every row under an "
+                  "ACCESS EXCLUSIVE lock (no reads or writes meanwhile)", _REWRITE_FIX)
 
 
 # -- MIG018, MIG019: what the running code still uses ---------------------------------------------
@@ -381,7 +460,9 @@ def rename(node: ast.RenameStmt, at: At) -> Iterator[Hit]:
         return
     if at.existing(table) and (node.renameType == ObjectType.OBJECT_TABLE
                                or at.existing_column(table, node.subname)):
-        yield Hit("MIG019", f"renames {what}: the running code still uses the old name", fix)
+        subject = table if node.renameType == ObjectType.OBJECT_TABLE else None
+        yield Hit("MIG019", f"renames {what}: the running code still uses the old name", fix,
+                  subject)
 
 
 # -- MIG020: batch mode recreating a table --------------------------------------------------------
@@ -421,27 +502,96 @@ def _whole_table(where: object) -> bool:
     return False
 
 
+def _conjuncts(where: object) -> list[object]:
+    if isinstance(where, ast.BoolExpr) and where.boolop.name == "AND_EXPR":
+        return [c for arg in where.args for c in _conjuncts(arg)]
+    return [where]
+
+
+def _value(node: object) -> bool:
+    """A constant or a bound parameter (possibly cast): a value given by the migration."""
+    if isinstance(node, ast.TypeCast):
+        node = node.arg
+    return isinstance(node, (ast.A_Const, ast.ParamRef))
+
+
+def _column(node: object) -> str | None:
+    return names(node.fields)[-1] if isinstance(node, ast.ColumnRef) and names(node.fields) \
+        else None
+
+
+def _bounded(where: object) -> bool:
+    """Whether a condition picks rows the way a targeted fix or one batch does: `col = value` or
+    `col IN (values)`, a key range with both ends (`id >= :low AND id < :high`, BETWEEN), or a
+    subquery with a LIMIT. Anything else (IS NULL, a join, a comparison with another column or
+    an open range) may select every row of the table."""
+    lower: set[str] = set()
+    upper: set[str] = set()
+    for condition in _conjuncts(where):
+        if isinstance(condition, ast.SubLink) and getattr(condition.subselect, "limitCount", None):
+            return True
+        if not isinstance(condition, ast.A_Expr):
+            continue
+        left, right = condition.lexpr, condition.rexpr
+        kind, operator = condition.kind.name, names(condition.name)[-1]
+        if _column(left) is None:  # `5 = id`: read it as `id = 5`
+            left, right = right, left
+            operator = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}.get(operator, operator)
+        column = _column(left)
+        values = right if isinstance(right, tuple) else (right,)
+        if column is None or not values or not all(_value(v) for v in values):
+            continue
+        if kind in ("AEXPR_BETWEEN", "AEXPR_IN") or (kind == "AEXPR_OP" and operator == "="):
+            return True
+        if kind == "AEXPR_OP" and operator in (">", ">="):
+            lower.add(column)
+        elif kind == "AEXPR_OP" and operator in ("<", "<="):
+            upper.add(column)
+    return bool(lower & upper)
+
+
 @on_statement(ast.UpdateStmt, ast.DeleteStmt)
 def unbatched_dml(node: ast.Node, at: At) -> Iterator[Hit]:
     """MIG021. One UPDATE or DELETE over a whole table locks every row it touches until the
     migration commits (writers to those rows wait), writes a dead copy of each, and with the
     schema change in the same transaction keeps the table locked throughout."""
     table = relname(node.relation)
-    if not at.existing(table) or not _whole_table(node.whereClause):
+    if not at.existing(table) or (node.whereClause is not None and _bounded(node.whereClause)):
         return
     verb = "updates" if isinstance(node, ast.UpdateStmt) else "deletes"
+    rows = (f"every row of {table}" if _whole_table(node.whereClause) else
+            f"the rows of {table} matching a condition that is neither a key nor a key range "
+            "(it may be every row)")
     yield Hit(
         "MIG021",
-        f"{verb} every row of {table} in one statement: each row stays locked until the "
-        "migration commits" + (", and so does the table it altered" if table in at.locked else ""),
+        f"{verb} {rows} in one statement: each row stays locked until the migration commits"
+        + (", and so does the table it altered or locked" if table in at.locked else ""),
         "change it in batches of a few thousand rows by key (`WHERE id >= :low AND id < :high`), "
         f"each batch committed on its own inside {AUTOCOMMIT}, or run the backfill outside the "
         "migration",
     )
 
 
+@on_statement(ast.TruncateStmt)
+def truncate(node: ast.TruncateStmt, at: At) -> Iterator[Hit]:
+    """MIG021 too. TRUNCATE takes an ACCESS EXCLUSIVE lock (it waits for every running query and
+    blocks all that come after), and the rows the running code reads are gone at commit."""
+    for table in (relname(r) for r in node.relations):
+        if at.existing(table):
+            yield Hit(
+                "MIG021",
+                f"empties {table} (TRUNCATE) under an ACCESS EXCLUSIVE lock: the running code "
+                "waits for it, then finds no rows",
+                f"if the rows must go while the code runs, delete them in batches inside "
+                f"{AUTOCOMMIT}; if the table is retired, deploy code that no longer uses it, "
+                "then drop it in a later migration",
+            )
+
+
 # -- the walk -------------------------------------------------------------------------------------
 
+# LOCK TABLE modes from SHARE (5) up block writers.
+_SHARE_LOCK = 5
 # ALTER TABLE commands whose lock lets writers through (SHARE UPDATE EXCLUSIVE or weaker).
 _LIGHT_COMMANDS = frozenset({
     AlterTableType.AT_ValidateConstraint, AlterTableType.AT_SetStatistics,
@@ -488,4 +638,8 @@ def advance(node: ast.Node, at: At) -> None:
             at.new_columns.add((table, node.newname))
     elif isinstance(node, ast.IndexStmt) and not node.concurrent:
         at.locked.add(relname(node.relation))
+    elif isinstance(node, ast.ViewStmt):
+        at.views.add(relname(node.view))
+    elif isinstance(node, ast.LockStmt) and node.mode >= _SHARE_LOCK:
+        at.locked.update(relname(r) for r in node.relations)
     at.schema.apply(node)

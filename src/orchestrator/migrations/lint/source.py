@@ -23,6 +23,8 @@ from pathlib import Path
 _DIALECTS = frozenset({"sqlite", "postgresql"})
 # `validate: ignore[MIG012]` or `validate: ignore[MIG012, MIG016]`, then the reason.
 _IGNORE = re.compile(r"validate:\s*ignore\[([A-Z0-9_,\s]+)\](.*)")
+# What an f-string's hole reads as: a name, so the SQL still parses whatever the hole stands for.
+HOLE = "lint_hole"
 # The codes an ignore comment of the old single dangerous-operation rule still covers.
 LEGACY_CODE = "MIG007"
 
@@ -119,7 +121,8 @@ class Source:
 
     def sql_text(self, node: ast.expr | None) -> str | None:
         """A SQL argument as text where the source says it: a literal, a module constant, an
-        f-string (its holes read as `x`), `sa.text(...)`, `.bindparams(...)` on one of those."""
+        f-string (its holes read as the name `HOLE`), `sa.text(...)`, `.bindparams(...)` on one
+        of those."""
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             return node.value
         if isinstance(node, ast.Name):
@@ -127,7 +130,7 @@ class Source:
         if isinstance(node, ast.JoinedStr):
             return "".join(
                 str(v.value) if isinstance(v, ast.Constant)
-                else (self.sql_text(v.value) or "x") for v in node.values
+                else (self.sql_text(v.value) or HOLE) for v in node.values
             )
         if isinstance(node, ast.Call):
             name = _call_name(node)
@@ -171,6 +174,9 @@ class _LoopFinder:
             inner_loop, inner_autocommit = loop, autocommit
             if isinstance(statement, (ast.For, ast.AsyncFor, ast.While)) and loop is None:
                 inner_loop = statement.lineno
+            if isinstance(statement, (ast.For, ast.AsyncFor)) and not autocommit:
+                if (changed := _object_change(statement)) is not None:
+                    self.found.setdefault(loop or statement.lineno, changed)
             if isinstance(statement, (ast.With, ast.AsyncWith)) and any(
                 isinstance(item.context_expr, ast.Call)
                 and _call_name(item.context_expr) == "autocommit_block"
@@ -218,6 +224,20 @@ class _LoopFinder:
         return False
 
 
+def _object_change(loop: ast.For | ast.AsyncFor) -> int | None:
+    """The line where a loop over ORM objects changes one (`for w in session.query(W): w.x = 1`):
+    the session flushes one UPDATE per object, all in the migration's transaction."""
+    targets = {n.id for n in ast.walk(loop.target) if isinstance(n, ast.Name)}
+    for node in (n for statement in loop.body for n in ast.walk(statement)):
+        assigned = (node.targets if isinstance(node, ast.Assign)
+                    else [node.target] if isinstance(node, ast.AugAssign) else [])
+        for target in assigned:
+            if (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name)
+                    and target.value.id in targets):
+                return node.lineno
+    return None
+
+
 def _walk(node: ast.AST, loop: int | None) -> Iterator[tuple[int | None, ast.AST]]:
     """Every node under `node`, with the line of the loop it runs in (comprehensions are loops)."""
     yield loop, node
@@ -242,7 +262,10 @@ def _is_row_change(sql: str) -> bool:
         statements = parse(str(text(sql).compile(dialect=dialect)))
     except ParseError:
         return False
-    return any(isinstance(s, (pg.UpdateStmt, pg.DeleteStmt)) for s in statements)
+    # A loop whose variable is the table (`f"UPDATE {table} ..."`) runs one statement per
+    # table, not per row: the SQL rules judge each of them as rendered.
+    return any(isinstance(s, (pg.UpdateStmt, pg.DeleteStmt)) and s.relation.relname != HOLE
+               for s in statements)
 
 
 def dialect_test(test: ast.expr) -> frozenset[str] | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pglast import ast, parse_sql
+from pglast import ast, parse_plpgsql, parse_sql
 from pglast.enums import AlterTableType, ConstrType, ObjectType
 from pglast.parser import ParseError
 
@@ -27,8 +27,68 @@ BATCH_TEMP_PREFIX = "_alembic_tmp_"
 
 
 def parse(sql: str) -> list[ast.Node]:
-    """The statements of one SQL text (raises ParseError when PostgreSQL would not parse it)."""
-    return [raw.stmt for raw in parse_sql(sql)]
+    """The statements of one SQL text (raises ParseError when PostgreSQL would not parse it);
+    a PL/pgSQL `DO` block stands for the statements it runs."""
+    statements = []
+    for raw in parse_sql(sql):
+        if isinstance(raw.stmt, ast.DoStmt) and (inner := _do_statements(raw.stmt)) is not None:
+            statements += inner
+        else:
+            statements.append(raw.stmt)
+    return statements
+
+
+def _do_statements(node: ast.DoStmt) -> list[ast.Node] | None:
+    """The SQL a `DO $$ ... $$` block runs, read by PostgreSQL's PL/pgSQL parser: its plain
+    statements and its `EXECUTE '<constant>'`s, in order, whatever IF they sit in (the linter
+    cannot know which branch runs on the database, so it judges each). None when the block is
+    not PL/pgSQL or does not parse."""
+    options = {d.defname: d.arg.sval for d in node.args if isinstance(d.arg, ast.String)}
+    if options.get("language", "plpgsql").lower() != "plpgsql" or "as" not in options:
+        return None
+    try:
+        tree = parse_plpgsql("CREATE FUNCTION lint_do() RETURNS void LANGUAGE plpgsql AS "
+                             f"$lint_do${options['as']}$lint_do$")
+    except ParseError:
+        return None
+    statements: list[ast.Node] = []
+    for query in _plpgsql_queries(tree):
+        try:
+            statements += parse(query)
+        except ParseError:
+            continue  # a statement over the block's own variables, or a dynamic one
+    return statements
+
+
+def _plpgsql_queries(tree: Any) -> list[str]:
+    """The SQL texts of a PL/pgSQL parse tree (pglast gives it as JSON), in order."""
+    found: list[str] = []
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            if key == "PLpgSQL_stmt_execsql":
+                found.append(value["sqlstmt"]["PLpgSQL_expr"]["query"])
+            elif key == "PLpgSQL_stmt_dynexecute":
+                if (text := _constant_text(value["query"]["PLpgSQL_expr"]["query"])) is not None:
+                    found.append(text)
+            else:
+                found += _plpgsql_queries(value)
+    elif isinstance(tree, list):
+        for item in tree:
+            found += _plpgsql_queries(item)
+    return found
+
+
+def _constant_text(expression: str) -> str | None:
+    """The string an EXECUTE runs when it is a constant (`EXECUTE 'CREATE INDEX ...'`)."""
+    try:
+        [raw] = parse_sql(f"SELECT {expression}")
+    except (ParseError, ValueError):
+        return None
+    [target] = raw.stmt.targetList
+    value = target.val
+    if isinstance(value, ast.A_Const) and isinstance(value.val, ast.String):
+        return value.val.sval
+    return None
 
 
 def relname(range_var: ast.RangeVar) -> str:
