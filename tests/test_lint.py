@@ -444,3 +444,92 @@ def test_the_corpus_table_lists_every_case_file():
     listed = {c.name for c in CASES}
     on_disk = {p.stem for p in (CORPUS / "cases").iterdir()}
     assert listed == on_disk
+
+
+def test_rewrites_truncates_and_exclusions_are_judged_on_existing_tables_only(tmp_path):
+    assert found(tmp_path, """
+        op.execute("CREATE TABLE t (id int, during tsrange)")
+        op.execute("CLUSTER t USING ix_t")
+        op.execute("CLUSTER")
+        op.execute("VACUUM (ANALYZE) widgets")
+        op.execute("VACUUM (FULL) t")
+        op.execute("VACUUM FULL")
+        op.execute("ALTER TABLE widgets SET UNLOGGED")
+        op.execute("ALTER TABLE t SET LOGGED")
+        op.execute("ALTER TABLE gadgets SET TABLESPACE fast")
+        op.execute("TRUNCATE t")
+        op.execute("ALTER TABLE t ADD EXCLUDE USING gist (during WITH &&)")
+        op.execute("ALTER TABLE gadgets ADD EXCLUDE USING gist (label WITH =)")
+    """) == [("MIG017", 11), ("MIG017", 14), ("MIG017", 15), ("MIG017", 17), ("MIG015", 20)]
+
+
+def test_an_update_or_delete_by_key_or_key_range_is_not_a_whole_table_change(tmp_path):
+    assert found(tmp_path / "a", """
+        op.execute("UPDATE gadgets SET label = 'x' WHERE id BETWEEN 1 AND 10")
+        op.execute("UPDATE gadgets SET label = 'x' WHERE id IN (1, 2)")
+        op.execute("UPDATE gadgets SET label = 'x' WHERE 5 = id")
+        op.execute("UPDATE gadgets SET label = 'x' WHERE 5 <= id AND id < CAST(:high AS int)")
+        op.execute("UPDATE gadgets SET label = 'x' WHERE id IN (SELECT id FROM gadgets LIMIT 5)")
+        op.execute("UPDATE gadgets SET label = 'x' WHERE id > 5")
+        op.execute("UPDATE gadgets SET label = 'x' WHERE id = widget_id AND label LIKE 'a%'")
+        op.execute("UPDATE gadgets SET label = 'x' WHERE label = lower(label)")
+    """) == [("MIG021", 14), ("MIG021", 15), ("MIG021", 16)]
+    folder = write_case(tmp_path / "b", """
+        op.execute("LOCK TABLE gadgets IN ROW EXCLUSIVE MODE")
+        op.execute("DELETE FROM gadgets WHERE id > 5")
+        op.execute("LOCK TABLE widgets IN SHARE MODE")
+        op.execute("DELETE FROM widgets WHERE size < 0")
+    """)
+    first, second = [f for f in lint_folder(folder) if f.revision == "002"]
+    assert "may be every row" in first.message and "or locked" not in first.message
+    assert second.message.endswith("and so does the table it altered or locked")
+
+
+def test_the_statements_of_a_do_block_are_judged_as_plain_sql(tmp_path):
+    assert found(tmp_path, '''
+        op.execute("DO LANGUAGE plpython3u $$ plpy.execute('DROP TABLE widgets') $$")
+        op.execute("DO $$ BEGIN oops; END $$")
+        op.execute("""
+            DO $$
+            DECLARE n int;
+            BEGIN
+                EXECUTE 'CREATE INDEX ON';
+                EXECUTE format('DROP TABLE %I', 'gadgets');
+                SELECT count(*) INTO n FROM widgets;
+                EXECUTE 'DROP TABLE gadgets';
+            END $$
+        """)
+    ''') == [("MIG018", 11)]
+
+
+def test_a_script_asking_is_offline_mode_renders_as_with_sql_also_inside_an_env(tmp_path):
+    from alembic import context
+    from alembic.config import Config
+    from alembic.runtime.environment import EnvironmentContext
+
+    folder = write_case(tmp_path, """
+        if context.is_offline_mode():
+            return
+        op.drop_column("widgets", "size")
+    """, header="from alembic import context")
+    assert lint_folder(folder) == []
+    with MigrationManager(OFFLINE, script_location=str(folder)) as manager:
+        outer = EnvironmentContext(Config(), manager.script, as_sql=True)
+        with outer:
+            assert lint(manager.script, manager._chain) == []
+            assert context.is_offline_mode()  # the caller's environment is left in place
+
+
+def test_orm_objects_changed_in_a_loop_are_row_by_row_unless_each_commits(tmp_path):
+    assert found(tmp_path, """
+        for widget in widgets_of(op.get_bind()):
+            widget.size += 1
+        with op.get_context().autocommit_block():
+            for widget in widgets_of(op.get_bind()):
+                widget.size = 0
+        for row in widgets_of(op.get_bind()):
+            print(row.size)
+    """, header="""
+        def widgets_of(bind):
+            return []
+    """) == [("MIG022", 12)]
