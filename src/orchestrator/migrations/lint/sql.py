@@ -201,6 +201,13 @@ def volatile_call(expr: Any) -> str | None:
     return found[0] if found else None
 
 
+def deparse(expr: Any) -> str:
+    """An expression as SQL text, as PostgreSQL's parser would print it back."""
+    from pglast.stream import RawStream
+
+    return RawStream()(expr)
+
+
 def constraints(column: ast.ColumnDef, *kinds: ConstrType) -> list[ast.Constraint]:
     return [c for c in column.constraints or () if c.contype in kinds]
 
