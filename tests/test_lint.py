@@ -470,10 +470,13 @@ def test_an_update_or_delete_by_key_or_key_range_is_not_a_whole_table_change(tmp
         op.execute("UPDATE gadgets SET label = 'x' WHERE 5 = id")
         op.execute("UPDATE gadgets SET label = 'x' WHERE 5 <= id AND id < CAST(:high AS int)")
         op.execute("UPDATE gadgets SET label = 'x' WHERE id IN (SELECT id FROM gadgets LIMIT 5)")
+        op.execute("UPDATE gadgets SET label = 'x' WHERE id = ANY(ARRAY[1, 2]::int[])")
+        op.execute("UPDATE gadgets SET label = 'x' WHERE id = (SELECT max(id) FROM gadgets)")
         op.execute("UPDATE gadgets SET label = 'x' WHERE id > 5")
         op.execute("UPDATE gadgets SET label = 'x' WHERE id = widget_id AND label LIKE 'a%'")
         op.execute("UPDATE gadgets SET label = 'x' WHERE label = lower(label)")
-    """) == [("MIG021", 14), ("MIG021", 15), ("MIG021", 16)]
+        op.execute("UPDATE gadgets SET label = 'x' WHERE id = ANY(SELECT id FROM gadgets)")
+    """) == [("MIG021", 16), ("MIG021", 17), ("MIG021", 18), ("MIG021", 19)]
     folder = write_case(tmp_path / "b", """
         op.execute("LOCK TABLE gadgets IN ROW EXCLUSIVE MODE")
         op.execute("DELETE FROM gadgets WHERE id > 5")

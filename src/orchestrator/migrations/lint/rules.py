@@ -530,9 +530,14 @@ def _conjuncts(where: object) -> list[object]:
 
 
 def _value(node: object) -> bool:
-    """A constant or a bound parameter (possibly cast): a value given by the migration."""
+    """A constant, a bound parameter, an array of those (possibly cast), or a scalar subquery:
+    one value, or a list of them, given to the statement."""
     if isinstance(node, ast.TypeCast):
         node = node.arg
+    if isinstance(node, ast.A_ArrayExpr):
+        return all(_value(e) for e in node.elements or ())
+    if isinstance(node, ast.SubLink):
+        return node.subLinkType.name == "EXPR_SUBLINK"
     return isinstance(node, (ast.A_Const, ast.ParamRef))
 
 
@@ -562,7 +567,8 @@ def _bounded(where: object) -> bool:
         values = right if isinstance(right, tuple) else (right,)
         if column is None or not values or not all(_value(v) for v in values):
             continue
-        if kind in ("AEXPR_BETWEEN", "AEXPR_IN") or (kind == "AEXPR_OP" and operator == "="):
+        if kind in ("AEXPR_BETWEEN", "AEXPR_IN") or (
+                kind in ("AEXPR_OP", "AEXPR_OP_ANY") and operator == "="):
             return True
         if kind == "AEXPR_OP" and operator in (">", ">="):
             lower.add(column)
