@@ -476,7 +476,8 @@ def test_an_update_or_delete_by_key_or_key_range_is_not_a_whole_table_change(tmp
         op.execute("UPDATE gadgets SET label = 'x' WHERE id = widget_id AND label LIKE 'a%'")
         op.execute("UPDATE gadgets SET label = 'x' WHERE label = lower(label)")
         op.execute("UPDATE gadgets SET label = 'x' WHERE id = ANY(SELECT id FROM gadgets)")
-    """) == [("MIG021", 16), ("MIG021", 17), ("MIG021", 18), ("MIG021", 19)]
+        op.execute("UPDATE gadgets SET label = 'x' WHERE id NOT IN (1, 2)")
+    """) == [("MIG021", 16), ("MIG021", 17), ("MIG021", 18), ("MIG021", 19), ("MIG021", 20)]
     folder = write_case(tmp_path / "b", """
         op.execute("LOCK TABLE gadgets IN ROW EXCLUSIVE MODE")
         op.execute("DELETE FROM gadgets WHERE id > 5")

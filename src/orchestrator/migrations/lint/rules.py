@@ -567,8 +567,8 @@ def _bounded(where: object) -> bool:
         values = right if isinstance(right, tuple) else (right,)
         if column is None or not values or not all(_value(v) for v in values):
             continue
-        if kind in ("AEXPR_BETWEEN", "AEXPR_IN") or (
-                kind in ("AEXPR_OP", "AEXPR_OP_ANY") and operator == "="):
+        if kind == "AEXPR_BETWEEN" or (
+                kind in ("AEXPR_OP", "AEXPR_OP_ANY", "AEXPR_IN") and operator == "="):
             return True
         if kind == "AEXPR_OP" and operator in (">", ">="):
             lower.add(column)
