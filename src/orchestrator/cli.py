@@ -158,13 +158,18 @@ def _complete_revisions(
     """The scripts' revision ids (with their titles), head and base; no database is read."""
     from click.shell_completion import CompletionItem
 
+    import warnings
+
     try:
         from alembic.script import ScriptDirectory
 
         from orchestrator.migrations.manager import alembic_config
 
         scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
-        revisions = list(reversed(list(scripts.walk_revisions())))
+        # Nor a warning (two scripts with one id, after a merge): the next command says it.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            revisions = list(reversed(list(scripts.walk_revisions())))
     except Exception:  # a completion must never print a traceback into the shell
         return []
     items = [CompletionItem(rev.revision, help=_first_line(rev.doc)) for rev in revisions]
