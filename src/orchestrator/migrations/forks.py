@@ -75,10 +75,12 @@ def _read(path: Path) -> ScriptRef:
             values.setdefault(target.id, value)
     revision = _string(values.get("revision"))
     parents = values.get("down_revision")
-    if isinstance(parents, (ast.Tuple, ast.List)):
+    if parents is None or isinstance(parents, ast.Constant) and parents.value is None:
+        down: tuple[str | None, ...] = ()
+    elif isinstance(parents, (ast.Tuple, ast.List)):
         down = tuple(_string(element) for element in parents.elts)
     else:
-        down = (_string(parents),) if _string(parents) is not None else ()
+        down = (_string(parents),)
     if revision is None or None in down:
         return ScriptRef(path, None, ())
     return ScriptRef(path, revision, down)  # type: ignore[arg-type]
@@ -141,9 +143,9 @@ def describe(refs: list[ScriptRef]) -> Fork | None:
             expected = (before.revision,) if before is not None else ()
             if ref.down_revisions != expected:
                 revises = ", ".join(ref.down_revisions) or "nothing"
-                previous = before.name if before is not None else "none (it is the first)"
-                return Fork(f"the migration script {ref.name} revises {revises}, but the script "
-                            f"before it in number order is {previous}",
+                previous = (f"the script before it in number order is {before.name}"
+                            if before is not None else "it is the first in number order")
+                return Fork(f"the migration script {ref.name} revises {revises}, but {previous}",
                             _paths([ref] if before is None else [before, ref]))
     return None
 

@@ -340,6 +340,38 @@ class MigrationManager:
         """The database's revision (None for a fresh or missing database)."""
         return self._read_database()[0]
 
+    def recorded_revision(self) -> tuple[str | None, str | None]:
+        """The database's revision, and the checksum of the script its history says was last
+        applied (or stamped) as that revision: read without loading the scripts, which may
+        not load (two branches' migrations with one id, before `db rebase`)."""
+        from orchestrator.migrations import history
+
+        current = self._read_database()[0]
+        if current is None:
+            return None, None
+        with self._connect() as connection:
+            entries = history.read(connection)
+        checksums = [entry.checksum for entry in entries if entry.revision == current
+                     and entry.success and entry.direction in (history.UPGRADE, history.STAMP)]
+        return current, checksums[-1] if checksums else None
+
+    def with_scripts(self, script_location: str | Path) -> MigrationManager:
+        """A manager of the same database, with the same options, over another scripts
+        folder (`db rebase` undoes a branch's migrations with the scripts as they were)."""
+        return MigrationManager(
+            self.database_url,
+            lock_timeout=self.lock_timeout,
+            db_lock_timeout=self.db_lock_timeout,
+            notify=self.notify,
+            progress=self.progress,
+            script_location=str(script_location),
+            backup_before_migrate=self.backup_before_migrate,
+            backup_dir=self.backup_dir,
+            backup_keep=self.backup_keep,
+            environment=self.environment,
+            backup_progress=self.backup_progress,
+        )
+
     def pending_revisions(self) -> list[str]:
         """Revisions the database lacks, in the order they would be applied."""
         return list(self.status().pending)
