@@ -215,7 +215,7 @@ def test_two_heads_and_an_order_broken_are_each_named(team, sqlite_url):
 def test_the_fork_rules_read_scripts_as_written(tmp_path):
     versions = tmp_path / "versions"
     versions.mkdir()
-    (versions / "001_a.py").write_text('revision = "001"\ndown_revision = None\n')
+    (versions / "001_a.py").write_text('revision = "001"\ndown_revision = None\nop.x = 1\n')
     (versions / "002_b.py").write_text('revision: str = "002"\ndown_revision = ("001",)\n')
     (versions / "broken.py").write_text("revision = (\n")
     (versions / "dynamic.py").write_text('revision = "x"\ndown_revision = compute()\n')
@@ -560,3 +560,8 @@ def test_renumbering_keeps_quotes_and_everything_else():
         b"revision = '001'\ndown_revision = None\nx = 1\nrevision_note: int\n")
     assert rebasing._renumbered(b'"""X.\nRevision ID: 2\nRevises: 1\n"""\nrevision = None\n',
                                 "3", None) == b'"""X.\nRevision ID: 3\nRevises:\n"""\nrevision = "3"\n'
+
+
+def test_without_a_git_command_the_folder_is_not_in_a_repository(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert rebasing._git(tmp_path, "status") is None

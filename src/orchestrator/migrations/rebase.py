@@ -251,10 +251,9 @@ def _kept_by_git(
         # On the default branch right after merging the other: its first parent is the line
         # that was there before the merge.
         commit, where = parents[1], f"{onto} before its merge (HEAD^1, {how})"
-    names = _tracked(versions, commit)
-    base = _git(versions, "merge-base", "HEAD", commit)
-    if base is not None:
-        names |= _tracked(versions, base)
+    # What the merge base had stays too (unless `onto` deleted it, it is there anyway).
+    base = _git(versions, "merge-base", "HEAD", commit) or commit
+    names = _tracked(versions, commit) | _tracked(versions, base)
     return [ref for ref in refs if ref.name in names], f"the scripts on {where}"
 
 
