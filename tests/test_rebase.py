@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.db import mask_url
 from orchestrator.migrations import ForkedChainError, MigrationManager
 from orchestrator.migrations import rebase as rebasing
 from orchestrator.migrations.validate import validate
@@ -250,10 +251,11 @@ def test_other_warnings_while_loading_still_reach_the_user(team, sqlite_url):
 # -- db rebase --------------------------------------------------------------------------------
 
 
-def test_rebase_moves_this_branch_after_the_other_and_the_chain_upgrades(forked, tmp_path):
+def test_rebase_moves_this_branch_after_the_other_and_the_chain_upgrades(forked, tmp_path,
+                                                                        db_url):
     new, after = forked.number(1), forked.number(2)
     # Alice's database applied her migration before the merge; a new one is empty.
-    alice = forked.url("alice")
+    alice = db_url
     git(forked.root, "checkout", "-q", "alice")
     assert forked.run("db", "upgrade", "--database-url", alice).returncode == 0
     git(forked.root, "checkout", "-q", "bob")
@@ -295,9 +297,9 @@ def test_dry_run_changes_nothing(forked):
     assert {p.name: p.read_bytes() for p in forked.versions.glob("*.py")} == before
 
 
-def test_a_development_database_that_applied_the_moved_migration_is_brought_back(forked):
+def test_a_development_database_that_applied_the_moved_migration_is_brought_back(forked, db_url):
     new, after = forked.number(1), forked.number(2)
-    bob = forked.url("bob")
+    bob = db_url
     git(forked.root, "checkout", "-q", "HEAD^1")  # Bob's branch before the merge
     assert forked.run("db", "upgrade", "--database-url", bob).returncode == 0
     git(forked.root, "checkout", "-q", "bob")
@@ -312,7 +314,7 @@ def test_a_development_database_that_applied_the_moved_migration_is_brought_back
     assert (forked.versions / f"{new}_add_tags.py").exists()
     result = forked.run("db", "rebase", "--yes", "--database-url", bob)
     assert result.returncode == 0, result.stderr
-    assert (f"The database {bob} applied {new}_add_tags.py under the old revision; once "
+    assert (f"The database {mask_url(bob)} applied {new}_add_tags.py under the old revision; once "
             f"renumbered they are new revisions, so it must go back to {forked.base} "
             "first.\n") in result.stdout
     assert f"Undid {new}: the database is at {forked.base}.\n" in result.stdout
@@ -565,3 +567,12 @@ def test_renumbering_keeps_quotes_and_everything_else():
 def test_without_a_git_command_the_folder_is_not_in_a_repository(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     assert rebasing._git(tmp_path, "status") is None
+
+
+def test_a_database_that_cannot_be_read_does_not_stop_the_rebase(forked):
+    unreachable = "postgresql+psycopg://postgres@127.0.0.1:1/nowhere"
+    result = forked.run("db", "rebase", "--database-url", unreachable)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("Note: the database could not be read (cannot reach")
+    assert "downgrade it from this branch as it was before the merge" in result.stderr
+    assert forked.names()[-1] == f"{forked.number(2)}_add_tags.py"
