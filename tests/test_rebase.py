@@ -20,7 +20,7 @@ from orchestrator.migrations import ForkedChainError, MigrationManager
 from orchestrator.migrations import rebase as rebasing
 from orchestrator.migrations.validate import validate
 from orchestrator.migrations.forks import ScriptRef, describe, in_number_order, read_refs
-from tests.fixtures import PROJECT_SCRIPTS, command_runner, head_of
+from tests.fixtures import PROJECT_SCRIPTS, cli_argv, command_runner, head_of
 from tests.schema import scalar
 
 _GIT_IDENTITY = ("-c", "user.name=Teammate", "-c", "user.email=teammate@example.com",
@@ -173,8 +173,18 @@ def test_every_command_names_both_files_and_the_fix(forked, command):
     assert forked.names()[-2:] == [f"{new}_add_notes.py", f"{new}_add_tags.py"]  # no file made
 
 
+def test_a_new_process_prints_the_one_line_and_no_warning(forked):
+    result = subprocess.run(cli_argv(forked.scripts, "db", "status", "--database-url",
+                                     forked.url("bob")), capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith("Error: the migration scripts ")
+    assert result.stderr.count("\n") == 1 and "Warning" not in result.stderr
+
+
 def test_validate_has_a_rule_of_its_own(forked):
-    result = forked.run("db", "validate", "--database-url", forked.url("bob"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = forked.run("db", "validate", "--database-url", forked.url("bob"))
     assert result.returncode == 1
     new = forked.number(1)
     assert (f"ERROR   MIG023 numbered-line  project/migrations/versions/{new}_add_tags.py\n"
@@ -285,7 +295,8 @@ def test_rebase_moves_this_branch_after_the_other_and_the_chain_upgrades(forked,
     assert strict.ok and not strict.findings and not strict.skipped, strict.findings
     assert {"MIG023", "MIG008"} <= set(strict.passed)
     again = forked.run("db", "rebase", "--database-url", fresh)
-    assert again.stdout == "Nothing to rebase: the migrations in project/migrations/versions form one line.\n"
+    assert again.stdout == ("Nothing to rebase: the migrations in project/migrations/versions "
+                            "form one line.\n")
 
 
 def test_dry_run_changes_nothing(forked):
@@ -560,8 +571,9 @@ def test_renumbering_keeps_quotes_and_everything_else():
     first = b"revision = '005'\ndown_revision = '004'\nx = 1\nrevision_note: int\n"
     assert rebasing._renumbered(first, "001", None) == (
         b"revision = '001'\ndown_revision = None\nx = 1\nrevision_note: int\n")
-    assert rebasing._renumbered(b'"""X.\nRevision ID: 2\nRevises: 1\n"""\nrevision = None\n',
-                                "3", None) == b'"""X.\nRevision ID: 3\nRevises:\n"""\nrevision = "3"\n'
+    renumbered = rebasing._renumbered(
+        b'"""X.\nRevision ID: 2\nRevises: 1\n"""\nrevision = None\n', "3", None)
+    assert renumbered == b'"""X.\nRevision ID: 3\nRevises:\n"""\nrevision = "3"\n'
 
 
 def test_without_a_git_command_the_folder_is_not_in_a_repository(monkeypatch, tmp_path):

@@ -144,7 +144,9 @@ def apply(plan: RebasePlan) -> None:
         staged.replace(move.path)
 
 
-def applied_moves(plan: RebasePlan, current: str | None, checksum: str | None) -> AppliedMoves | None:
+def applied_moves(
+    plan: RebasePlan, current: str | None, checksum: str | None
+) -> AppliedMoves | None:
     """The moved scripts a database at `current` applied under their old ids, or None when it
     is on the line that stays (or before the fork). `checksum` is the one its history recorded
     for the script it applied as `current`: it tells two scripts with one id apart."""
@@ -307,7 +309,7 @@ def _renumbered(source: bytes, revision: str, down_revision: str | None) -> byte
         if name not in ("revision", "down_revision"):
             continue
         value = node.value
-        assert value is not None and value.end_lineno is not None and value.end_col_offset is not None
+        assert value.end_lineno is not None and value.end_col_offset is not None
         start = starts[value.lineno - 1] + value.col_offset
         end = starts[value.end_lineno - 1] + value.end_col_offset
         new = revision if name == "revision" else down_revision
