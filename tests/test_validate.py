@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Column, ForeignKey, Index, Integer, MetaData, String, Table, UniqueConstraint
 
-from orchestrator.migrations import MigrationManager
+from orchestrator.migrations import MigrationManager, lint
 from orchestrator.migrations.validate import (
     RULES,
     IrreversibleMigrationError,
@@ -24,7 +24,7 @@ from tests.fixtures import VALIDATOR_SETS, add_revision, command_runner, copy_sc
 from tests.schema import execute, scalar
 
 ALL_CODES = [rule.code for rule in RULES]
-LINT_CODES = [code for code in ALL_CODES if code >= "MIG009"]
+LINT_CODES = [rule.code for rule in lint.RULES]
 
 
 def widgets(colour: bool = True, gadgets: bool = False) -> MetaData:
@@ -76,7 +76,7 @@ def test_the_projects_own_migrations_pass_strict_validation(manager: MigrationMa
 # set because a broken chain makes them meaningless are skipped, and the report says so).
 BROKEN_SETS = {
     "good": (widgets(), set()),
-    "multiple_heads": (widgets(), {"MIG001"}),
+    "multiple_heads": (widgets(), {"MIG001", "MIG023"}),
     "broken_chain": (widgets(), {"MIG002"}),
     "missing_downgrade": (widgets(), {"MIG003", "MIG008"}),
     "models_mismatch": (widgets(colour=True), {"MIG004"}),
@@ -97,14 +97,19 @@ def test_each_rule_fires_on_its_broken_set(db_url: str, name: str):
     if expected & {"MIG001", "MIG002"}:
         skipped = {s.code: s.reason for s in report.skipped}
         assert set(skipped) >= {"MIG004", "MIG008"}
-        assert skipped["MIG004"] == "the scripts do not form one complete chain (see MIG001, MIG002)"
+        assert skipped["MIG004"] == "the scripts do not form one complete chain in number order (see MIG001, MIG002, MIG023)"
 
 
 def test_two_heads_are_named_with_the_newer_file(sqlite_url):
-    [finding] = check(sqlite_url, VALIDATOR_SETS / "multiple_heads").findings
+    [finding, fork] = check(sqlite_url, VALIDATOR_SETS / "multiple_heads").findings
     assert "2 heads (003, 004)" in finding.message
     assert finding.file.endswith("004_weight.py") and finding.line == 11
-    assert "alembic merge heads" in finding.fix
+    assert "`orchestrator db rebase`" in finding.fix
+    # MIG023 says the same as every command does, naming both files.
+    assert (fork.code, fork.message) == (
+        "MIG023", "the migration scripts 003_size.py and 004_weight.py both revise 002, so the "
+        "chain forks there")
+    assert fork.fix.startswith("`orchestrator db rebase` to renumber")
 
 
 def test_a_missing_parent_is_named_where_it_is_referenced(sqlite_url):
@@ -176,7 +181,7 @@ def test_autogenerate_differences_of_other_kinds_are_described():
 
 
 def test_dangerous_operations_are_warnings_or_errors_with_strict(sqlite_url):
-    lint_codes = [code for code in ALL_CODES if code >= "MIG009"]
+    lint_codes = LINT_CODES
     report = check(sqlite_url, VALIDATOR_SETS / "dangerous", rules=lint_codes)
     found = [(Path(f.file).name, f.line, f.code) for f in report.findings]
     assert sorted(found) == sorted([
@@ -204,7 +209,7 @@ def test_the_linter_is_skipped_while_the_chain_is_broken(sqlite_url):
     report = check(sqlite_url, VALIDATOR_SETS / "broken_chain", rules=["MIG002", "MIG013"])
     assert report.codes() == {"MIG002"}
     assert [(s.code, s.reason) for s in report.skipped] == [
-        ("MIG013", "the scripts do not form one complete chain (see MIG001, MIG002)")]
+        ("MIG013", "the scripts do not form one complete chain in number order (see MIG001, MIG002, MIG023)")]
 
 
 def test_scripts_without_functions_or_with_unusual_assignments_are_read(tmp_path):
@@ -304,7 +309,6 @@ def test_the_chain_rule_reports_every_way_a_chain_breaks(sqlite_url, tmp_path):
     report = check(sqlite_url, folder, rules=["MIG001", "MIG002", "MIG003", "MIG013"])
     messages = sorted(f.message for f in report.findings if f.code == "MIG002")
     assert messages == sorted([
-        "c_duplicate.py and a_base.py both claim revision 001",
         "d_unparsable.py does not parse (line 2: invalid syntax)",
         "e_no_revision.py does not state its revision and down_revision as plain strings",
         "f_dynamic_parent.py does not state its revision and down_revision as plain strings",
@@ -314,7 +318,10 @@ def test_the_chain_rule_reports_every_way_a_chain_breaks(sqlite_url, tmp_path):
     ])
     # Two bases are also two heads.
     assert [f.code for f in report.findings].count("MIG001") == 1
-
+    # Two scripts with one id are a fork of the numbered line (MIG023), not a broken chain.
+    [fork] = check(sqlite_url, folder, rules=["MIG023"]).findings
+    assert fork.message == ("the migration scripts a_base.py and c_duplicate.py both have "
+                            "revision 001 (branches made from the same revision each added one)")
 
 # -- drift, edited scripts, irreversible revisions, scratch databases ------------------------------
 
@@ -377,7 +384,7 @@ def test_without_a_database_the_rules_that_need_one_are_skipped(tmp_path):
     assert skipped["MIG004"].startswith("cannot create a scratch database beside "
                                         "postgresql+psycopg://postgres:***@127.0.0.1:1/nowhere")
     assert skipped["MIG005"].startswith("no database to compare with: cannot reach the database")
-    assert report.passed == ["MIG001", "MIG002", "MIG003", *LINT_CODES]
+    assert report.passed == ["MIG001", "MIG002", "MIG003", "MIG023", *LINT_CODES]
     assert "pw@" not in json.dumps(report.as_dict())
 
 

@@ -158,13 +158,18 @@ def _complete_revisions(
     """The scripts' revision ids (with their titles), head and base; no database is read."""
     from click.shell_completion import CompletionItem
 
+    import warnings
+
     try:
         from alembic.script import ScriptDirectory
 
         from orchestrator.migrations.manager import alembic_config
 
         scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
-        revisions = list(reversed(list(scripts.walk_revisions())))
+        # Nor a warning (two scripts with one id, after a merge): the next command says it.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            revisions = list(reversed(list(scripts.walk_revisions())))
     except Exception:  # a completion must never print a traceback into the shell
         return []
     items = [CompletionItem(rev.revision, help=_first_line(rev.doc)) for rev in revisions]
@@ -574,6 +579,90 @@ def stamp(ctx: click.Context, revision: str, yes: bool) -> None:
 
 @db.command()
 @common_options
+@click.option("--onto", metavar="BRANCH",
+              help="The git branch (or commit) whose migrations stay (default: origin/HEAD, "
+              "else main, else master).")
+@click.option("--keep", metavar="REVISION",
+              help="The last migration that stays, by revision id or file name (no git needed).")
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("--yes", "-y", is_flag=True,
+              help="Downgrade a development database that applied moved migrations, unasked.")
+@click.pass_context
+def rebase(ctx: click.Context, onto: str | None, keep: str | None, dry_run: bool,
+           yes: bool) -> None:
+    """Renumber this branch's migrations after the other line's (two branches added 005)."""
+    from orchestrator.migrations import rebase as rebasing
+    from orchestrator.migrations.errors import DatabaseUnreachableError
+
+    if onto is not None and keep is not None:
+        raise click.UsageError("--onto chooses the line that stays by git, --keep without it: "
+                               "give one of them", ctx=ctx)
+    manager = _manager(ctx)
+    versions = Path(manager.script.versions)
+    plan = rebasing.plan(versions, keep=keep, onto=onto)
+    if plan is None:
+        click.echo(f"Nothing to rebase: the migrations in {_relative(str(versions))} form one "
+                   "line.")
+        return
+    click.echo(f"Staying: {plan.chosen_by}, up to {plan.onto or 'base'}.")
+    click.echo(f"{'Would move' if dry_run else 'Moving'} {len(plan.moves)} "
+               f"migration{'s' * (len(plan.moves) != 1)} on top:")
+    for move in plan.moves:
+        click.echo(f"  {move.describe()}")
+    try:
+        applied = rebasing.applied_moves(plan, *manager.recorded_revision())
+    except DatabaseUnreachableError as exc:
+        applied = None
+        _note(f"Note: the database could not be read ({exc}); if it applied any of these "
+              "migrations, downgrade it from this branch as it was before the merge, then "
+              "`orchestrator db upgrade` after the rebase.")
+    if applied is not None:
+        _undo_moved(ctx, manager, plan, applied, dry_run, yes)
+    if dry_run:
+        click.echo("Dry run: nothing was changed.")
+        return
+    rebasing.apply(plan)
+    click.echo("Done. Review and commit the renamed files, then run `orchestrator db upgrade`.")
+
+
+def _undo_moved(ctx: click.Context, manager: MigrationManager, plan, applied, dry_run: bool,
+                yes: bool) -> None:
+    """A database that applied moved migrations under their old ids: downgraded to the fork
+    point with those scripts, before they are renamed (development only)."""
+    import tempfile
+
+    from orchestrator.migrations import rebase as rebasing
+
+    names = ", ".join(ref.name for ref in applied.scripts)
+    fork = applied.fork_point or "base"
+    click.echo(f"The database {manager.masked_url} applied {names} under the old "
+               f"revision{'s' * (len(applied.scripts) != 1)}; once renumbered they are new "
+               f"revisions, so it must go back to {fork} first.")
+    if manager.environment != "development":
+        raise rebasing.RebaseError(
+            f"refusing to downgrade a {manager.environment} database from `db rebase`, and to "
+            f"rename scripts it applied; go back to {fork} by hand: from a checkout of this "
+            f"branch as it was before the merge run `orchestrator db downgrade {fork}` (or "
+            "restore a backup taken before), then `orchestrator db rebase` and `orchestrator "
+            "db upgrade`")
+    if dry_run:
+        click.echo(f"Would downgrade it to {fork} first, with the scripts under their old ids.")
+        return
+    if not yes:
+        _confirm(f"Downgrade the database to {fork} now, with the scripts under their old ids?",
+                 "refusing to downgrade the database without confirmation; run it on a terminal "
+                 "or pass --yes")
+    with tempfile.TemporaryDirectory(prefix="orchestrator-rebase-") as folder:
+        scripts = rebasing.old_line_scripts(plan, applied, Path(manager.script.dir),
+                                            Path(folder) / "scripts")
+        with manager.with_scripts(scripts) as old:
+            old.backup_progress = _progress(ctx, "Backing up first")
+            undone = old.downgrade(fork)
+    click.echo(f"Undid {', '.join(undone)}: the database is at {fork}.")
+
+
+@db.command()
+@common_options
 @click.option(
     "--output",
     "-o",
@@ -670,7 +759,9 @@ def validate(ctx: click.Context, strict: bool, output_format: str, as_json: bool
     from orchestrator.migrations.validate import validate as run_rules
 
     settings = _settings(ctx)
-    report = run_rules(settings.database_url, strict=strict)
+    # The manager's scripts folder: the one every other command loads.
+    report = run_rules(settings.database_url, strict=strict,
+                       script_location=_manager(ctx).script_location)
     if as_json or output_format == "json":
         _echo_json({"database": mask_url(settings.database_url), **report.as_dict()})
     else:

@@ -215,13 +215,14 @@ def test_autogenerate_finds_model_changes_and_refuses_no_change(sqlite_url, tmp_
     assert sorted(p.name[:3] for p in path.parent.glob("*.py")) == ["001", "002"]
 
 
-def test_multiple_heads_are_refused_with_the_merge_command(sqlite_url, tmp_path):
+def test_multiple_heads_are_refused_with_the_rebase_command(sqlite_url, tmp_path):
     scripts = _copy_scripts(tmp_path)
     branch = Path(scripts) / "versions" / "003_add_task_indexes.py"
     text = branch.read_text().replace('revision: str = "003"', 'revision: str = "103"')
     (Path(scripts) / "versions" / "103_branch.py").write_text(text)
     manager = MigrationManager(sqlite_url, script_location=scripts)
-    with pytest.raises(MultipleHeadsError, match="alembic merge heads"):
+    with pytest.raises(MultipleHeadsError, match=r"003_add_task_indexes.py and 103_branch.py "
+                       r"both revise 002, .*`orchestrator db rebase`"):
         manager.status()
 
 

@@ -31,6 +31,11 @@ class MultipleHeadsError(MigrationError):
     """The scripts have more than one head; they must be merged first."""
 
 
+class ForkedChainError(MultipleHeadsError):
+    """Branches each added migrations from the same revision: duplicate ids, two heads, or a
+    `down_revision` that is not the script before it in number order (`db rebase` fixes it)."""
+
+
 class UnversionedDatabaseError(MigrationError):
     """The database has tables but no revision: it was not created by these migrations."""
 

@@ -13,6 +13,7 @@ import io
 import logging
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -33,6 +34,7 @@ from orchestrator.migrations.errors import (
     DatabaseLockTimeout,
     DatabaseUnreachableError,
     EmptyMigrationError,
+    ForkedChainError,
     MigrationError,
     MigrationFailedError,
     MultipleHeadsError,
@@ -271,6 +273,39 @@ class MigrationManager:
     def _reload_scripts(self) -> None:
         self.__dict__.pop("script", None)
         self.__dict__.pop("_chain", None)
+        self.__dict__.pop("_heads", None)
+
+    @cached_property
+    def _heads(self) -> tuple[str, ...]:
+        """The scripts' heads, once every script is loaded and the chain is known to be one
+        numbered line (migrations/forks.py): a script that cannot be loaded, or a fork left
+        by two branches, is reported here as one line."""
+        from orchestrator.migrations import forks
+
+        # Alembic warns when two scripts claim one revision and keeps either; the fork is
+        # reported instead, naming both files. Any other warning goes on as it came.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.filterwarnings("always", message=forks.DUPLICATE_WARNING, category=UserWarning)
+            try:
+                heads = tuple(self.script.get_heads())
+            except Exception as exc:
+                raise _broken_script(exc, Path(self.script.dir)) from exc
+        duplicated = False
+        for warning in caught:
+            if re.match(forks.DUPLICATE_WARNING, str(warning.message)):
+                duplicated = True
+            else:
+                warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                       warning.lineno, source=warning.source)
+        if (duplicated or len(heads) > 1 or not forks.in_number_order(
+                [rev.revision for rev in reversed(list(self.script.walk_revisions()))])):
+            fork = forks.describe(forks.read_refs(Path(self.script.versions)))
+            if fork is not None:
+                raise ForkedChainError(str(fork))
+            raise MultipleHeadsError(  # pragma: no cover - forks.describe names every fork
+                f"the migration scripts have {len(heads)} heads ({', '.join(sorted(heads))}); "
+                f"{forks.FIX}")
+        return heads
 
     @cached_property
     def _chain(self) -> tuple[str, ...]:
@@ -298,20 +333,44 @@ class MigrationManager:
         Every command asks this first, and it loads every script: one that cannot be loaded
         is reported here, naming its file and line.
         """
-        try:
-            heads = self.script.get_heads()
-        except Exception as exc:
-            raise _broken_script(exc, Path(self.script.dir)) from exc
-        if len(heads) > 1:
-            raise MultipleHeadsError(
-                f"the migration scripts have {len(heads)} heads ({', '.join(sorted(heads))}); "
-                'merge them with `uv run alembic merge heads -m "merge"` and review the result'
-            )
+        heads = self._heads
         return heads[0] if heads else None
 
     def get_current_revision(self) -> str | None:
         """The database's revision (None for a fresh or missing database)."""
         return self._read_database()[0]
+
+    def recorded_revision(self) -> tuple[str | None, str | None]:
+        """The database's revision, and the checksum of the script its history says was last
+        applied (or stamped) as that revision: read without loading the scripts, which may
+        not load (two branches' migrations with one id, before `db rebase`)."""
+        from orchestrator.migrations import history
+
+        current = self._read_database()[0]
+        if current is None:
+            return None, None
+        with self._connect() as connection:
+            entries = history.read(connection)
+        checksums = [entry.checksum for entry in entries if entry.revision == current
+                     and entry.success and entry.direction in (history.UPGRADE, history.STAMP)]
+        return current, checksums[-1] if checksums else None
+
+    def with_scripts(self, script_location: str | Path) -> MigrationManager:
+        """A manager of the same database, with the same options, over another scripts
+        folder (`db rebase` undoes a branch's migrations with the scripts as they were)."""
+        return MigrationManager(
+            self.database_url,
+            lock_timeout=self.lock_timeout,
+            db_lock_timeout=self.db_lock_timeout,
+            notify=self.notify,
+            progress=self.progress,
+            script_location=str(script_location),
+            backup_before_migrate=self.backup_before_migrate,
+            backup_dir=self.backup_dir,
+            backup_keep=self.backup_keep,
+            environment=self.environment,
+            backup_progress=self.backup_progress,
+        )
 
     def pending_revisions(self) -> list[str]:
         """Revisions the database lacks, in the order they would be applied."""

@@ -24,7 +24,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.migrations import lint
+from orchestrator.migrations import forks, lint
 from orchestrator.migrations.environment import SCRIPT_DIRECTORY
 from orchestrator.migrations.errors import MigrationError
 
@@ -260,9 +260,15 @@ class Context:
         """MIG001 and MIG002 findings, computed together from the scripts' own text."""
         return _chain_findings(self.scripts)
 
+    @cached_property
+    def fork(self) -> forks.Fork | None:
+        """Where branches that each added migrations left the numbered chain forked."""
+        return forks.describe(forks.read_refs(Path(self.manager.script.versions)))
+
     def require_chain(self) -> None:
-        if self.chain_findings["MIG001"] or self.chain_findings["MIG002"]:
-            raise Skip("the scripts do not form one complete chain (see MIG001, MIG002)")
+        if self.chain_findings["MIG001"] or self.chain_findings["MIG002"] or self.fork:
+            raise Skip("the scripts do not form one complete chain in number order (see MIG001, "
+                       "MIG002, MIG023)")
 
     @cached_property
     def chain(self) -> tuple[str, ...]:
@@ -328,6 +334,19 @@ def complete_chain(ctx: Context) -> list[Finding]:
     a missing parent (a deleted or renamed file) or an unreadable script makes the history
     unloadable for every command."""
     return ctx.chain_findings["MIG002"]
+
+
+def numbered_line(ctx: Context) -> list[Finding]:
+    """One numbered line. Ids are numbers given in order, so two branches made from the same
+    revision each add the same next id: after the merge two scripts claim it, or two revise
+    the same parent, or one revises a script other than the one before it. Every command
+    refuses such scripts; `orchestrator db rebase` renumbers one branch's after the other's."""
+    fork = ctx.fork
+    if fork is None:
+        return []
+    return [Finding("MIG023", "numbered-line", ERROR, fork.problem,
+                    f"{forks.FIX.removeprefix('run ')}; it moves the migrations only this branch "
+                    "has on top of the other line", str(fork.paths[-1]))]
 
 
 def downgrades_implemented(ctx: Context) -> list[Finding]:
@@ -461,6 +480,7 @@ RULES = (
     Rule("MIG005", "no-drift", no_drift),
     Rule("MIG006", "scripts-unchanged", scripts_unchanged),
     Rule("MIG008", "round-trip", round_trip),
+    Rule("MIG023", "numbered-line", numbered_line),
     # What would take a table down on PostgreSQL under traffic (the linter, one rule each):
     # warnings, errors with --strict.
     *(Rule(rule.code, rule.name, _lint_rule(rule.code)) for rule in lint.RULES),
@@ -519,9 +539,7 @@ def _chain_findings(scripts: list[ScriptFile]) -> dict[str, list[Finding]]:
                     "as plain strings", "write `revision = \"NNN\"` and "
                     "`down_revision = \"MMM\"` (or None for the first) at module level", "revision")
         elif script.revision in by_id:
-            problem(script, f"{script.path.name} and {by_id[script.revision].path.name} both "
-                    f"claim revision {script.revision}", "give one of them the next free id",
-                    "revision")
+            continue  # two branches each added this id: MIG023 names both files
         else:
             by_id[script.revision] = script
     parents = {rev: s.down_revisions or () for rev, s in by_id.items()}
@@ -553,8 +571,8 @@ def _chain_findings(scripts: list[ScriptFile]) -> dict[str, list[Finding]]:
                 ERROR,
                 f"the scripts have {len(heads)} heads ({', '.join(heads)}): migrations were "
                 "written in parallel from the same parent",
-                "make the newer one follow the other (set its down_revision and renumber it), "
-                "or merge them with `uv run alembic merge heads -m \"merge\"`",
+                "run `orchestrator db rebase`: it renumbers this branch's migrations to follow "
+                "the other line's (docs/migrations.md, \"Working on a team\")",
                 str(by_id[heads[-1]].path),
                 by_id[heads[-1]].lines.get("down_revision"),
             )
