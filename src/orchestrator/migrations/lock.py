@@ -56,6 +56,12 @@ KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
               "keepalives_count": 3}
 # How often a running migration asks whether its lock is still held.
 _WATCH_SECONDS = 0.5
+# What `protect_session` runs: the session-wide settings hold after the statement's transaction.
+PROTECT_SESSION_SQL = (
+    "SELECT set_config('idle_in_transaction_session_timeout', '0', false), "
+    "CASE WHEN current_setting('server_version_num')::int >= 140000 "
+    "THEN set_config('idle_session_timeout', '0', false) END"
+)
 # The holder NOTIFYs this channel when it lets go of the advisory lock.
 RELEASE_CHANNEL = "orchestrator_migration_lock"
 # How often a waiter looks again without having seen a release.
@@ -274,12 +280,15 @@ def protect_session(connection) -> None:
     `idle_session_timeout`, PostgreSQL 14 and later, or `idle_in_transaction_session_timeout`):
     the lock's session is idle for as long as the migration runs, and the migration's while
     a backup is taken."""
-    from sqlalchemy import text
+    connection.exec_driver_sql(PROTECT_SESSION_SQL)
 
-    connection.execute(text(
-        "SELECT set_config('idle_in_transaction_session_timeout', '0', false), "
-        "CASE WHEN current_setting('server_version_num')::int >= 140000 "
-        "THEN set_config('idle_session_timeout', '0', false) END"))
+
+def protect_new_session(dbapi_connection, _record=None) -> None:
+    """`protect_session` as an engine's "connect" event: every session of the engine, pooled
+    ones idle between two uses included."""
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute(PROTECT_SESSION_SQL)
+    dbapi_connection.commit()
 
 
 @contextlib.contextmanager
@@ -294,7 +303,6 @@ def migrating(connection, timeout: float) -> Iterator[bool]:
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError
 
-    protect_session(connection)
     deadline = time.monotonic() + timeout
     waited = False
     while True:
@@ -334,7 +342,7 @@ def _lost_session(driver_connection) -> str | None:
             (ADVISORY_LOCK_KEY,),
         ).fetchone()
     except Exception as exc:  # noqa: BLE001 - whatever it is, the lock cannot be shown held
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "no reason given"
+        reason = (str(exc).strip() or "no message").splitlines()[0]
         return f"its session ended: {type(exc).__name__}: {reason}"
     return None if row is not None else "the server no longer lists it as held"
 

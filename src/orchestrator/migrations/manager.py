@@ -871,6 +871,10 @@ class MigrationManager:
                     **lock.KEEPALIVES,
                 }
             self._engine = create_engine(self.database_url, connect_args=connect_args)
+            if self.dialect == "postgresql":
+                from sqlalchemy import event
+
+                event.listen(self._engine, "connect", lock.protect_new_session)
         return self._engine
 
     @contextlib.contextmanager
@@ -1090,13 +1094,16 @@ class MigrationManager:
         if failure is not None:
             failed = plan[min(len(run.steps), len(plan) - 1)]
             upgrading = action == "upgrade"
-            ended = _fault(failure) == "ended"
+            fault = _fault(failure)
+            ended = fault is not None and fault[0] == "ended"
             if self._watch.lost is not None and not ended:
                 # Without the lock nothing more is written: the step's row stays "interrupted",
                 # which is what happened to it.
                 raise self._lock_lost(failed, upgrading) from failure
             try:
-                self._record_failure(failure, plan, run, recorder, rolled_back=whole)
+                # What the database said, rather than the failed cleanup after it.
+                self._record_failure(fault[1] if ended else failure, plan, run, recorder,
+                                     rolled_back=whole)
             except (MigrationError, DBAPIError) as exc:
                 if not ended:
                     raise
@@ -1106,7 +1113,7 @@ class MigrationManager:
                 # A failure caused by Ctrl-C is reported as what it is.
                 raise KeyboardInterrupt from failure
             if ended:
-                raise self._connection_lost(failure, failed, upgrading, run) from failure
+                raise self._connection_lost(fault[1], failed, upgrading, run) from failure
             raise self._failure(
                 failure, failed, upgrading, backup, rolled_back=whole
             ) from failure
@@ -1136,8 +1143,6 @@ class MigrationManager:
     def _connection_lost(
         self, exc: BaseException, failed: str, upgrading: bool, run: _Run
     ) -> ConnectionLostError:
-        # Pooled connections to a server that ended them are of no more use.
-        self.close()
         current = self._revision_now()
         if current is None:
             position = self._position(failed)
@@ -1219,10 +1224,12 @@ class MigrationManager:
                 f"migration {failed} gave up waiting for a table lock ({reason}); a long "
                 "transaction holds it: retry later, or raise DB_LOCK_TIMEOUT or --retries"
             )
-        if _fault(exc) == "transient":
+        fault = _fault(exc)
+        if fault is not None and fault[0] == "transient":
             undone = "was not applied" if upgrading else "was not undone"
             return TransientDatabaseError(
-                f"migration {failed} met a conflict with another transaction ({_reason(exc)}) "
+                f"migration {failed} met a conflict with another transaction "
+                f"({_reason(fault[1])}) "
                 f"and {undone}: transient: run it again or use `--retries N`"
             )
         # Upgrading, the failed revision was not applied; downgrading, it was not undone.
@@ -1311,20 +1318,21 @@ def _is_lock_timeout(exc: BaseException) -> bool:
     return getattr(getattr(exc, "orig", None), "sqlstate", None) == "55P03"
 
 
-def _fault(exc: BaseException | None) -> str | None:
-    """"ended" when the database ended the connection (or the server went away), "transient"
-    for a conflict that running again resolves, else None; by error code and type, along the
-    chain of errors (a failed cleanup after the cut may be the one raised)."""
+def _fault(exc: BaseException | None) -> tuple[str, BaseException] | None:
+    """("ended", the error) when the database ended the connection (or the server went away),
+    ("transient", the error) for a conflict that running again resolves, else None; by error
+    code and type, along the chain of errors (a failed cleanup after the cut, such as
+    SQLAlchemy's PendingRollbackError, may be the one raised)."""
     from sqlalchemy.exc import DBAPIError
 
     while exc is not None:
         if isinstance(exc, DBAPIError):
             state = getattr(exc.orig, "sqlstate", None) or ""
             if exc.connection_invalidated or state in _ENDED_SQLSTATES or state[:2] == "08":
-                return "ended"
+                return "ended", exc
             if (state in _TRANSIENT_SQLSTATES
                     or getattr(exc.orig, "sqlite_errorname", None) in _TRANSIENT_SQLITE):
-                return "transient"
+                return "transient", exc
         exc = exc.__cause__ or exc.__context__
     return None
 
