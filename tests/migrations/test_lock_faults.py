@@ -565,6 +565,74 @@ def test_sqlite_lock_file_removed_midway_stops_the_migrator_and_a_second_complet
     assert [e.error for e in entries if not e.success] == ["interrupted"]
 
 
+@pytest.mark.parametrize(("command", "readable"), [("upgrade", True), ("downgrade", False)])
+def test_a_step_that_finds_the_lock_gone_at_its_commit_commits_nothing(
+    sqlite_url, tmp_path, monkeypatch, command, readable
+):
+    """The lock is asked for before each commit: a lock file removed during a step (here by
+    the step itself) stops the step at its commit, and nothing of it is committed."""
+    from orchestrator.migrations.manager import MigrationManager as Manager
+
+    lock_file = lock.lock_file_for(Path(sqlite_url.removeprefix("sqlite:///")))
+    removal = (f"op.create_index('ix_tasks_title', 'tasks', ['title'])\n"
+               f"Path({str(lock_file)!r}).unlink()")
+    scripts = copy_scripts(tmp_path)
+    revision = add_revision(scripts, removal if command == "upgrade" else "pass",
+                            removal if command == "downgrade" else "pass")
+    with MigrationManager(sqlite_url, script_location=str(scripts)) as manager:
+        manager.upgrade("004" if command == "upgrade" else revision)
+        if not readable:
+            monkeypatch.setattr(Manager, "_revision_now", lambda self: None)
+        with pytest.raises(MigrationLockLost) as raised:
+            manager.upgrade() if command == "upgrade" else manager.downgrade("004")
+        monkeypatch.undo()
+        assert manager.get_current_revision() == ("004" if command == "upgrade" else revision)
+        assert manager.applied_history()[-1].error == "interrupted"
+    message = str(raised.value)
+    assert message.startswith(f"lost the migration lock (its lock file {lock_file} was "
+                              f"removed) during {revision}, and stopped without committing it")
+    if command == "upgrade":
+        assert "the database is at 004; run `orchestrator db upgrade` again" in message
+    else:
+        assert ("the database could not be read to tell its revision; run the same "
+                "`orchestrator db downgrade` again") in message
+    assert "ix_tasks_title" not in str(snapshot(sqlite_url)["tasks"]["indexes"])
+
+
+def test_a_sqlite_migration_waits_for_a_writer_then_gives_up(sqlite_url, monkeypatch):
+    """Before it plans under the lock, a migration takes the database's write lock once (a step
+    of a migrator that lost the lock may be in flight); a writer that keeps it longer than the
+    busy timeout makes it give up, exit code 5, nothing done."""
+    import sqlite3
+
+    from orchestrator import db
+    from orchestrator.migrations import DatabaseLockTimeout
+
+    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT", 0.3)
+    with MigrationManager(sqlite_url) as manager:
+        manager.upgrade("002")
+        writer = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+        try:
+            writer.execute("BEGIN IMMEDIATE")
+            with pytest.raises(DatabaseLockTimeout, match=r"^the upgrade gave up waiting for the "
+                                                          r"database's write lock"):
+                manager.upgrade()
+        finally:
+            writer.close()
+        assert manager.get_current_revision() == "002"
+
+
+@pytest.mark.postgres
+def test_the_migrating_key_of_a_session_that_ended_needs_no_letting_go(postgres_url):
+    engine = create_engine(postgres_url)
+    with engine.connect() as connection:
+        with lock.migrating(connection, 1):
+            pid = connection.connection.driver_connection.info.backend_pid
+            assert query(postgres_url, f"SELECT pg_terminate_backend({pid})")
+    engine.dispose()
+    assert query(postgres_url, _ADVISORY_HOLDER.format(key=lock.MIGRATING_KEY)) is None
+
+
 def test_a_lock_file_replaced_while_held_is_seen_as_lost(tmp_path):
     path = tmp_path / "db.migrate.lock"
     watch = lock.Watch()

@@ -324,6 +324,8 @@ def migrating(connection, timeout: float) -> Iterator[bool]:
     try:
         yield waited
     finally:
+        if connection.invalidated:
+            return  # noqa: B012 - the session is gone, and the key with it; the error stands
         try:
             connection.rollback()
             connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATING_KEY})

@@ -948,8 +948,6 @@ class MigrationManager:
                 lock.lock_file_for(path), self.lock_timeout, self.notify, still_needed,
                 watch=self._watch,
             ) as held:
-                if held:
-                    self._await_sqlite_writer(path)
                 self.lock_wait = time.perf_counter() - started
                 yield held
             return
@@ -964,24 +962,24 @@ class MigrationManager:
             finally:
                 self._lock_connection = None
 
-    def _await_sqlite_writer(self, path: Path) -> None:
-        """Let a step in flight end before we plan: its migrator may have lost the lock file
-        after its last check and still commit (see lock.py). A step holds the database's write
-        lock from its first statement to its commit, so taking that lock once waits for it."""
+    def _await_sqlite_writer(self, connection: Connection, action: str) -> None:
+        """Let a step in flight end before we plan again: its migrator may have lost the lock
+        file after its last check and still commit (see lock.py). A step holds the database's
+        write lock from its first statement to its commit, so taking that lock once waits for
+        it (with a backup first, the command's own transaction takes it instead)."""
         from sqlalchemy.exc import OperationalError
 
-        if not path.exists():
-            return
-        with self._connect() as connection:
-            try:
-                connection.execution_options(sqlite_begin="BEGIN IMMEDIATE").begin()
-            except OperationalError as exc:
-                raise DatabaseLockTimeout(
-                    f"another connection kept a write transaction open on {path} for more than "
-                    f"{db.SQLITE_BUSY_TIMEOUT:g}s ({exc.orig}); retry later, stop what holds "
-                    "it, or pass --retries"
-                ) from None
+        try:
+            connection.execution_options(sqlite_begin="BEGIN IMMEDIATE").begin()
+        except OperationalError as exc:
             connection.rollback()
+            raise DatabaseLockTimeout(
+                f"the {action} gave up waiting for the database's write lock ({exc.orig}): "
+                f"another connection kept a transaction open on it for more than "
+                f"{db.SQLITE_BUSY_TIMEOUT:g}s; retry later, stop what holds it, or pass "
+                "--retries"
+            ) from None
+        connection.rollback()
 
     @contextlib.contextmanager
     def _migrating(self, connection: Connection, run: _Run) -> Iterator[bool]:
@@ -1054,13 +1052,6 @@ class MigrationManager:
         attributes = self.config.attributes
         failure: BaseException | None = None
         with self._connect(create=True) as connection, self._migrating(connection, run) as waited:
-            if waited:
-                try:
-                    plan = replan()
-                except _PastTarget:  # it took the database past our target before it stopped
-                    plan = []
-                if not plan:
-                    return []
             whole = self._wants_backup()
             if whole and self.dialect != "sqlite":
                 backup = self._backup_before(
@@ -1073,6 +1064,16 @@ class MigrationManager:
                     backup = self._begin_with_backup(connection, held, action)
                 else:
                     run.on_start = recorder.step_started
+                    if self.dialect == "sqlite":
+                        self._await_sqlite_writer(connection, action)
+                if waited or self.dialect == "sqlite":
+                    try:
+                        plan = replan()
+                    except _PastTarget:  # it went past our target before it stopped
+                        plan = []
+                    if not plan:
+                        connection.rollback()
+                        return []
                 attributes.update(
                     connection=connection,
                     on_version_apply=run.record,
