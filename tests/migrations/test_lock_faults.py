@@ -50,7 +50,8 @@ _BUILDING = (
 
 
 def upgrade(url: str, *args: str, env: dict | None = None) -> subprocess.Popen:
-    return orchestrator("db", "upgrade", *args, "--database-url", url, env={**_PATIENT, **(env or {})})
+    return orchestrator("db", "upgrade", *args, "--database-url", url,
+                        env={**_PATIENT, **(env or {})})
 
 
 def query(url: str, statement: str):

@@ -1158,7 +1158,8 @@ class MigrationManager:
                     "again completes it")
         else:
             left = f"nothing of {failed} was committed"
-        command = "`orchestrator db upgrade`" if upgrading else "the same `orchestrator db downgrade`"
+        command = ("`orchestrator db upgrade`" if upgrading
+                   else "the same `orchestrator db downgrade`")
         return ConnectionLostError(
             f"migration {failed} was cut off: the database ended its connection "
             f"({_reason(exc)}); {left}; {where}; once the server is back, run {command} "
