@@ -299,7 +299,8 @@ _LOCK_TIMEOUT = click.option(
     "(default MIGRATION_LOCK_TIMEOUT).",
 )
 _RETRIES = click.option("--retries", type=click.IntRange(min=0), default=0,
-                        help="Retries after a table-lock timeout.")
+                        help="Retries after a transient failure: a table-lock timeout, a "
+                        "deadlock, a lost connection or migration lock.")
 
 
 @db.command(context_settings=_REVISION_ARGS)
@@ -830,21 +831,32 @@ def _migrate(
     verb: str,
     each_step: bool,
 ) -> None:
-    from orchestrator.migrations import DatabaseLockTimeout
+    from orchestrator.migrations import (
+        ConnectionLostError,
+        DatabaseUnreachableError,
+        MigrationLockLost,
+        TransientDatabaseError,
+    )
 
     meta = ctx.find_root().meta
+    lost = False
     for attempt in range(retries + 1):
         steps = _Steps(manager, each_step)
         manager.progress = steps
         meta.pop("orchestrator.waited", None)
         try:
             done = action(revision)
-        except DatabaseLockTimeout as exc:
-            if attempt == retries:
+        except (TransientDatabaseError, MigrationLockLost, DatabaseUnreachableError) as exc:
+            # A server that ended our connection may take a while to come back: reaching it
+            # is retried too, after a loss (not a wrong URL from the start).
+            lost = lost or isinstance(exc, (ConnectionLostError, MigrationLockLost))
+            if attempt == retries or not (lost or isinstance(exc, TransientDatabaseError)):
                 raise
-            # Back off, so the transaction in the way has a chance to finish.
+            # Back off, so the transaction in the way has a chance to finish (or the server to
+            # come back); then reconnect, take the lock again and plan afresh.
             delay = min(0.5 * 2**attempt, 10.0)
             _note(f"{exc} (retry {attempt + 1} of {retries} in {delay:g}s)")
+            manager.close()
             time.sleep(delay)
             continue
         # Time spent waiting for another migrator is not time spent migrating: said apart.

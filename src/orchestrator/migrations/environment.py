@@ -131,8 +131,9 @@ def _run_online(context: EnvironmentContext) -> None:
     url = database_url(config)
     engine = create_engine(url, poolclass=NullPool, **_connect_args(url))
     try:
-        with _plain_command_lock(context, engine), engine.connect() as connection:
-            _migrate(context, connection, owned=True)
+        with _plain_command_lock(context, engine) as locked, engine.connect() as connection:
+            with _migrating(connection, locked):
+                _migrate(context, connection, owned=True)
     finally:
         engine.dispose()
 
@@ -142,12 +143,27 @@ def _connect_args(url: str) -> dict[str, Any]:
         return {}
     from orchestrator.migrations.lock import holder_description
 
+    from orchestrator.migrations.lock import KEEPALIVES
+
     # What a migrator waiting for our lock is told holds it.
-    return {"connect_args": {"application_name": f"alembic {holder_description()}"}}
+    return {"connect_args": {"application_name": f"alembic {holder_description()}", **KEEPALIVES}}
 
 
 @contextlib.contextmanager
-def _plain_command_lock(context: EnvironmentContext, engine) -> Iterator[None]:
+def _migrating(connection, locked: bool) -> Iterator[None]:
+    """PostgreSQL: the migrating connection's own key (see lock.py), when the lock was taken."""
+    if not locked or backend_name(connection.engine.url) != "postgresql":
+        yield
+        return
+    from orchestrator.migrations import lock
+    from orchestrator.settings import get_settings
+
+    with lock.migrating(connection, get_settings().migration_lock_timeout):
+        yield
+
+
+@contextlib.contextmanager
+def _plain_command_lock(context: EnvironmentContext, engine) -> Iterator[bool]:
     """The migration lock around a plain `alembic upgrade`, `downgrade` or `stamp`.
 
     The manager takes it itself. Without it, an operator's `alembic upgrade head` could run
@@ -158,7 +174,7 @@ def _plain_command_lock(context: EnvironmentContext, engine) -> Iterator[None]:
     command = getattr(context.config.cmd_opts, "cmd", None)
     name = getattr(command[0], "__name__", None) if command else None
     if name not in ("upgrade", "downgrade", "stamp"):
-        yield
+        yield False
         return
     from alembic.util import CommandError
 
@@ -178,7 +194,7 @@ def _plain_command_lock(context: EnvironmentContext, engine) -> Iterator[None]:
                 stack.enter_context(lock.advisory_lock(connection, timeout, logger.warning))
         except MigrationError as exc:  # Alembic prints a CommandError as one line
             raise CommandError(str(exc)) from None
-        yield
+        yield True
 
 
 @contextlib.contextmanager
@@ -336,5 +352,9 @@ def _set_session_limits(config: Config, connection) -> None:
     connection.execute(text(
         "SELECT set_config('client_connection_check_interval', '1s', false) "
         "WHERE current_setting('server_version_num')::int >= 140000"))
+    from orchestrator.migrations.lock import protect_session
+
+    # A step may sit in Python between statements, in a transaction (a backfill's loop).
+    protect_session(connection)
     # The settings are session-wide; end the implicit transaction so Alembic starts its own.
     connection.commit()

@@ -27,6 +27,15 @@ class DatabaseUnreachableError(MigrationError):
     exit_code = 3
 
 
+class ConnectionLostError(DatabaseUnreachableError):
+    """The database ended the migration's connection midway (a restart, a terminated session,
+    a network cut); the message names the revision and what of it may be left."""
+
+    def __init__(self, message: str, revision: str | None = None) -> None:
+        super().__init__(message)
+        self.revision = revision
+
+
 class MultipleHeadsError(MigrationError):
     """The scripts have more than one head; they must be merged first."""
 
@@ -71,7 +80,19 @@ class MigrationLockTimeout(MigrationError):
     exit_code = 4
 
 
-class DatabaseLockTimeout(MigrationError):
-    """A migration waited too long for a table lock held by application traffic."""
+class MigrationLockLost(MigrationError):
+    """The migration lock was lost while migrating (its session ended, its lock file was
+    removed): the migrator stopped, committing nothing more."""
+
+    exit_code = 4
+
+
+class TransientDatabaseError(MigrationError):
+    """A conflict that running again resolves (a deadlock, a serialization failure, a lock
+    timeout): nothing is wrong with the script."""
 
     exit_code = 5
+
+
+class DatabaseLockTimeout(TransientDatabaseError):
+    """A migration waited too long for a table lock held by application traffic."""

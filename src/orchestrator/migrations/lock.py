@@ -15,6 +15,17 @@ died or already did the waiter's work, it asks `still_needed` and tries the lock
 All of that waiting runs on a helper thread at the lowest CPU priority (nice 19; Linux sets it
 per thread): when many replicas start at once on a small host, the ones waiting take almost no
 CPU from the one migrating.
+
+A held lock can still be lost: the server ends the lock's session (a DBA, a pooler, an idle
+timeout, a failover), or a cleaner removes the lock file. So the lock's session is kept from the
+server's idle timeouts and has TCP keepalives, and a `Watch` asks whether the lock is still held
+before every commit and twice a second while a migration runs; once it is not, the running
+statement is cancelled and nothing more is committed. That leaves the instant between the last
+check and the commit, which a second guard closes: whoever commits holds it itself, so it cannot
+be lost without the commit failing too. On PostgreSQL the migrating connection holds a second
+advisory key (`MIGRATING_KEY`) for as long as it migrates, and a new holder waits for it; on
+SQLite the new holder waits once for the database's write lock, which a step holds from its
+first statement to its commit.
 """
 
 from __future__ import annotations
@@ -29,10 +40,28 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from orchestrator.migrations.errors import DatabaseUnreachableError, MigrationLockTimeout
+from orchestrator.migrations.errors import (
+    DatabaseUnreachableError,
+    MigrationLockLost,
+    MigrationLockTimeout,
+)
 
 # An arbitrary constant shared by every Orchestrator migrator ("orch" in ASCII).
 ADVISORY_LOCK_KEY = 0x6F726368
+# Held by the connection that runs the migration, for as long as it migrates (see above).
+MIGRATING_KEY = ADVISORY_LOCK_KEY + 1
+# libpq's TCP keepalives for migration sessions: a peer that vanished (a network cut, a host
+# gone) is noticed in about 25 s, instead of the operating system's two hours.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+              "keepalives_count": 3}
+# How often a running migration asks whether its lock is still held.
+_WATCH_SECONDS = 0.5
+# What `protect_session` runs: the session-wide settings hold after the statement's transaction.
+PROTECT_SESSION_SQL = (
+    "SELECT set_config('idle_in_transaction_session_timeout', '0', false), "
+    "CASE WHEN current_setting('server_version_num')::int >= 140000 "
+    "THEN set_config('idle_session_timeout', '0', false) END"
+)
 # The holder NOTIFYs this channel when it lets go of the advisory lock.
 RELEASE_CHANNEL = "orchestrator_migration_lock"
 # How often a waiter looks again without having seen a release.
@@ -64,8 +93,14 @@ def file_lock(
     timeout: float,
     notify: Notify | None = None,
     still_needed: StillNeeded | None = None,
+    watch: Watch | None = None,
 ) -> Iterator[bool]:
-    """Hold an exclusive lock on `path` (created if missing) for the block; yields whether held."""
+    """Hold an exclusive lock on `path` (created if missing) for the block; yields whether held.
+
+    The lock is the file at `path`: a lock taken on a file that was removed or replaced since it
+    was opened guards nothing, so it is let go and the file now at `path` is tried instead.
+    `watch` is told how to see that the file is still the one locked.
+    """
     try:
         handle = open(path, "a+")  # noqa: SIM115 - held open for the whole block
     except OSError as exc:
@@ -77,19 +112,31 @@ def file_lock(
             f"cannot create the migration lock file {path}: {exc.strerror}; "
             "check that the database's folder exists and is writable"
         ) from None
+    opened = [handle]
+
+    def try_acquire() -> bool:
+        while _try_flock(opened[-1], fcntl.LOCK_EX):
+            if _lost_file(path, opened[-1]) is None:
+                return True
+            # Removed or replaced after we opened it: whoever locks the file at `path` now
+            # holds the lock, so that is the one to take.
+            fcntl.flock(opened[-1], fcntl.LOCK_UN)
+            opened.append(open(path, "a+"))  # noqa: SIM115 - closed with the others below
+        return False
 
     def wait_for_release(seconds: float) -> None:
         # A shared lock is granted only while nobody holds the exclusive one.
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             time.sleep(_PROBE_SECONDS)
-            if _try_flock(handle, fcntl.LOCK_SH):
-                fcntl.flock(handle, fcntl.LOCK_UN)
+            if _try_flock(opened[-1], fcntl.LOCK_SH):
+                fcntl.flock(opened[-1], fcntl.LOCK_UN)
                 return
 
-    with handle:
+    with contextlib.ExitStack() as files:
+        files.callback(lambda: [each.close() for each in opened])
         held = _wait(
-            try_acquire=lambda: _try_flock(handle, fcntl.LOCK_EX),
+            try_acquire=try_acquire,
             wait_for_release=wait_for_release,
             describe_holder=lambda: _read_holder(path),
             timeout=timeout,
@@ -99,6 +146,9 @@ def file_lock(
         if not held:
             yield False
             return
+        handle = opened[-1]
+        if watch is not None:
+            watch.check = lambda: _lost_file(path, handle)
         try:
             handle.seek(0)
             handle.truncate()
@@ -108,6 +158,18 @@ def file_lock(
         finally:
             handle.truncate(0)
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _lost_file(path: Path, handle) -> str | None:
+    """Why the lock taken on `handle` no longer guards `path`, or None while it does."""
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return f"its lock file {path} was removed"
+    locked = os.fstat(handle.fileno())
+    if (now.st_dev, now.st_ino) != (locked.st_dev, locked.st_ino):
+        return f"its lock file {path} was replaced"
+    return None
 
 
 def file_lock_taken(path: Path) -> bool:
@@ -129,15 +191,19 @@ def advisory_lock(
     timeout: float,
     notify: Notify | None = None,
     still_needed: StillNeeded | None = None,
+    watch: Watch | None = None,
 ) -> Iterator[bool]:
     """Hold PostgreSQL's advisory lock on `connection` for the block; yields whether held.
 
     The connection is switched to autocommit: it never holds a transaction, hence no snapshot,
-    and each statement costs one round trip (no COMMIT).
+    and each statement costs one round trip (no COMMIT). `watch` is told how to see that the
+    lock is still held.
     """
     from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
 
     connection.execution_options(isolation_level="AUTOCOMMIT")
+    protect_session(connection)
     listening = False
 
     def try_once() -> bool:
@@ -190,16 +256,145 @@ def advisory_lock(
     if not held:
         yield False
         return
+    if watch is not None:
+        watch.check = lambda: _lost_session(connection.connection.driver_connection)
     try:
         yield True
     finally:
-        # Waiters are woken by the notification, sent as this statement ends.
-        connection.execute(
-            text("SELECT pg_advisory_unlock(:key), pg_notify(:channel, '')"),
-            {"key": ADVISORY_LOCK_KEY, "channel": RELEASE_CHANNEL},
-        )
-        if listening:
-            connection.execute(text(f"UNLISTEN {RELEASE_CHANNEL}"))
+        try:
+            # Waiters are woken by the notification, sent as this statement ends.
+            connection.execute(
+                text("SELECT pg_advisory_unlock(:key), pg_notify(:channel, '')"),
+                {"key": ADVISORY_LOCK_KEY, "channel": RELEASE_CHANNEL},
+            )
+            if listening:
+                connection.execute(text(f"UNLISTEN {RELEASE_CHANNEL}"))
+        except DBAPIError:
+            # The session is gone (which is how the lock was lost), and the lock with it;
+            # waiters see it free at their next look.
+            connection.invalidate()
+
+
+def protect_session(connection) -> None:
+    """Keep the server from ending a session of ours for sitting idle (a managed server's
+    `idle_session_timeout`, PostgreSQL 14 and later, or `idle_in_transaction_session_timeout`):
+    the lock's session is idle for as long as the migration runs, and the migration's while
+    a backup is taken."""
+    connection.exec_driver_sql(PROTECT_SESSION_SQL)
+
+
+def protect_new_session(dbapi_connection, _record=None) -> None:
+    """`protect_session` as an engine's "connect" event: every session of the engine, pooled
+    ones idle between two uses included."""
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute(PROTECT_SESSION_SQL)
+    dbapi_connection.commit()
+
+
+@contextlib.contextmanager
+def migrating(connection, timeout: float) -> Iterator[bool]:
+    """Hold `MIGRATING_KEY` on the connection that migrates, for the block (PostgreSQL); yields
+    whether it had to wait for it.
+
+    The migration lock's holder takes it once it holds the lock. It is still held by another
+    only while a migrator that lost the lock is stopping (its session outlived its lock's): the
+    wait is for that migrator's last statement to end, since it might otherwise commit.
+    """
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    deadline = time.monotonic() + timeout
+    waited = False
+    while True:
+        taken = connection.execute(
+            text("SELECT pg_try_advisory_lock(:key)"), {"key": MIGRATING_KEY}).scalar()
+        # No transaction left open while waiting: it would hold a snapshot that a stopping
+        # migrator's CREATE INDEX CONCURRENTLY would wait for.
+        connection.commit()
+        if taken:
+            break
+        if time.monotonic() >= deadline:
+            raise MigrationLockTimeout(
+                f"a migrator that lost the migration lock was still running a migration after "
+                f"{timeout:g}s; find it (`SELECT * FROM pg_locks WHERE objid = {MIGRATING_KEY}`) "
+                "and wait for it to stop, then retry"
+            )
+        waited = True
+        time.sleep(_RECHECK_SECONDS)
+    try:
+        yield waited
+    finally:
+        if connection.invalidated:
+            return  # noqa: B012 - the session is gone, and the key with it; the error stands
+        try:
+            connection.rollback()
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATING_KEY})
+            connection.commit()
+        except DBAPIError:
+            # The session is gone, and the key with it.
+            connection.invalidate()
+
+
+def _lost_session(driver_connection) -> str | None:
+    """Why the lock's session no longer holds the lock, or None while it does."""
+    try:
+        row = driver_connection.execute(
+            "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = 0 "
+            "AND objid = %s AND objsubid = 1 AND pid = pg_backend_pid()",
+            (ADVISORY_LOCK_KEY,),
+        ).fetchone()
+    except Exception as exc:  # noqa: BLE001 - whatever it is, the lock cannot be shown held
+        reason = (str(exc).strip() or "no message").splitlines()[0]
+        return f"its session ended: {type(exc).__name__}: {reason}"
+    return None if row is not None else "the server no longer lists it as held"
+
+
+class Watch:
+    """Whether the migration lock is still held, asked while a migration runs.
+
+    The lock tells it how to ask (`check`, set by `file_lock` or `advisory_lock` once held); the
+    manager asks before each commit (`verify`), and `watching` asks every `_WATCH_SECONDS` on a
+    helper thread, stopping the running statement once the lock is lost.
+    """
+
+    def __init__(self) -> None:
+        self.check: Callable[[], str | None] | None = None
+        # Why the lock was lost, once it was.
+        self.lost: str | None = None
+        self._mutex = threading.Lock()
+
+    def verify(self) -> None:
+        """Raise `MigrationLockLost` unless the lock is held at this moment."""
+        with self._mutex:
+            if self.lost is None and self.check is not None:
+                self.lost = self.check()
+        self.refuse_if_lost()
+
+    def refuse_if_lost(self) -> None:
+        """Raise `MigrationLockLost` if the lock was found lost (asks nothing)."""
+        if self.lost is not None:
+            raise MigrationLockLost(f"lost the migration lock ({self.lost})")
+
+    @contextlib.contextmanager
+    def watching(self, stop_statement: Callable[[], None]) -> Iterator[None]:
+        """Ask on a helper thread for the block; `stop_statement` once the lock is lost."""
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.wait(_WATCH_SECONDS):
+                try:
+                    self.verify()
+                except MigrationLockLost:
+                    stop_statement()
+                    return
+
+        thread = threading.Thread(target=watch, name="migration-lock-watch", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
 
 def _wait(

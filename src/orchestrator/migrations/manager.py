@@ -30,6 +30,7 @@ from orchestrator.migrations.environment import (
 )
 from orchestrator.migrations.errors import (
     BrokenScriptError,
+    ConnectionLostError,
     DatabaseAheadError,
     DatabaseLockTimeout,
     DatabaseUnreachableError,
@@ -37,8 +38,10 @@ from orchestrator.migrations.errors import (
     ForkedChainError,
     MigrationError,
     MigrationFailedError,
+    MigrationLockLost,
     MultipleHeadsError,
     NotAtHeadError,
+    TransientDatabaseError,
     UnknownRevisionError,
     UnversionedDatabaseError,
 )
@@ -63,6 +66,13 @@ _TABLE_NAMES_SQL = {
 _RELATIVE = re.compile(r"^([+-])(\d+)$")
 # What SQLite calls a file it cannot read as a database.
 _SQLITE_DAMAGE = ("SQLITE_NOTADB", "SQLITE_CORRUPT")
+# Conflicts that running again resolves: deadlock_detected, serialization_failure, and SQLite's
+# busy and locked database.
+_TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})
+_TRANSIENT_SQLITE = frozenset({"SQLITE_BUSY", "SQLITE_LOCKED"})
+# The server ended the session: admin_shutdown (pg_terminate_backend, a fast shutdown),
+# crash_shutdown, cannot_connect_now; and class 08, connection exceptions.
+_ENDED_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
 
 
 @dataclass(frozen=True)
@@ -175,8 +185,12 @@ class _Run:
     history: Any = field(kw_only=True)
     # Called with (connection, revision) as each step starts, between two transactions.
     on_start: Callable[[Any, str], None] | None = field(default=None, kw_only=True)
+    # The running step ran a statement outside a transaction (an `autocommit_block()`): what
+    # it did before a failure stays.
+    autocommitted: bool = False
 
     def start(self, step, connection) -> None:
+        self.autocommitted = False
         if self.on_start is not None:
             self.on_start(connection, step.up_revision_id)
 
@@ -235,6 +249,8 @@ class MigrationManager:
         self._lock_connection: Connection | None = None
         # Whether this manager holds the migration lock now.
         self._lock_held = False
+        # Whether the migration lock is still held (see lock.Watch), while it is.
+        self._watch = lock.Watch()
 
     @classmethod
     def from_settings(cls, settings, **kwargs: Any) -> MigrationManager:
@@ -466,7 +482,8 @@ class MigrationManager:
                 return []
             if self.environment in ("staging", "production") and not allow_changed:
                 self._refuse_changed_scripts()
-            return self._run(command.upgrade, plan[-1], plan)
+            return self._run(command.upgrade, plan[-1], plan,
+                             replan=lambda: self.plan_upgrade(plan[-1]))
 
     def downgrade(self, target: str, *, revision: str | None = None) -> list[str]:
         """Undo revisions down to `target` (an id, `-N` or `base`); returns what was undone."""
@@ -479,7 +496,8 @@ class MigrationManager:
             if not plan:
                 return []
             destination = self._script_for(plan[-1]).down_revision or "base"
-            return self._run(command.downgrade, destination, plan)
+            return self._run(command.downgrade, destination, plan,
+                             replan=lambda: self.plan_downgrade(destination))
 
     def stamp(self, revision: str) -> None:
         """Record `revision` as the database's revision without running any migration."""
@@ -909,8 +927,13 @@ class MigrationManager:
                 connect_args = {
                     "application_name": f"orchestrator-migrate {lock.holder_description()}",
                     "connect_timeout": 10,
+                    **lock.KEEPALIVES,
                 }
             self._engine = create_engine(self.database_url, connect_args=connect_args)
+            if self.dialect == "postgresql":
+                from sqlalchemy import event
+
+                event.listen(self._engine, "connect", lock.protect_new_session)
         return self._engine
 
     @contextlib.contextmanager
@@ -973,6 +996,7 @@ class MigrationManager:
     def _locked(self, still_needed: lock.StillNeeded | None) -> Iterator[bool]:
         path = sqlite_path(self.database_url)
         started = time.perf_counter()
+        self._watch = lock.Watch()
         if path is not None:
             if not path.parent.exists():
                 raise DatabaseUnreachableError(
@@ -980,7 +1004,8 @@ class MigrationManager:
                     "create it or fix DATABASE_URL"
                 )
             with lock.file_lock(
-                lock.lock_file_for(path), self.lock_timeout, self.notify, still_needed
+                lock.lock_file_for(path), self.lock_timeout, self.notify, still_needed,
+                watch=self._watch,
             ) as held:
                 self.lock_wait = time.perf_counter() - started
                 yield held
@@ -989,14 +1014,82 @@ class MigrationManager:
             self._lock_connection = connection
             try:
                 with lock.advisory_lock(
-                    connection, self.lock_timeout, self.notify, still_needed
+                    connection, self.lock_timeout, self.notify, still_needed, watch=self._watch
                 ) as held:
                     self.lock_wait = time.perf_counter() - started
                     yield held
             finally:
                 self._lock_connection = None
 
-    def _run(self, command_fn: Callable[..., Any], destination: str, plan: list[str]) -> list[str]:
+    def _await_sqlite_writer(self, connection: Connection, action: str) -> None:
+        """Let a step in flight end before we plan again: its migrator may have lost the lock
+        file after its last check and still commit (see lock.py). A step holds the database's
+        write lock from its first statement to its commit, so taking that lock once waits for
+        it (with a backup first, the command's own transaction takes it instead)."""
+        from sqlalchemy.exc import OperationalError
+
+        try:
+            connection.execution_options(sqlite_begin="BEGIN IMMEDIATE").begin()
+        except OperationalError as exc:
+            connection.rollback()
+            raise DatabaseLockTimeout(
+                f"the {action} gave up waiting for the database's write lock ({exc.orig}): "
+                f"another connection kept a transaction open on it for more than "
+                f"{db.SQLITE_BUSY_TIMEOUT:g}s; retry later, stop what holds it, or pass "
+                "--retries"
+            ) from None
+        connection.rollback()
+
+    @contextlib.contextmanager
+    def _migrating(self, connection: Connection, run: _Run) -> Iterator[bool]:
+        """Migrate on `connection` for the block, only while the migration lock is held; yields
+        whether a migrator that lost the lock had to be waited for (PostgreSQL).
+
+        Every commit on the connection first asks whether the lock is still held; once it is
+        found lost (by that, or by the watch's helper thread, which then stops the running
+        statement), no statement runs any more."""
+        from sqlalchemy import event
+
+        watch = self._watch
+        waited = False
+        with contextlib.ExitStack() as stack:
+            if self.dialect == "postgresql":
+                waited = stack.enter_context(lock.migrating(connection, self.lock_timeout))
+                driver = connection.connection.driver_connection
+                stop_statement, autocommit = driver.cancel, lambda: driver.autocommit
+            else:
+                driver = connection.connection.driver_connection
+                stop_statement, autocommit = driver.interrupt, lambda: False
+
+            def before_statement(*_: Any) -> None:
+                watch.refuse_if_lost()
+                if autocommit():
+                    # The statement commits as it ends: ask first, as before a commit.
+                    run.autocommitted = True
+                    watch.verify()
+
+            def before_commit(conn: Connection) -> None:
+                try:
+                    watch.verify()
+                except MigrationLockLost:
+                    # Nothing after this may commit the step's work: end its transaction here.
+                    conn.connection.dbapi_connection.rollback()
+                    raise
+
+            event.listen(connection, "before_cursor_execute", before_statement)
+            event.listen(connection, "commit", before_commit)
+            stack.callback(event.remove, connection, "before_cursor_execute", before_statement)
+            stack.callback(event.remove, connection, "commit", before_commit)
+            stack.enter_context(watch.watching(stop_statement))
+            yield waited
+
+    def _run(
+        self,
+        command_fn: Callable[..., Any],
+        destination: str,
+        plan: list[str],
+        replan: Callable[[], list[str]],
+    ) -> list[str]:
         """Run an Alembic command on our own connection and report what it did.
 
         With a backup first (BACKUP_BEFORE_MIGRATE), on PostgreSQL the backup is a snapshot
@@ -1004,22 +1097,25 @@ class MigrationManager:
         revision run inside one transaction that holds the database's write lock from before
         the backup to the end: a failure rolls the whole command back, and no other
         connection can commit anything that the backup lacks and a rollback would lose.
+        `replan` plans again after waiting for a migrator that lost the lock to stop.
         """
+        from sqlalchemy.exc import DBAPIError
+
         from orchestrator.migrations import history
 
         action = command_fn.__name__
         self.last_backup = None
         backup = None
-        whole = self._wants_backup()
-        if whole and self.dialect != "sqlite":
-            backup = self._backup_before(
-                action, lambda: self._backup(f"before-{action}", None, None))
-            whole = False
         recorder = history.Recorder(action, self._script_path)
         run = _Run(self.progress, history=recorder)
         attributes = self.config.attributes
         failure: BaseException | None = None
-        with self._connect(create=True) as connection:
+        with self._connect(create=True) as connection, self._migrating(connection, run) as waited:
+            whole = self._wants_backup()
+            if whole and self.dialect != "sqlite":
+                backup = self._backup_before(
+                    action, lambda: self._backup(f"before-{action}", None, None))
+                whole = False
             history.ensure_table(connection)
             connection.commit()
             with contextlib.ExitStack() as held:
@@ -1027,6 +1123,16 @@ class MigrationManager:
                     backup = self._begin_with_backup(connection, held, action)
                 else:
                     run.on_start = recorder.step_started
+                    if self.dialect == "sqlite":
+                        self._await_sqlite_writer(connection, action)
+                if waited or self.dialect == "sqlite":
+                    try:
+                        plan = replan()
+                    except _PastTarget:  # it went past our target before it stopped
+                        plan = []
+                    if not plan:
+                        connection.rollback()
+                        return []
                 attributes.update(
                     connection=connection,
                     on_version_apply=run.record,
@@ -1046,15 +1152,79 @@ class MigrationManager:
                     for key in ("connection", "on_version_apply", "on_step_start"):
                         attributes.pop(key, None)
         if failure is not None:
-            self._record_failure(failure, plan, run, recorder, rolled_back=whole)
+            failed = plan[min(len(run.steps), len(plan) - 1)]
+            upgrading = action == "upgrade"
+            fault = _fault(failure)
+            ended = fault is not None and fault[0] == "ended"
+            if self._watch.lost is not None and not ended:
+                # Without the lock nothing more is written: the step's row stays "interrupted",
+                # which is what happened to it.
+                raise self._lock_lost(failed, upgrading) from failure
+            try:
+                # What the database said, rather than the failed cleanup after it.
+                self._record_failure(fault[1] if ended else failure, plan, run, recorder,
+                                     rolled_back=whole)
+            except (MigrationError, DBAPIError) as exc:
+                if not ended:
+                    raise
+                # The server is not back yet: the step's row says "interrupted" until it is.
+                logger.warning("could not record the failed step: %s", exc)
             if _interrupted(failure):
                 # A failure caused by Ctrl-C is reported as what it is.
                 raise KeyboardInterrupt from failure
-            failed = plan[min(len(run.steps), len(plan) - 1)]
+            if ended:
+                raise self._connection_lost(fault[1], failed, upgrading, run) from failure
             raise self._failure(
-                failure, failed, action == "upgrade", backup, rolled_back=whole
+                failure, failed, upgrading, backup, rolled_back=whole
             ) from failure
         return list(plan[: len(run.steps)])
+
+    def _revision_now(self) -> str | None:
+        """The database's revision read afresh, or None when it cannot be read."""
+        try:
+            with self._connect() as connection:
+                rows = self._version_rows(connection)
+        except MigrationError:
+            return None
+        return rows[0][0] if rows else "base"
+
+    def _lock_lost(self, failed: str, upgrading: bool) -> MigrationLockLost:
+        current = self._revision_now()
+        where = (f"the database is at {current}" if current is not None
+                 else "the database could not be read to tell its revision")
+        command = ("`orchestrator db upgrade`" if upgrading
+                   else "the same `orchestrator db downgrade`")
+        return MigrationLockLost(
+            f"lost the migration lock ({self._watch.lost}) during {failed}, and stopped "
+            f"without committing it; {where}; run {command} again (another migrator may "
+            "already be completing it)"
+        )
+
+    def _connection_lost(
+        self, exc: BaseException, failed: str, upgrading: bool, run: _Run
+    ) -> ConnectionLostError:
+        current = self._revision_now()
+        if current is None:
+            position = self._position(failed)
+            current = (self._chain[position - 2] if position > 1 else "base") if upgrading \
+                else failed
+            where = f"the database should be at {current} (it cannot be read now)"
+        else:
+            where = f"the database is at {current}"
+        if run.autocommitted:
+            left = (f"{failed} runs statements outside a transaction: what they did before the "
+                    "cut stays (an index built CONCURRENTLY, or an INVALID one), and running it "
+                    "again completes it")
+        else:
+            left = f"nothing of {failed} was committed"
+        command = ("`orchestrator db upgrade`" if upgrading
+                   else "the same `orchestrator db downgrade`")
+        return ConnectionLostError(
+            f"migration {failed} was cut off: the database ended its connection "
+            f"({_reason(exc)}); {left}; {where}; once the server is back, run {command} "
+            "again (`--retries N` reconnects and goes on by itself)",
+            revision=failed,
+        )
 
     def _begin_with_backup(
         self, connection: Connection, held: contextlib.ExitStack, action: str
@@ -1114,6 +1284,14 @@ class MigrationManager:
             return DatabaseLockTimeout(
                 f"migration {failed} gave up waiting for a table lock ({reason}); a long "
                 "transaction holds it: retry later, or raise DB_LOCK_TIMEOUT or --retries"
+            )
+        fault = _fault(exc)
+        if fault is not None and fault[0] == "transient":
+            undone = "was not applied" if upgrading else "was not undone"
+            return TransientDatabaseError(
+                f"migration {failed} met a conflict with another transaction "
+                f"({_reason(fault[1])}) "
+                f"and {undone}: transient: run it again or use `--retries N`"
             )
         # Upgrading, the failed revision was not applied; downgrading, it was not undone.
         position = self._position(failed)
@@ -1199,3 +1377,29 @@ def _interrupted(exc: BaseException) -> bool:
 
 def _is_lock_timeout(exc: BaseException) -> bool:
     return getattr(getattr(exc, "orig", None), "sqlstate", None) == "55P03"
+
+
+def _fault(exc: BaseException | None) -> tuple[str, BaseException] | None:
+    """("ended", the error) when the database ended the connection (or the server went away),
+    ("transient", the error) for a conflict that running again resolves, else None; by error
+    code and type, along the chain of errors (a failed cleanup after the cut, such as
+    SQLAlchemy's PendingRollbackError, may be the one raised)."""
+    from sqlalchemy.exc import DBAPIError
+
+    while exc is not None:
+        if isinstance(exc, DBAPIError):
+            state = getattr(exc.orig, "sqlstate", None) or ""
+            if exc.connection_invalidated or state in _ENDED_SQLSTATES or state[:2] == "08":
+                return "ended", exc
+            if (state in _TRANSIENT_SQLSTATES
+                    or getattr(exc.orig, "sqlite_errorname", None) in _TRANSIENT_SQLITE):
+                return "transient", exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    """The driver's error, as `Type: first line`."""
+    original = getattr(exc, "orig", None) or exc
+    text = str(original).strip()
+    return f"{type(original).__name__}: {text.splitlines()[0] if text else 'no message'}"
