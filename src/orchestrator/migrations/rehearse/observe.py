@@ -192,10 +192,13 @@ class Observer:
                     if lock is not None:
                         lock.held_s = ended - first
                         current.locks.append(lock)
-        before, self._files = self._files or {}, self._read_files(self._dbapi)
+        after = self._read_files(self._dbapi)
         current.rewrites = sorted(
-            name for key, (name, node) in self._files.items()
-            if key in before and before[key][1] != node)
+            name for key, (name, node) in after.items()
+            if key in self._files and self._files[key][1] != node)
+        # Kept across statements: a table dropped and then put back under its name (SQLite's
+        # batch mode renames its copy into place) shows as rewritten.
+        self._files.update(after)
 
     def _on_handle_error(self, context) -> None:
         current = self._statement
@@ -207,7 +210,6 @@ class Observer:
             self._sampler.stop()
         error = getattr(context, "original_exception", None)
         current.error = f"{type(error).__name__}: {str(error).strip().splitlines()[0]}"
-        self._files = None
 
     def _on_begin(self, conn) -> None:
         self._begun = time.perf_counter()

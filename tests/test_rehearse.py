@@ -1,0 +1,382 @@
+"""`orchestrator db rehearse`: the pending migrations run on a throwaway copy, measured.
+
+Every test runs real migrations over real rows, on SQLite files and on PostgreSQL, and checks
+that the database rehearsed for is left exactly as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from orchestrator.db import create_engine
+from orchestrator.migrations import MigrationManager
+from orchestrator.migrations.rehearse import rehearse, render_text
+from orchestrator.migrations.rehearse import copies
+from orchestrator.migrations.rehearse.locks import MODES, blocks, conflicts
+from tests.fixtures import add_revision, command_runner, copy_scripts
+from tests.schema import content_hash, execute, scalar, seed_rows, snapshot
+
+PLAIN_INDEX = 'op.create_index("ix_tasks_title", "tasks", ["title"])'
+# int -> bigint rewrites the table on PostgreSQL; SQLite's batch mode copies it.
+RETYPE = """
+with op.batch_alter_table("tasks") as batch:
+    batch.alter_column("project_id", type_=sa.BigInteger(), existing_nullable=False)
+"""
+SET_NOT_NULL = """
+with op.batch_alter_table("tasks") as batch:
+    batch.alter_column("agent_id", existing_type=sa.Integer(), nullable=False)
+"""
+
+
+@pytest.fixture
+def run_here(monkeypatch, capsys):
+    return command_runner(monkeypatch, capsys)
+
+
+@pytest.fixture
+def unique_sqlite_url(tmp_path: Path) -> str:
+    """A SQLite file whose name no other test's copies share (copies are named after it)."""
+    return f"sqlite:///{tmp_path / f'rehearsed_{os.urandom(4).hex()}.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def url(request) -> str:
+    if request.param == "sqlite":
+        return request.getfixturevalue("unique_sqlite_url")
+    return request.getfixturevalue("postgres_url")
+
+
+def add_tasks(url: str, count: int) -> None:
+    """`count` more tasks (project 1), a third of them without an agent."""
+    execute(url, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < "
+                 f"{int(count)}) INSERT INTO tasks (project_id, agent_id, title, status) "
+                 "SELECT 1, CASE WHEN i % 3 = 0 THEN NULL ELSE 1 END, 'task ' || i, 'pending' "
+                 "FROM n")
+
+
+def manager_at(url: str, scripts: Path, revision: str = "head") -> MigrationManager:
+    manager = MigrationManager(url, script_location=str(scripts), lock_timeout=30)
+    manager.upgrade(revision)
+    return manager
+
+
+def state(manager: MigrationManager) -> dict:
+    """Everything a rehearsal must leave alone: schema, revision, history and rows."""
+    found = {
+        "schema": snapshot(manager.database_url),
+        "revision": manager.get_current_revision(),
+        "history": [(e.revision, e.direction, e.success, e.started_at)
+                    for e in manager.applied_history()],
+        "rows": content_hash(manager.database_url),
+    }
+    path = manager.database_url.removeprefix("sqlite:///")
+    if manager.dialect == "sqlite":
+        found["bytes"] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return found
+
+
+def copy_exists(manager: MigrationManager, name: str) -> bool:
+    if manager.dialect == "sqlite":
+        return Path(name).exists()
+    return bool(scalar(manager.database_url,
+                       f"SELECT count(*) FROM pg_database WHERE datname = '{name}'"))
+
+
+def statement_of(rehearsal, revision: str, fragment: str):
+    step = next(s for s in rehearsal.steps if s.revision == revision)
+    return next(s for s in step.statements if fragment in s.sql)
+
+
+# -- what is measured -------------------------------------------------------------------------
+
+
+def test_a_plain_index_holds_sharelock_blocking_writes_and_the_database_is_untouched(
+        url, tmp_path):
+    scripts = copy_scripts(tmp_path)
+    with manager_at(url, scripts) as manager:
+        seed_rows(url)
+        add_tasks(url, 2000)
+        revision = add_revision(scripts, PLAIN_INDEX, 'op.drop_index("ix_tasks_title")')
+        manager._reload_scripts()
+        before = state(manager)
+        rehearsal = rehearse(manager, max_blocking=0.0)
+        assert state(manager) == before
+        assert not copy_exists(manager, rehearsal.copy.name)
+    assert [step.revision for step in rehearsal.steps] == [revision]
+    statement = statement_of(rehearsal, revision, "ix_tasks_title")
+    if manager.dialect == "postgresql":
+        lock = next(lock for lock in statement.locks if lock.relation == "tasks"
+                    and lock.mode == "ShareLock")
+        assert [p.code for p in statement.predicted] == ["MIG013"]
+    else:
+        lock = statement.locks[0]
+        assert (lock.relation, lock.mode) == ("(whole database)", "write lock")
+        assert rehearsal.steps[0].write_lock_s > 0
+        assert rehearsal.steps[0].file_growth_bytes > 0
+    assert lock.blocks == "writes" and lock.had_rows and lock.held_s > 0
+    assert statement.duration_s > 0 and statement.lines
+    # Any blocking at all is too much with --max-blocking 0: the verdict names the step.
+    assert rehearsal.exit_code == 1
+    assert rehearsal.problems()[0].startswith(f"{revision} held {lock.mode} on {lock.relation}")
+    report = render_text(rehearsal)
+    assert "Verdict: FAIL" in report and "ix_tasks_title" in report
+    rehearsal.max_blocking_s = 3600
+    assert rehearsal.exit_code == 0 and "Verdict: PASS" in render_text(rehearsal)
+
+
+def test_003s_concurrent_builds_take_share_update_exclusive_locks_that_block_nothing(
+        url, tmp_path):
+    scripts = copy_scripts(tmp_path)
+    with manager_at(url, scripts, "002") as manager:
+        seed_rows(url)
+        add_tasks(url, 50_000)
+        before = state(manager)
+        rehearsal = rehearse(manager, "003")
+        assert state(manager) == before
+    assert (rehearsal.from_revision, rehearsal.to_revision) == ("002", "003")
+    builds = [s for s in rehearsal.steps[0].statements if s.sql.startswith("CREATE INDEX")]
+    assert len(builds) == 5
+    if manager.dialect == "sqlite":
+        assert rehearsal.steps[0].write_lock_s > 0
+        return
+    for build in builds:
+        assert "CONCURRENTLY" in build.sql and not build.in_transaction
+        modes = {(lock.relation, lock.mode, lock.blocks) for lock in build.locks}
+        assert modes == {("tasks", "ShareUpdateExclusiveLock", "none")}, build.sql
+    assert rehearsal.exit_code == 0
+
+
+def test_a_rewriting_type_change_is_reported_as_a_rewrite(url, tmp_path):
+    scripts = copy_scripts(tmp_path)
+    with manager_at(url, scripts) as manager:
+        seed_rows(url)
+        add_tasks(url, 500)
+        revision = add_revision(scripts, RETYPE)
+        manager._reload_scripts()
+        before = state(manager)
+        rehearsal = rehearse(manager)
+        assert state(manager) == before
+    step = rehearsal.steps[0]
+    assert step.revision == revision and step.ok
+    rewriting = [s for s in step.statements if s.rewrites]
+    assert [s.rewrites for s in rewriting] == [["tasks"]]
+    if manager.dialect == "postgresql":
+        assert "ALTER COLUMN project_id TYPE BIGINT" in rewriting[0].sql
+        assert ("AccessExclusiveLock", "reads+writes") in [
+            (lock.mode, lock.blocks) for lock in rewriting[0].locks if lock.relation == "tasks"]
+        assert "MIG017" in {p.code for p in rewriting[0].predicted}
+    else:  # the copy is renamed into place under the write lock taken at the step's start
+        assert "RENAME TO tasks" in rewriting[0].sql
+        copied = next(s for s in step.statements if s.sql.startswith("INSERT INTO"))
+        assert copied.rows == 502
+    assert "rewrites tasks" in render_text(rehearsal)
+
+
+def test_set_not_null_over_a_null_fails_on_the_copy_and_the_database_is_unchanged(
+        url, tmp_path):
+    scripts = copy_scripts(tmp_path)
+    with manager_at(url, scripts) as manager:
+        seed_rows(url)  # one of its tasks has no agent
+        failing = add_revision(scripts, SET_NOT_NULL)
+        following = add_revision(scripts, PLAIN_INDEX)
+        manager._reload_scripts()
+        before = state(manager)
+        rehearsal = rehearse(manager)
+        assert state(manager) == before
+        assert not copy_exists(manager, rehearsal.copy.name)
+    step = rehearsal.steps[0]
+    assert step.revision == failing and not step.ok
+    assert "NOT NULL" in step.error.upper() or "null value" in step.error
+    assert rehearsal.not_run == [following]
+    assert rehearsal.exit_code == 1
+    assert rehearsal.problems() == [f"{failing} failed on the copy: {step.error}"]
+    document = rehearsal.as_dict()
+    assert document["verdict"] == "fail" and document["steps"][0]["ok"] is False
+    assert f"{failing}  FAILED" in render_text(rehearsal)
+
+
+# -- the copy ---------------------------------------------------------------------------------
+
+
+def test_keep_leaves_the_copy_and_later_rehearsals_do_not_remove_it(url, tmp_path):
+    scripts = copy_scripts(tmp_path)
+    with manager_at(url, scripts, "003") as manager:
+        seed_rows(url)
+        rehearsal = rehearse(manager, keep=True)
+        try:
+            assert rehearsal.copy.kept and copy_exists(manager, rehearsal.copy.name)
+            assert "kept" in render_text(rehearsal)
+            copies.remove_stale(url)
+            assert copy_exists(manager, rehearsal.copy.name)
+            copy_url = (f"sqlite:///{rehearsal.copy.name}" if manager.dialect == "sqlite"
+                        else manager.database_url.rsplit("/", 1)[0] + "/" + rehearsal.copy.name)
+            assert MigrationManager(copy_url, script_location=str(scripts)
+                                    ).get_current_revision() == rehearsal.to_revision
+        finally:
+            if manager.dialect == "sqlite":
+                import shutil
+
+                shutil.rmtree(Path(rehearsal.copy.name).parent)
+            else:
+                copies.drop_database(url, rehearsal.copy.name)
+
+
+_KILLED = """
+import sys, time
+from orchestrator.migrations.rehearse import copies
+with copies.scratch_copy(sys.argv[1]) as copy:
+    print(copy.name, flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("sweeper", ["rehearse", "validate"])
+def test_a_copy_left_by_a_killed_rehearsal_is_removed_by_the_next_one(url, tmp_path, sweeper,
+                                                                     run_here):
+    scripts = copy_scripts(tmp_path)
+    with manager_at(url, scripts) as manager:
+        seed_rows(url)
+        process = subprocess.Popen([sys.executable, "-c", _KILLED, url], stdout=subprocess.PIPE,
+                                   text=True)
+        name = process.stdout.readline().strip()
+        assert name and copy_exists(manager, name)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        process.stdout.close()
+        assert copy_exists(manager, name)  # SIGKILL gave it no chance to clean up
+        if sweeper == "rehearse":
+            assert run_here("db", "rehearse", "--database-url", url).returncode == 0
+        else:
+            run_here("db", "validate", "--database-url", url)
+        assert not copy_exists(manager, name)
+
+
+def test_ctrl_c_during_the_rehearsal_drops_the_copy(url, tmp_path):
+    scripts = copy_scripts(tmp_path)
+    with manager_at(url, scripts) as manager:
+        seed_rows(url)
+        add_revision(scripts, "raise KeyboardInterrupt")
+        manager._reload_scripts()
+        before = state(manager)
+        made = []
+        real = copies.scratch_copy
+
+        def spy(*args, **kwargs):
+            with real(*args, **kwargs) as copy:
+                made.append(copy.name)
+                yield copy
+
+        import contextlib
+
+        copies.scratch_copy = contextlib.contextmanager(spy)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                rehearse(manager)
+        finally:
+            copies.scratch_copy = real
+        assert made and not copy_exists(manager, made[0])
+        assert state(manager) == before
+
+
+def test_from_backup_rehearses_on_the_backup_without_reading_the_database(url, tmp_path):
+    scripts = copy_scripts(tmp_path)
+    with manager_at(url, scripts, "003") as manager:
+        seed_rows(url)
+        backup = manager.backup(tmp_path / ("nightly.db" if manager.dialect == "sqlite"
+                                            else "nightly.dump"))
+        manager.upgrade()  # the database moved on since the backup
+        rehearsal = rehearse(manager, from_backup=backup.path)
+    assert rehearsal.from_revision == "003" and rehearsal.steps
+    assert rehearsal.copy.source == f"backup {backup.path}"
+
+
+def test_nothing_pending_makes_no_copy(url, tmp_path):
+    scripts = copy_scripts(tmp_path)
+    with manager_at(url, scripts) as manager:
+        rehearsal = rehearse(manager)
+    assert rehearsal.steps == [] and rehearsal.copy is None and rehearsal.exit_code == 0
+    assert "Nothing to rehearse" in render_text(rehearsal)
+
+
+# -- the commands -----------------------------------------------------------------------------
+
+
+def test_rehearse_json_has_the_documented_shape_and_exit_code(url, tmp_path, run_here,
+                                                              monkeypatch):
+    scripts = copy_scripts(tmp_path)
+    with manager_at(url, scripts, "002") as manager:
+        seed_rows(url)
+    result = run_here("db", "rehearse", "--database-url", url, "--format", "json",
+                      "--max-blocking", "0")
+    document = json.loads(result.stdout)
+    assert set(document) >= {"database", "engine", "from", "to", "steps", "verdict"}
+    assert (document["from"], document["engine"]) == ("002", manager.dialect)
+    statement = document["steps"][0]["statements"][0]
+    assert set(statement) >= {"sql", "duration_s", "locks", "rewrites", "rows"}
+    for step in document["steps"]:
+        assert set(step) >= {"revision", "duration_s", "ok", "error", "statements"}
+        for statement in step["statements"]:
+            for lock in statement["locks"]:
+                assert set(lock) >= {"relation", "mode", "held_s", "blocks"}
+                assert lock["blocks"] in ("reads+writes", "writes", "none")
+    # SQLite's plain index builds hold the write lock over tasks with rows; PostgreSQL's 004
+    # locks users (with a row) for its foreign key: both block writes for more than 0s.
+    assert (result.returncode, document["verdict"]) == (1, "fail")
+    assert manager.get_current_revision() == "002"
+
+
+def test_upgrade_rehearse_migrates_only_when_the_rehearsal_passes(url, tmp_path, run_here,
+                                                                  monkeypatch):
+    scripts = copy_scripts(tmp_path)
+    with manager_at(url, scripts) as manager:
+        seed_rows(url)
+        failing = add_revision(scripts, SET_NOT_NULL)
+        head = manager.get_current_revision()
+    real = MigrationManager.from_settings.__func__
+    monkeypatch.setattr(MigrationManager, "from_settings", classmethod(
+        lambda cls, settings, **options: real(cls, settings, script_location=str(scripts),
+                                              **options)))
+    argv = ["db", "upgrade", "--rehearse", "--database-url", url]
+    refused = run_here(*argv)
+    assert refused.returncode == 1
+    assert f"Not upgrading: the rehearsal failed ({failing} failed on the copy" in refused.stderr
+    assert MigrationManager(url, script_location=str(scripts)).get_current_revision() == head
+    execute(url, "UPDATE tasks SET agent_id = 1")
+    passed = run_here(*argv)
+    assert passed.returncode == 0, passed.stderr
+    assert "Verdict: PASS" in passed.stdout and f"Applied {failing}" in passed.stdout
+    assert MigrationManager(url, script_location=str(scripts)).get_current_revision() == failing
+
+
+def test_rehearse_refuses_rehearse_with_sql(run_here, unique_sqlite_url):
+    result = run_here("db", "upgrade", "--rehearse", "--sql", "--database-url",
+                      unique_sqlite_url)
+    assert result.returncode == 2 and "cannot go with --sql" in result.stderr
+
+
+# -- the conflict table -----------------------------------------------------------------------
+
+
+def test_lock_modes_block_what_postgresqls_conflict_table_says():
+    assert {mode: blocks(mode) for mode in MODES} == {
+        "AccessShareLock": "none",
+        "RowShareLock": "none",
+        "RowExclusiveLock": "none",
+        "ShareUpdateExclusiveLock": "none",
+        "ShareLock": "writes",
+        "ShareRowExclusiveLock": "writes",
+        "ExclusiveLock": "writes",
+        "AccessExclusiveLock": "reads+writes",
+    }
+    # The table is symmetric, as PostgreSQL's is.
+    assert all(conflicts(a, b) == conflicts(b, a) for a in MODES for b in MODES)
