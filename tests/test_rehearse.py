@@ -380,3 +380,161 @@ def test_lock_modes_block_what_postgresqls_conflict_table_says():
     }
     # The table is symmetric, as PostgreSQL's is.
     assert all(conflicts(a, b) == conflicts(b, a) for a in MODES for b in MODES)
+
+
+# -- failures, and what else the report says --------------------------------------------------
+
+UNIQUE_CONCURRENTLY = """
+with op.get_context().autocommit_block():
+    op.create_index("uq_tasks_title", "tasks", ["title"], unique=True,
+                    postgresql_concurrently=True)
+"""
+
+
+@pytest.mark.postgres
+def test_a_unique_index_over_duplicates_fails_outside_a_transaction_too(postgres_url, tmp_path):
+    scripts = copy_scripts(tmp_path)
+    with manager_at(postgres_url, scripts) as manager:
+        seed_rows(postgres_url)
+        add_tasks(postgres_url, 20_000)
+        add_tasks(postgres_url, 10)  # 'task 1' … 'task 10' twice
+        revision = add_revision(scripts, UNIQUE_CONCURRENTLY)
+        manager._reload_scripts()
+        before = state(manager)
+        rehearsal = rehearse(manager)
+        assert state(manager) == before
+    step = rehearsal.steps[0]
+    assert step.revision == revision and not step.ok
+    build = statement_of(rehearsal, revision, "uq_tasks_title")
+    assert not build.in_transaction and "UniqueViolation" in build.error
+    assert step.error == build.error and rehearsal.exit_code == 1
+
+
+def test_a_script_that_raises_before_any_statement_is_reported_with_its_error(url, tmp_path):
+    scripts = copy_scripts(tmp_path)
+    with manager_at(url, scripts) as manager:
+        revision = add_revision(scripts, 'raise RuntimeError("tasks need a cleanup first")')
+        manager._reload_scripts()
+        rehearsal = rehearse(manager)
+    step = rehearsal.steps[0]
+    assert (step.revision, step.ok, step.statements) == (revision, False, [])
+    assert "RuntimeError: tasks need a cleanup first" in step.error
+    assert f"{revision}  FAILED" in render_text(rehearsal)
+
+
+def test_a_dropped_table_is_named_in_its_lock(url, tmp_path):
+    scripts = copy_scripts(tmp_path)
+    add_revision(scripts, 'op.create_table("notes", sa.Column("id", sa.Integer, primary_key=True))'
+                          '\nop.execute("INSERT INTO notes (id) VALUES (1)")')
+    with manager_at(url, scripts) as manager:
+        add_revision(scripts, 'op.drop_table("notes")')
+        manager._reload_scripts()
+        rehearsal = rehearse(manager)
+    locks = {(lock.relation, lock.mode, lock.had_rows)
+             for lock in rehearsal.steps[0].statements[0].locks}
+    if manager.dialect == "postgresql":
+        assert ("notes", "AccessExclusiveLock", True) in locks
+    else:
+        assert locks == {("(whole database)", "write lock", True)}
+
+
+def test_the_report_lists_the_worst_first_and_says_how_many_more(url, tmp_path):
+    scripts = copy_scripts(tmp_path)
+    with manager_at(url, scripts) as manager:
+        seed_rows(url)
+        for index in range(3):
+            add_revision(scripts, PLAIN_INDEX.replace("ix_tasks_title", f"ix_tasks_title_{index}"))
+        add_revision(scripts, RETYPE)
+        manager._reload_scripts()
+        rehearsal = rehearse(manager)
+    report = render_text(rehearsal, limit=2)
+    worst = report.split("Worst first:\n")[1].split("\n\n")[0].splitlines()
+    assert len(worst) == 3 and worst[-1].startswith("  … and ")
+    assert "more (--format json lists all)" in worst[-1]
+
+
+def test_unobserved_runs_the_same_migration_without_measuring(url, tmp_path):
+    scripts = copy_scripts(tmp_path)
+    with manager_at(url, scripts, "002") as manager:
+        rehearsal = rehearse(manager, observe=False)
+        assert manager.get_current_revision() == "002"
+    assert rehearsal.steps and all(step.ok and not step.statements for step in rehearsal.steps)
+
+
+def test_a_backup_already_at_the_target_needs_no_rehearsal(url, tmp_path):
+    scripts = copy_scripts(tmp_path)
+    with manager_at(url, scripts) as manager:
+        backup = manager.backup(tmp_path / ("at-head.db" if manager.dialect == "sqlite"
+                                            else "at-head.dump"))
+        rehearsal = rehearse(manager, from_backup=backup.path)
+    assert rehearsal.steps == [] and rehearsal.from_revision == rehearsal.to_revision
+    assert rehearsal.copy is not None and not copy_exists(manager, rehearsal.copy.name)
+
+
+def test_a_missing_sqlite_file_is_an_error_naming_it(run_here, unique_sqlite_url):
+    result = run_here("db", "rehearse", "--database-url", unique_sqlite_url)
+    path = unique_sqlite_url.removeprefix("sqlite:///")
+    assert result.returncode == 3
+    assert result.stderr.splitlines()[-1].startswith(
+        f"Error: {path} does not exist: there is nothing to rehearse")
+    assert not Path(path).exists()
+
+
+@pytest.mark.postgres
+def test_a_role_that_cannot_create_databases_gets_a_one_line_error(postgres_url, tmp_path,
+                                                                   run_here):
+    from sqlalchemy.engine import make_url
+
+    scripts = copy_scripts(tmp_path)
+    manager_at(postgres_url, scripts, "003").close()
+    role = f"orch_rehearse_{os.urandom(4).hex()}"
+    database = make_url(postgres_url).database
+    execute(postgres_url, f"CREATE ROLE {role} LOGIN", f'GRANT ALL ON DATABASE "{database}" '
+            f"TO {role}", f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}",
+            f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+    try:
+        as_role = make_url(postgres_url).set(username=role, password=None)
+        result = run_here("db", "rehearse", "--database-url",
+                          as_role.render_as_string(hide_password=False))
+    finally:
+        execute(postgres_url, f"REASSIGN OWNED BY {role} TO CURRENT_USER",
+                f"DROP OWNED BY {role}", f"DROP ROLE {role}")
+    assert result.returncode == 3, result.stderr
+    assert "cannot create the rehearsal copy" in result.stderr and "CREATEDB" in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("Error: cannot create the rehearsal copy")
+    assert "Traceback" not in result.stderr
+
+
+def test_stale_means_made_here_by_a_process_that_is_gone_and_not_kept():
+    import socket
+
+    here = socket.gethostname()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert copies._stale({"host": here, "pid": gone.pid})
+    assert not copies._stale({"host": here, "pid": os.getpid()})
+    assert not copies._stale({"host": here, "pid": gone.pid, "kept": True})
+    assert not copies._stale({"host": f"not-{here}", "pid": gone.pid})
+    assert not copies._stale({"host": here, "pid": "?"})
+
+
+@pytest.mark.postgres
+def test_sweeping_leaves_databases_it_did_not_mark_and_survives_an_unreachable_server(
+        postgres_url):
+    name = f"{copies.DATABASE_PREFIX}unmarked_{os.urandom(4).hex()}"
+    execute_autocommit(postgres_url, f'CREATE DATABASE "{name}"')
+    try:
+        copies.remove_stale(postgres_url)
+        assert scalar(postgres_url, f"SELECT count(*) FROM pg_database WHERE datname = '{name}'")
+    finally:
+        copies.drop_database(postgres_url, name)
+    assert copies.remove_stale("postgresql+psycopg://nobody@127.0.0.1:1/none") == []
+
+
+def execute_autocommit(url: str, statement: str) -> None:
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.execute(text(statement))
+    finally:
+        engine.dispose()

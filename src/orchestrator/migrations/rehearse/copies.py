@@ -20,7 +20,7 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,10 +58,10 @@ def _stale(owner: dict) -> bool:
     if owner.get("kept") or owner.get("host") != socket.gethostname():
         return False
     try:
-        os.kill(int(owner["pid"]), 0)
+        os.kill(int(owner.get("pid", 0)), 0)
     except ProcessLookupError:
         return True
-    except (PermissionError, KeyError, TypeError, ValueError):
+    except (OSError, TypeError, ValueError):  # another user's process, or no process id
         return False
     return False
 
@@ -71,23 +71,22 @@ def _slug(name: str, length: int = 20) -> str:
 
 
 @contextlib.contextmanager
-def scratch_copy(database_url: str, *, from_backup: Path | None = None, keep: bool = False,
-                 progress: Callable[[int, int | None], None] | None = None) -> Iterator[Copy]:
+def scratch_copy(database_url: str, *, from_backup: Path | None = None,
+                 keep: bool = False) -> Iterator[Copy]:
     """A copy of the database (or of `from_backup`), dropped afterwards unless `keep`."""
     remove_stale(database_url)
     if from_backup is not None:
         backup.restorable(database_url, from_backup, other_database=True)
     if backend_name(database_url) == "sqlite":
-        with _sqlite_copy(database_url, from_backup, keep, progress) as copy:
+        with _sqlite_copy(database_url, from_backup, keep) as copy:
             yield copy
     else:
-        with _postgres_copy(database_url, from_backup, keep, progress) as copy:
+        with _postgres_copy(database_url, from_backup, keep) as copy:
             yield copy
 
 
 @contextlib.contextmanager
-def _sqlite_copy(database_url: str, from_backup: Path | None, keep: bool,
-                 progress) -> Iterator[Copy]:
+def _sqlite_copy(database_url: str, from_backup: Path | None, keep: bool) -> Iterator[Copy]:
     source = sqlite_path(database_url)
     if from_backup is None and not source.exists():
         raise DatabaseUnreachableError(
@@ -104,7 +103,7 @@ def _sqlite_copy(database_url: str, from_backup: Path | None, keep: bool,
                 from_backup).revision
         else:
             info = backup.create(database_url, backup_dir=folder, output=path,
-                                 reason="rehearsal", progress=progress)
+                                 reason="rehearsal")
             described, revision = "SQLite backup of the database", info.revision
         yield Copy(f"sqlite:///{path}", str(path), described, time.perf_counter() - started,
                    revision)
@@ -114,8 +113,8 @@ def _sqlite_copy(database_url: str, from_backup: Path | None, keep: bool,
 
 
 @contextlib.contextmanager
-def _postgres_copy(database_url: str, from_backup: Path | None, keep: bool,
-                   progress) -> Iterator[Copy]:
+def _postgres_copy(database_url: str, from_backup: Path | None,
+                   keep: bool) -> Iterator[Copy]:
     from sqlalchemy.engine import make_url
 
     source = make_url(database_url).database or "postgres"
@@ -123,19 +122,19 @@ def _postgres_copy(database_url: str, from_backup: Path | None, keep: bool,
     url = make_url(database_url).set(database=name).render_as_string(hide_password=False)
     started = time.perf_counter()
     with contextlib.ExitStack() as cleanup:
+        # The copy's database first: a role that may not create one learns it before a dump.
+        _create_database(database_url, name, keep)
+        if not keep:
+            cleanup.callback(drop_database, database_url, name)
         folder = cleanup.enter_context(tempfile.TemporaryDirectory(prefix=FOLDER_PREFIX))
         if from_backup is None:
             dump = backup.create(database_url, backup_dir=Path(folder),
-                                 output=Path(folder) / f"{source}.dump", reason="rehearsal",
-                                 progress=progress)
+                                 output=Path(folder) / f"{source}.dump", reason="rehearsal")
             archive, described, revision = dump.path, "pg_dump of the database", dump.revision
         else:
             archive, described = from_backup, f"backup {from_backup}"
             revision = backup.inspect_backup(from_backup).revision
-        _create_database(database_url, name, keep)
-        if not keep:
-            cleanup.callback(drop_database, database_url, name)
-        backup.load_into_empty(url, archive, progress)
+        backup.load_into_empty(url, archive)
         yield Copy(url, name, described, time.perf_counter() - started, revision)
 
 

@@ -64,7 +64,9 @@ def tables_with_rows(connection, dialect: str) -> set[str]:
 
 
 class Observer:
-    """Collects `Step`s from the events of the copy's engine while `upgrade()` runs."""
+    """Collects `Step`s from the events of the copy's engine while `upgrade()` runs.
+
+    On PostgreSQL `sampler` watches the statements that run outside a transaction."""
 
     def __init__(self, engine, dialect: str, scripts: dict[str, str], plan: Iterable[str],
                  with_rows: set[str], sampler: _Sampler | None = None) -> None:
@@ -136,9 +138,8 @@ class Observer:
         while frame is not None:
             owner = self.scripts.get(frame.f_code.co_filename)
             if owner is not None:
-                revision = revision or owner
-                if owner == revision:
-                    lines.append(frame.f_lineno)
+                revision = owner
+                lines.append(frame.f_lineno)
             frame = frame.f_back
         return revision, tuple(lines)
 
@@ -166,7 +167,7 @@ class Observer:
         step.statements.append(self._statement)
         if self._files is None:
             self._files = self._read_files(dbapi)
-        if not in_transaction and self._sampler is not None:
+        if not in_transaction:
             self._sampler.start(dbapi.info.backend_pid)
         self._started = time.perf_counter()
 
@@ -183,7 +184,7 @@ class Observer:
         if self.dialect == "postgresql":
             if current.in_transaction:
                 self._new_locks(current, self._own_locks(self._dbapi))
-            elif self._sampler is not None:
+            else:
                 seen = self._sampler.stop()
                 names = self._names(self._dbapi, [oid for (oid, name, _), _ in seen.items()
                                                   if name is None])
@@ -202,11 +203,11 @@ class Observer:
 
     def _on_handle_error(self, context) -> None:
         current = self._statement
-        if current is None:
+        if current is None:  # pragma: no cover - the runner's own statements do not fail
             return
         current.duration_s = time.perf_counter() - self._started
         self._statement = None
-        if self._sampler is not None and not current.in_transaction:
+        if not current.in_transaction:
             self._sampler.stop()
         error = getattr(context, "original_exception", None)
         current.error = f"{type(error).__name__}: {str(error).strip().splitlines()[0]}"
