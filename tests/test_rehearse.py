@@ -154,6 +154,8 @@ def test_003s_concurrent_builds_take_share_update_exclusive_locks_that_block_not
         modes = {(lock.relation, lock.mode, lock.blocks) for lock in build.locks}
         assert modes == {("tasks", "ShareUpdateExclusiveLock", "none")}, build.sql
     assert rehearsal.exit_code == 0
+    report = render_text(rehearsal)
+    assert "Verdict: PASS" in report and "Worst first" not in report  # nothing blocked
 
 
 def test_a_rewriting_type_change_is_reported_as_a_rewrite(url, tmp_path):
