@@ -99,7 +99,10 @@ def run(options: Options) -> dict[str, Any]:
                       ", ".join(sorted(by_hand.get(index, ())))]
                      for index in sorted(set(measured) | set(by_hand))],
         }],
-        notes=[f"003's report matches the hand trace: {'yes' if matches else 'NO'}."],
+        notes=[f"003's report matches the hand trace: {'yes' if matches else 'NO'}.",
+               "Each run, ours: " + ", ".join(f"{s:.1f} s" for s in ours) + "; reference: "
+               + ", ".join(f"{s:.1f} s" for s in reference) + " (the machine is shared: the "
+               "copy's pg_dump and restore dominate, and vary more than observing costs)."],
         rows=options.rows,
     )
 
