@@ -540,3 +540,19 @@ def execute_autocommit(url: str, statement: str) -> None:
             connection.execute(text(statement))
     finally:
         engine.dispose()
+
+
+def test_the_text_shows_the_strongest_lock_per_table_and_the_json_every_one():
+    from orchestrator.migrations.rehearse.report import Lock, Rehearsal, Statement, Step
+
+    statement = Statement("ALTER TABLE tasks …", (10,), True, 0.5, locks=[
+        Lock("tasks", "AccessExclusiveLock", "reads+writes", True, held_s=0.5),
+        Lock("tasks", "AccessShareLock", "none", True, held_s=0.5),
+        Lock("users", "ShareRowExclusiveLock", "writes", False, held_s=0.5)])
+    rehearsal = Rehearsal("sqlite:///x.db", "postgresql", "001", "002", 1.0,
+                          steps=[Step("002", [statement], 0.6)])
+    report = render_text(rehearsal)
+    assert "AccessExclusiveLock on tasks held 0.500s, blocks reads+writes" in report
+    assert "AccessShareLock" not in report
+    assert "ShareRowExclusiveLock on users (no rows)" in report
+    assert len(rehearsal.as_dict()["steps"][0]["statements"][0]["locks"]) == 3

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.migrations.rehearse.locks import NONE, SEVERITY, WRITES
+from orchestrator.migrations.rehearse.locks import MODES, NONE, SEVERITY, WRITES
 
 # SQLite locks the whole database file, not a table.
 WHOLE_DATABASE = "(whole database)"
@@ -167,7 +167,8 @@ class Rehearsal:
 
 
 def render_text(rehearsal: Rehearsal, limit: int = 8) -> str:
-    """The report: verdict, the worst findings first, then every statement per revision."""
+    """The report: verdict, the worst findings first, then every statement per revision with
+    the strongest lock it took on each table."""
     r = rehearsal
     lines = [f"Rehearsal of {r.database} ({r.engine}): {r.from_revision or 'base'} -> "
              f"{r.to_revision or 'base'}"]
@@ -207,9 +208,23 @@ def render_text(rehearsal: Rehearsal, limit: int = 8) -> str:
     return "\n".join(lines)
 
 
+def _strongest(locks: list[Lock]) -> list[Lock]:
+    """One lock per table, the strongest mode it took (the JSON lists every mode)."""
+    strongest: dict[str, Lock] = {}
+    for lock in locks:
+        known = strongest.get(lock.relation)
+        if known is None or _rank(lock.mode) > _rank(known.mode):
+            strongest[lock.relation] = lock
+    return list(strongest.values())
+
+
+def _rank(mode: str) -> int:
+    return MODES.index(mode) if mode in MODES else len(MODES)
+
+
 def _details(statement: Statement) -> list[str]:
     details = []
-    for lock in statement.locks:
+    for lock in _strongest(statement.locks):
         held = "?" if lock.held_s is None else f"{lock.held_s:.3f}s"
         rows = "" if lock.had_rows else " (no rows)"
         details.append(f"{lock.mode} on {lock.relation}{rows} held {held}, blocks {lock.blocks}")
@@ -231,7 +246,7 @@ def _worst(r: Rehearsal) -> list[tuple[tuple, str]]:
         for statement in step.statements:
             if statement.error:
                 found.append(((3, 0.0), f"{step.revision}  FAILED  {statement.error}"))
-            for lock in statement.locks:
+            for lock in _strongest(statement.locks):
                 if lock.blocks == NONE or not lock.had_rows:
                     continue
                 held = lock.held_s or 0.0
