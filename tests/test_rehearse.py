@@ -139,7 +139,7 @@ def test_003s_concurrent_builds_take_share_update_exclusive_locks_that_block_not
     scripts = copy_scripts(tmp_path)
     with manager_at(url, scripts, "002") as manager:
         seed_rows(url)
-        add_tasks(url, 50_000)
+        add_tasks(url, 100_000)
         before = state(manager)
         rehearsal = rehearse(manager, "003")
         assert state(manager) == before
