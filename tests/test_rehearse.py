@@ -256,11 +256,15 @@ def test_a_copy_left_by_a_killed_rehearsal_is_removed_by_the_next_one(url, tmp_p
         process.wait()
         process.stdout.close()
         assert copy_exists(manager, name)  # SIGKILL gave it no chance to clean up
+        dumps = set(Path(tempfile.gettempdir()).glob(f"{copies.FOLDER_PREFIX}*-dump-*"))
         if sweeper == "rehearse":
             assert run_here("db", "rehearse", "--database-url", url).returncode == 0
         else:
             run_here("db", "validate", "--database-url", url)
         assert not copy_exists(manager, name)
+        # PostgreSQL: nor is the folder its dump was written to.
+        assert not [d for d in dumps if d.exists() and
+                    json.loads((d / copies.OWNER_FILE).read_text())["pid"] == process.pid]
 
 
 def test_ctrl_c_during_the_rehearsal_drops_the_copy(url, tmp_path):

@@ -126,15 +126,20 @@ def _postgres_copy(database_url: str, from_backup: Path | None,
         _create_database(database_url, name, keep)
         if not keep:
             cleanup.callback(drop_database, database_url, name)
-        folder = cleanup.enter_context(tempfile.TemporaryDirectory(prefix=FOLDER_PREFIX))
         if from_backup is None:
-            dump = backup.create(database_url, backup_dir=Path(folder),
-                                 output=Path(folder) / f"{source}.dump", reason="rehearsal")
-            archive, described, revision = dump.path, "pg_dump of the database", dump.revision
+            # The dump's folder is marked as ours too: a killed rehearsal's is swept up.
+            folder = Path(cleanup.enter_context(tempfile.TemporaryDirectory(
+                prefix=f"{FOLDER_PREFIX}{_slug(source)}-dump-")))
+            (folder / OWNER_FILE).write_text(json.dumps(_owner()))
+            dump = backup.create(database_url, backup_dir=folder,
+                                 output=folder / f"{source}.dump", reason="rehearsal")
+            backup.load_into_empty(url, dump.path)
+            dump.path.unlink()  # room for the migration
+            described, revision = "pg_dump of the database", dump.revision
         else:
-            archive, described = from_backup, f"backup {from_backup}"
+            backup.load_into_empty(url, from_backup)
+            described = f"backup {from_backup}"
             revision = backup.inspect_backup(from_backup).revision
-        backup.load_into_empty(url, archive)
         yield Copy(url, name, described, time.perf_counter() - started, revision)
 
 
