@@ -334,7 +334,8 @@ class _Sampler:
                 query = _OWN_LOCKS_SQL.format(pid=int(self._pid))
             while True:
                 with self._condition:
-                    if not self._running:
+                    # Closed while sampling: Ctrl-C ended the statement before its events.
+                    if not self._running or self._closed:
                         self._busy = False
                         self._condition.notify_all()
                         break
