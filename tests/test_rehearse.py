@@ -560,3 +560,12 @@ def test_the_text_shows_the_strongest_lock_per_table_and_the_json_every_one():
     assert "AccessShareLock" not in report
     assert "ShareRowExclusiveLock on users (no rows)" in report
     assert len(rehearsal.as_dict()["steps"][0]["statements"][0]["locks"]) == 3
+
+
+def test_sweeping_leaves_folders_without_an_owner_file(unique_sqlite_url):
+    folder = Path(tempfile.mkdtemp(prefix=f"{copies.FOLDER_PREFIX}unmarked-"))
+    try:
+        copies.remove_stale(unique_sqlite_url)
+        assert folder.exists()
+    finally:
+        folder.rmdir()
