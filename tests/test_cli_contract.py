@@ -536,7 +536,7 @@ def test_every_reporting_command_prints_the_json_its_documentation_describes(
 ):
     commands, objects, explained = documented_json()
     assert set(commands) == {"db current", "db status", "db check", "db history", "db show",
-                             "db backups", "db validate"}
+                             "db backups", "db validate", "db rehearse"}
     backups = str(tmp_path / "b")
     MigrationManager(sqlite_url, backup_dir=backups).upgrade("003")
     execute(sqlite_url, "UPDATE migration_history SET checksum = 'edited' WHERE revision = '001'")
@@ -547,7 +547,7 @@ def test_every_reporting_command_prints_the_json_its_documentation_describes(
                                      "--database-url", sqlite_url).stdout)
         for command, extra in [("db current", ()), ("db status", ()), ("db check", ()),
                                ("db history", ()), ("db show", ("001",)), ("db backups", ()),
-                               ("db validate", ())]
+                               ("db validate", ()), ("db rehearse", ("--max-blocking", "3600"))]
     }
     as_format = run_here("db", "validate", "--format", "json", "--database-url", sqlite_url)
     assert json.loads(as_format.stdout) == outputs["db validate"]
@@ -555,7 +555,15 @@ def test_every_reporting_command_prints_the_json_its_documentation_describes(
     for command, document in outputs.items():
         if command != "db backups":
             assert set(document) == commands[command], command
+    from orchestrator.migrations.rehearse.report import Prediction
+
+    rehearsed = outputs["db rehearse"]["steps"][0]
     inner = {
+        "a copy": outputs["db rehearse"]["copy"],
+        "a rehearsed step": rehearsed,
+        "a statement": rehearsed["statements"][0],
+        "a lock": rehearsed["statements"][0]["locks"][0],
+        "a prediction": Prediction("MIG013", "index-not-concurrent", "m").as_dict(),
         "a changed script": outputs["db status"]["changed_scripts"][0],
         "a revision": outputs["db history"]["revisions"][0],
         "a step": outputs["db show"]["steps"][0],

@@ -298,6 +298,9 @@ _LOCK_TIMEOUT = click.option(
     help="How long to wait for another migrator: seconds, or with ms, s or min "
     "(default MIGRATION_LOCK_TIMEOUT).",
 )
+_MAX_BLOCKING = click.option(
+    "--max-blocking", type=_Duration(), default="1s", show_default=True, metavar="SECONDS",
+    help="Longest time a migration may block writes to a table that has rows.")
 _RETRIES = click.option("--retries", type=click.IntRange(min=0), default=0,
                         help="Retries after a transient failure: a table-lock timeout, a "
                         "deadlock, a lost connection or migration lock.")
@@ -315,6 +318,9 @@ _RETRIES = click.option("--retries", type=click.IntRange(min=0), default=0,
     is_flag=True,
     help="Upgrade even though applied scripts were edited since (staging, production).",
 )
+@click.option("--rehearse", "rehearse_first", is_flag=True,
+              help="Rehearse on a copy first (`db rehearse`); upgrade only if it passes.")
+@_MAX_BLOCKING
 @click.pass_context
 def upgrade(
     ctx: click.Context,
@@ -323,11 +329,25 @@ def upgrade(
     lock_timeout: float | None,
     retries: int,
     allow_changed: bool,
+    rehearse_first: bool,
+    max_blocking: float,
 ) -> None:
     """Apply migrations up to REVISION (default: head)."""
     import functools
 
     manager = _manager(ctx, lock_timeout=lock_timeout)
+    if sql and rehearse_first:
+        raise _BadInput("--rehearse runs the migrations on a copy; it cannot go with --sql")
+    if rehearse_first and manager.plan_upgrade(revision):
+        from orchestrator.migrations.rehearse import rehearse, render_text
+
+        rehearsal = rehearse(manager, revision, max_blocking=max_blocking,
+                             allow_changed=allow_changed, notify=_note)
+        click.echo(render_text(rehearsal))
+        click.echo("")
+        if not rehearsal.ok:
+            _note(f"Not upgrading: the rehearsal failed ({rehearsal.problems()[0]}).")
+            ctx.exit(1)
     if sql:
         start, _, end = revision.rpartition(":")
         click.echo(manager.sql(end or "head", start=start or None, direction="upgrade"), nl=False)
@@ -769,6 +789,39 @@ def validate(ctx: click.Context, strict: bool, output_format: str, as_json: bool
         _print_validation(report)
     if not report.ok:
         ctx.exit(1)
+
+
+@db.command(context_settings=_REVISION_ARGS)
+@common_options
+@click.argument("revision", default="head", callback=_revision_argument,
+                shell_complete=_complete_revisions)
+@click.option("--from-backup", type=click.Path(dir_okay=True, path_type=Path), metavar="FILE",
+              help="Rehearse on a copy restored from this backup, not from the database.")
+@click.option("--keep", is_flag=True, help="Keep the copy afterwards (its name is printed).")
+@_MAX_BLOCKING
+@click.option("--allow-changed", is_flag=True,
+              help="Rehearse even though applied scripts were edited since (as db upgrade).")
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="The same as --format json.")
+@click.pass_context
+def rehearse(ctx: click.Context, revision: str, from_backup: Path | None, keep: bool,
+             max_blocking: float, allow_changed: bool, output_format: str,
+             as_json: bool) -> None:
+    """Run the pending migrations on a copy and report what they lock, rewrite and cost;
+    exits 1 when one fails or blocks writes for longer than --max-blocking."""
+    from orchestrator.migrations.rehearse import rehearse as run_rehearsal
+    from orchestrator.migrations.rehearse import render_text
+
+    manager = _manager(ctx)
+    rehearsal = run_rehearsal(manager, revision, from_backup=from_backup, keep=keep,
+                              max_blocking=max_blocking, allow_changed=allow_changed,
+                              notify=_note)
+    if as_json or output_format == "json":
+        _echo_json(rehearsal.as_dict())
+    else:
+        click.echo(render_text(rehearsal))
+    ctx.exit(rehearsal.exit_code)
 
 
 @cli.group()

@@ -818,6 +818,15 @@ def _restore_postgres(database_url: str, path: Path, progress: Progress | None) 
         _run_tool(command, env, database_url, stdin=archive, poll=poll, die_with_us=False)
 
 
+def load_into_empty(database_url: str, path: Path) -> None:
+    """Restore a pg_dump archive into a new, empty database (a rehearsal's copy): nothing to
+    clean first, and neither owners nor grants, since the copy belongs to whoever made it."""
+    pg_restore = _tool("pg_restore")
+    with _libpq(database_url) as (conninfo, env):
+        _run_tool([pg_restore, "--no-owner", "--no-privileges", "--exit-on-error",
+                   "--no-password", f"--dbname={conninfo}", str(path)], env, database_url)
+
+
 def _drop_objects_not_in(database_url: str, in_archive: set[tuple[str, str]]) -> None:
     """Drop what was created after the backup: `--clean` only drops what the archive has."""
     from sqlalchemy import text

@@ -496,8 +496,12 @@ def validate(
     rules: Iterable[str] | None = None,
 ) -> ValidationReport:
     """Run the rules (all, or those whose codes are given) and report what they found."""
+    from orchestrator.migrations.rehearse.copies import remove_stale
+
     selected = set(rules) if rules is not None else None
     report = ValidationReport(strict=strict)
+    # Copies left by rehearsals that were killed (SIGKILL gives them no chance to clean up).
+    remove_stale(database_url)
     ctx = Context(database_url, script_location, strict, metadata)
     try:
         for rule in RULES:

@@ -1,0 +1,238 @@
+"""The throwaway copies a rehearsal migrates: made, marked as ours, dropped, and swept up.
+
+A PostgreSQL copy is a new database `orchestrator_rehearsal_of_<name>_<random>`, restored from a
+fresh `pg_dump` of the database (the backup machinery's) or from a backup file; a SQLite copy is
+a folder `orchestrator-rehearsal-of-<name>-…` in the temporary folder holding a consistent copy
+of the file. Each copy carries who made it (host and process id; the database's comment, the
+folder's `owner.json`): a copy whose process is gone and that was not `--keep`-ed is stale, and
+the next rehearsal or `db validate` drops it, so a rehearsal killed with SIGKILL leaves nothing
+behind for long.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.db import backend_name, mask_url, sqlite_path
+from orchestrator.migrations import backup
+from orchestrator.migrations.errors import DatabaseUnreachableError, MigrationError
+
+DATABASE_PREFIX = "orchestrator_rehearsal_of_"
+FOLDER_PREFIX = "orchestrator-rehearsal-of-"
+OWNER_FILE = "owner.json"
+
+
+class RehearsalCopyError(MigrationError):
+    """The copy to rehearse on cannot be made."""
+
+    exit_code = 3
+
+
+@dataclass(frozen=True)
+class Copy:
+    url: str
+    name: str
+    source: str
+    seconds: float
+    revision: str | None
+
+
+def _owner(kept: bool = False) -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "kept": kept,
+            "started": time.time()}
+
+
+def _stale(owner: dict) -> bool:
+    """Made on this host by a process that is gone, and not kept on purpose."""
+    if owner.get("kept") or owner.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(owner.get("pid", 0)), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, TypeError, ValueError):  # another user's process, or no process id
+        return False
+    return False
+
+
+def _slug(name: str, length: int = 20) -> str:
+    return re.sub(r"[^a-z0-9_]+", "_", name.lower())[:length].strip("_") or "db"
+
+
+@contextlib.contextmanager
+def scratch_copy(database_url: str, *, from_backup: Path | None = None,
+                 keep: bool = False) -> Iterator[Copy]:
+    """A copy of the database (or of `from_backup`), dropped afterwards unless `keep`."""
+    remove_stale(database_url)
+    if from_backup is not None:
+        backup.restorable(database_url, from_backup, other_database=True)
+    if backend_name(database_url) == "sqlite":
+        with _sqlite_copy(database_url, from_backup, keep) as copy:
+            yield copy
+    else:
+        with _postgres_copy(database_url, from_backup, keep) as copy:
+            yield copy
+
+
+@contextlib.contextmanager
+def _sqlite_copy(database_url: str, from_backup: Path | None, keep: bool) -> Iterator[Copy]:
+    source = sqlite_path(database_url)
+    if from_backup is None and not source.exists():
+        raise DatabaseUnreachableError(
+            f"{source} does not exist: there is nothing to rehearse on; "
+            "check DATABASE_URL (`orchestrator db upgrade` creates a new database)")
+    folder = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{_slug(source.stem)}-"))
+    (folder / OWNER_FILE).write_text(json.dumps(_owner(keep)))
+    path = folder / f"{source.stem}-rehearsal.db"
+    started = time.perf_counter()
+    try:
+        if from_backup is not None:
+            shutil.copyfile(from_backup, path)
+            described, revision = f"backup {from_backup}", backup.inspect_backup(
+                from_backup).revision
+        else:
+            info = backup.create(database_url, backup_dir=folder, output=path,
+                                 reason="rehearsal")
+            described, revision = "SQLite backup of the database", info.revision
+        yield Copy(f"sqlite:///{path}", str(path), described, time.perf_counter() - started,
+                   revision)
+    finally:
+        if not keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _postgres_copy(database_url: str, from_backup: Path | None,
+                   keep: bool) -> Iterator[Copy]:
+    from sqlalchemy.engine import make_url
+
+    source = make_url(database_url).database or "postgres"
+    name = f"{DATABASE_PREFIX}{_slug(source)}_{uuid.uuid4().hex[:8]}"
+    url = make_url(database_url).set(database=name).render_as_string(hide_password=False)
+    started = time.perf_counter()
+    with contextlib.ExitStack() as cleanup:
+        # The copy's database first: a role that may not create one learns it before a dump.
+        _create_database(database_url, name, keep)
+        if not keep:
+            cleanup.callback(drop_database, database_url, name)
+        if from_backup is None:
+            # The dump's folder is marked as ours too: a killed rehearsal's is swept up.
+            folder = Path(cleanup.enter_context(tempfile.TemporaryDirectory(
+                prefix=f"{FOLDER_PREFIX}{_slug(source)}-dump-")))
+            (folder / OWNER_FILE).write_text(json.dumps(_owner()))
+            dump = backup.create(database_url, backup_dir=folder,
+                                 output=folder / f"{source}.dump", reason="rehearsal")
+            backup.load_into_empty(url, dump.path)
+            dump.path.unlink()  # room for the migration
+            described, revision = "pg_dump of the database", dump.revision
+        else:
+            backup.load_into_empty(url, from_backup)
+            described = f"backup {from_backup}"
+            revision = backup.inspect_backup(from_backup).revision
+        yield Copy(url, name, described, time.perf_counter() - started, revision)
+
+
+def _admin(database_url: str):
+    from sqlalchemy.pool import NullPool
+
+    from orchestrator.db import create_engine
+
+    return create_engine(database_url, isolation_level="AUTOCOMMIT", poolclass=NullPool,
+                         connect_args={"connect_timeout": 10})
+
+
+def _create_database(database_url: str, name: str, keep: bool) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    engine = _admin(database_url)
+    try:
+        with engine.connect() as connection:
+            # The copy sorts and compares text as the original does (its indexes depend on it).
+            encoding, collate, ctype = connection.execute(text(
+                "SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database "
+                "WHERE datname = current_database()")).one()
+            connection.exec_driver_sql(
+                f'CREATE DATABASE "{name}" TEMPLATE template0 ENCODING {_literal(encoding)} '
+                f"LC_COLLATE {_literal(collate)} LC_CTYPE {_literal(ctype)}")
+            connection.exec_driver_sql(
+                f'COMMENT ON DATABASE "{name}" IS {_literal(json.dumps(_owner(keep)))}')
+    except DBAPIError as exc:
+        reason = str(exc.orig).strip().splitlines()[0]
+        raise RehearsalCopyError(
+            f"cannot create the rehearsal copy {name} beside {mask_url(database_url)}: "
+            f"{reason}; the role needs CREATEDB (`ALTER ROLE … CREATEDB`), or rehearse as a "
+            "role that has it") from None
+    finally:
+        engine.dispose()
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def drop_database(database_url: str, name: str) -> None:
+    """Drop a copy, ending the sessions of it that are still open (ours)."""
+    from sqlalchemy import text
+
+    engine = _admin(database_url)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        engine.dispose()
+
+
+def remove_stale(database_url: str) -> list[str]:
+    """Drop the copies that rehearsals killed on this host left behind; returns their names."""
+    removed = []
+    for folder in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*"):
+        try:
+            owner = json.loads((folder / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if _stale(owner):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(str(folder))
+    if backend_name(database_url) == "postgresql":
+        removed += _remove_stale_databases(database_url)
+    return removed
+
+
+def _remove_stale_databases(database_url: str) -> list[str]:
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    removed = []
+    engine = _admin(database_url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(text(
+                "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database "
+                "WHERE datname LIKE :prefix"), {"prefix": DATABASE_PREFIX.replace("_", r"\_") + "%"}
+            ).all()
+            for name, comment in rows:
+                try:
+                    owner = json.loads(comment or "")
+                except ValueError:
+                    continue
+                if _stale(owner):
+                    with contextlib.suppress(DBAPIError):  # another's to drop, or gone already
+                        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                        removed.append(name)
+    except DBAPIError:
+        return removed  # unreachable: the command itself says so next
+    finally:
+        engine.dispose()
+    return removed
