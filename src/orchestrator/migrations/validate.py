@@ -374,11 +374,12 @@ class Context:
                     stops.add(self.manager._position(status.current))
         return stops
 
-    def step_done(self) -> None:
+    def steps_done(self, count: int) -> None:
+        """`count` more migration steps ran on the scratch database."""
         done, total = self._steps
-        self._steps = (done + 1, total)
+        self._steps = (done + count, total)
         if self.progress is not None:
-            self.progress.step(done + 1, total)
+            self.progress.step(done + count, total)
 
     def severity(self) -> str:
         return ERROR if self.strict else WARNING
@@ -622,6 +623,49 @@ def _narrowed(ctx: Context, report: ValidationReport) -> Since | None:
     )
 
 
+class GitRefError(MigrationError):
+    """`--since-git` names a ref git cannot resolve, or the scripts are not in a git checkout."""
+
+
+def newest_revision_on_git_ref(
+    ref: str, database_url: str, script_location: str = SCRIPT_DIRECTORY
+) -> str | None:
+    """The newest revision of the chain whose script is present on git `ref` (None: none is).
+
+    A script counts as present when its file exists at the same path on `ref`: what a branch
+    such as `origin/main` has is what was merged, reviewed and validated there."""
+    import subprocess
+
+    from orchestrator.migrations.manager import MigrationManager
+
+    with MigrationManager(database_url, script_location=script_location) as manager:
+        versions = Path(manager.script.versions).resolve()
+        chain = manager._chain
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run(["git", "-C", str(versions), *args], capture_output=True,
+                                  text=True, timeout=60)
+        except FileNotFoundError:
+            raise GitRefError(f"--since-git {ref}: git is not installed; install it or give "
+                              "the revision with --since REV") from None
+
+    top = git("rev-parse", "--show-toplevel")
+    if top.returncode != 0:
+        raise GitRefError(f"--since-git {ref}: {versions} is not in a git checkout; give the "
+                          "revision with --since REV")
+    if git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").returncode != 0:
+        raise GitRefError(f"--since-git {ref}: no such branch, tag or commit in "
+                          f"{top.stdout.strip()}; fetch it first (`git fetch origin main`) or "
+                          "name one that exists")
+    listed = git("ls-tree", "-r", "--name-only", "--full-name", ref, "--", ".")
+    root = Path(top.stdout.strip()).resolve()
+    present = {(root / line).resolve() for line in listed.stdout.splitlines()}
+    on_ref = {script.revision for script in read_scripts(versions) if script.path.resolve() in present}
+    found = [revision for revision in chain if revision in on_ref]
+    return found[-1] if found else None
+
+
 # -- the chain ----------------------------------------------------------------------------
 
 
@@ -737,7 +781,7 @@ _SQLITE_CATALOG = (
     "WHERE tbl_name NOT LIKE 'sqlite~_%' ESCAPE '~' ORDER BY tbl_name, type, name"
 )
 _POSTGRES_CATALOG = """
-SELECT c.relname, concat_ws(E'\n',
+SELECT c.relname, concat_ws(E'\\n',
   (SELECT string_agg(concat_ws(':', a.attname, format_type(a.atttypid, a.atttypmod),
                                a.attnotnull, pg_get_expr(d.adbin, d.adrelid), a.attidentity,
                                a.attgenerated, a.attcollation), ',' ORDER BY a.attnum)
@@ -748,6 +792,26 @@ SELECT c.relname, concat_ws(E'\n',
    FROM pg_constraint k WHERE k.conrelid = c.oid),
   (SELECT string_agg(pg_get_indexdef(x.indexrelid), ',' ORDER BY x.indexrelid::regclass::text)
    FROM pg_index x WHERE x.indrelid = c.oid))
+FROM pg_class c
+WHERE c.oid = ANY(CAST(:tables AS oid[]))
+"""
+# Which row versions of the catalog describe each table now: any DDL on a table writes a new
+# version (a new xmin) of one of these rows, its referred tables' or its column types'. Cheaper
+# than printing the definitions, which is done only for the tables whose versions are new.
+_POSTGRES_VERSIONS = """
+SELECT c.relname, c.oid, concat_ws(';', c.oid, c.xmin,
+  (SELECT string_agg(concat_ws('.', a.attnum, a.xmin, t.xmin), ',' ORDER BY a.attnum)
+   FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+   WHERE a.attrelid = c.oid AND a.attnum > 0),
+  (SELECT string_agg(d.xmin::text, ',' ORDER BY d.oid) FROM pg_attrdef d WHERE d.adrelid = c.oid),
+  (SELECT string_agg(concat_ws('.', k.oid, k.xmin, r.xmin,
+                               (SELECT string_agg(ra.xmin::text, ',' ORDER BY ra.attnum)
+                                FROM pg_attribute ra
+                                WHERE ra.attrelid = k.confrelid AND ra.attnum > 0)),
+                     ',' ORDER BY k.oid)
+   FROM pg_constraint k LEFT JOIN pg_class r ON r.oid = k.confrelid WHERE k.conrelid = c.oid),
+  (SELECT string_agg(concat_ws('.', x.indexrelid, i.xmin, x.xmin), ',' ORDER BY x.indexrelid)
+   FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid WHERE x.indrelid = c.oid))
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')
 """
@@ -761,6 +825,8 @@ class SchemaReader:
 
     def __init__(self) -> None:
         self._reflected: dict[tuple[str, Any], dict[str, Any]] = {}
+        # PostgreSQL: a table's catalog row versions -> its printed definition.
+        self._definitions: dict[str, str] = {}
 
     def snapshot(self, connection) -> dict[str, dict[str, Any]]:
         """The schema `connection` sees now (it reads in the connection's transaction)."""
@@ -777,13 +843,22 @@ class SchemaReader:
             snapshot[table] = self._reflected[key]
         return snapshot
 
-    @staticmethod
-    def _catalog(connection) -> dict[str, Any]:
+    def _catalog(self, connection) -> dict[str, Any]:
         """Each table's catalog entry: what its reflection depends on."""
         from sqlalchemy import text
 
         if connection.dialect.name != "sqlite":
-            return dict(connection.execute(text(_POSTGRES_CATALOG)).all())
+            versions = connection.execute(text(_POSTGRES_VERSIONS)).all()
+            new = {oid: version for _, oid, version in versions
+                   if version not in self._definitions}
+            if new:
+                printed = connection.execute(text(_POSTGRES_CATALOG),
+                                             {"tables": [str(oid) for oid in new]}).all()
+                by_name = dict(printed)
+                for table, oid, version in versions:
+                    if oid in new:
+                        self._definitions[version] = by_name[table]
+            return {table: self._definitions[version] for table, _, version in versions}
         rows = connection.exec_driver_sql(_SQLITE_CATALOG).all()
         everything = hash(tuple(rows))
         entries: dict[str, Any] = {}
@@ -959,9 +1034,12 @@ class _Scratch:
         self.model_differences: list[str] = []
         self._engine = create_engine(url, poolclass=NullPool)
         self.connection = self._engine.connect()
+        # The database is thrown away afterwards: no flush to disk at each of its commits.
         if self.connection.dialect.name == "sqlite":
-            # The file is thrown away afterwards: no fsync at each of its hundreds of commits.
             self.connection.connection.driver_connection.execute("PRAGMA synchronous=OFF")
+        else:
+            self.connection.exec_driver_sql("SET synchronous_commit = off")
+            self.connection.commit()
 
     def close(self) -> None:
         self.connection.close()
@@ -1079,7 +1157,7 @@ class _Scratch:
         finally:
             attributes.pop("connection", None)
             attributes.pop("on_version_apply", None)
-        self.ctx.step_done()
+        self.ctx.steps_done(len(revisions))
 
     def _finding(self, revision: str, function: str, message: str, fix: str) -> Finding:
         script = self.ctx.script_for(revision)
