@@ -993,14 +993,22 @@ def scratch_database(database_url: str) -> Iterator[str]:
 
 
 class _StepFailed(Exception):
-    """A scratch step failed: which revision, after how many steps of the run, and the error
-    `db upgrade` or `db downgrade` would have raised."""
+    """A scratch step failed: which revision, which way, and the error `db upgrade` or
+    `db downgrade` would have raised."""
 
-    def __init__(self, revision: str, done: int, error: MigrationError) -> None:
+    def __init__(self, revision: str, upgrading: bool, error: MigrationError) -> None:
         super().__init__(str(error))
         self.revision = revision
-        self.done = done
+        self.upgrading = upgrading
         self.error = error
+
+
+class _Different(Exception):
+    """A round-trip step left another schema than the one first built there."""
+
+    def __init__(self, finding: Finding) -> None:
+        super().__init__(finding.message)
+        self.finding = finding
 
 
 class _Scratch:
@@ -1047,31 +1055,31 @@ class _Scratch:
         self.manager.close()
 
     def snapshot(self) -> dict[str, dict]:
+        """The schema now, outside a migration run."""
         try:
             return self.reader.snapshot(self.connection)
         finally:
             self.connection.rollback()
 
     def climb(self, stops: set[int]) -> None:
-        """Up to head, with a snapshot at each position in `stops`; between two stops in one
-        Alembic run (still one transaction per revision)."""
+        """Up to head, one revision at a time, with a snapshot at each position in `stops`."""
         chain = self.ctx.chain
         if 0 in stops:
             self.snapshots[0] = self.snapshot()
-        while self.reached < len(chain):
-            stop = min((s for s in stops if s > self.reached), default=len(chain))
-            steps = chain[self.reached:stop]
-            try:
-                self._migrate(steps, upgrading=True)
-            except _StepFailed as failed:
-                self.reached += failed.done
-                self.failed = self._finding(failed.revision, "upgrade", f"upgrade fails on a "
-                                            f"fresh database: {failed.error}", "fix upgrade() so "
-                                            "that it runs from the previous revision's schema")
-                return
-            self.reached = stop
-            if stop in stops:
-                self.snapshots[stop] = self.snapshot()
+
+        def applied(index: int) -> None:
+            self.reached = index + 1
+            if self.reached in stops:
+                # In the step's transaction, on its connection: what the step built.
+                self.snapshots[self.reached] = self.reader.snapshot(self.connection)
+
+        try:
+            self._run([(revision, True) for revision in chain], applied)
+        except _StepFailed as failed:
+            self.failed = self._finding(failed.revision, "upgrade", f"upgrade fails on a "
+                                        f"fresh database: {failed.error}", "fix upgrade() so "
+                                        "that it runs from the previous revision's schema")
+            return
         self.model_differences = self._compare_models()
 
     def round_trip(self, lowest: int = 0) -> list[Finding]:
@@ -1081,83 +1089,94 @@ class _Scratch:
         if self.failed is not None:
             return [self.failed]
         chain = self.ctx.chain
+        positions = []
         for position in range(len(chain), lowest, -1):
+            if self.ctx.script_for(chain[position - 1]).irreversible:
+                break  # downgrade refuses to cross it, by design
+            positions.append(position)
+        steps = [(chain[p - 1], upgrading) for p in positions for upgrading in (False, True, False)]
+
+        def applied(index: int) -> None:
+            position, phase = positions[index // 3], index % 3
             revision = chain[position - 1]
-            if self.ctx.script_for(revision).irreversible:
-                return []  # downgrade refuses to cross it, by design
             below = chain[position - 2] if position > 1 else "base"
-            try:
-                self._migrate([revision], upgrading=False)
-            except _StepFailed as failed:
-                return [self._finding(revision, "downgrade", f"downgrade fails: {failed.error}",
-                                      "fix downgrade() so that it runs from this revision's "
-                                      "schema")]
-            differences = diff_schemas(self.snapshots[position - 1], self.snapshot())
-            if differences:
-                return [self._finding(
+            if phase == 2:
+                return
+            differences = diff_schemas(self.snapshots[position - 1 + phase],
+                                       self.reader.snapshot(self.connection))
+            if not differences:
+                return
+            if phase == 0:
+                raise _Different(self._finding(
                     revision, "downgrade",
                     f"downgrade does not restore the schema of {below}: " + "; ".join(differences),
-                    "make downgrade() undo exactly what upgrade() does")]
-            try:
-                self._migrate([revision], upgrading=True)
-            except _StepFailed as failed:
-                return [self._finding(revision, "upgrade", f"upgrade fails the second time, "
-                                      f"after its downgrade: {failed.error}", "make downgrade() "
-                                      "remove everything upgrade() adds, data included")]
-            differences = diff_schemas(self.snapshots[position], self.snapshot())
-            if differences:
-                return [self._finding(
-                    revision, "upgrade",
-                    "upgrading again after its downgrade gives another schema: "
-                    + "; ".join(differences),
-                    "make upgrade() depend only on the previous revision's schema")]
-            self._migrate([revision], upgrading=False)
+                    "make downgrade() undo exactly what upgrade() does"))
+            raise _Different(self._finding(
+                revision, "upgrade",
+                "upgrading again after its downgrade gives another schema: "
+                + "; ".join(differences),
+                "make upgrade() depend only on the previous revision's schema"))
+
+        try:
+            self._run(steps, applied)
+        except _Different as different:
+            return [different.finding]
+        except _StepFailed as failed:
+            if failed.upgrading:
+                return [self._finding(failed.revision, "upgrade", f"upgrade fails the second "
+                                      f"time, after its downgrade: {failed.error}", "make "
+                                      "downgrade() remove everything upgrade() adds, data "
+                                      "included")]
+            return [self._finding(failed.revision, "downgrade", f"downgrade fails: "
+                                  f"{failed.error}", "fix downgrade() so that it runs from "
+                                  "this revision's schema")]
         return []
 
-    def _migrate(self, revisions: Sequence[str], upgrading: bool) -> None:
-        """Apply `revisions` (in chain order), or undo them (newest first when several)."""
+    def _run(self, steps: list[tuple[str, bool]], applied: Callable[[int], None]) -> None:
+        """Run `steps` ((revision, upgrading), in order) in one Alembic run through the scripts'
+        env.py, each in its own transaction as `db upgrade` runs them; `applied(i)` is called in
+        step i's transaction once the step is done (raising stops the run, the step rolled
+        back)."""
         from alembic.runtime.environment import EnvironmentContext
         from alembic.runtime.migration import MigrationStep
 
-        chain = self.ctx.chain
-        if upgrading:
-            destination = revisions[-1]
-        else:
-            position = self.ctx.manager._position(revisions[0])
-            destination = chain[position - 2] if position > 1 else "base"
+        revision_map = self.script.revision_map
+        plan = [
+            (MigrationStep.upgrade_from_script if upgrading else
+             MigrationStep.downgrade_from_script)(revision_map, self.script.get_revision(revision))
+            for revision, upgrading in steps
+        ]
+        done = 0
 
-        # The steps Alembic's planner would give from where the climb stands (one line: each
-        # revision's step, in order), without walking the whole revision map at every step.
-        scripts = [self.script.get_revision(revision) for revision in revisions]
-        steps = (
-            [MigrationStep.upgrade_from_script(self.script.revision_map, s) for s in scripts]
-            if upgrading else
-            [MigrationStep.downgrade_from_script(self.script.revision_map, s)
-             for s in reversed(scripts)]
-        )
+        def step_done(**_: Any) -> None:
+            nonlocal done
+            index = done
+            done += 1
+            self.ctx.steps_done(1)
+            applied(index)
 
-        def plan(_current, _context):
-            return steps
-
-        done: list[str] = []
         attributes = self.config.attributes
-        attributes.update(connection=self.connection,
-                          on_version_apply=lambda **_: done.append(""))
+        attributes.update(connection=self.connection, on_version_apply=step_done)
         try:
-            with EnvironmentContext(self.config, self.script, fn=plan, as_sql=False,
-                                    starting_rev=None, destination_rev=destination):
+            with EnvironmentContext(self.config, self.script, fn=lambda _heads, _ctx: plan,
+                                    as_sql=False, starting_rev=None, destination_rev=None):
                 self.script.run_env()
+        except _Different:
+            self._end_transaction()
+            raise
         except Exception as exc:
-            if self.connection.in_transaction():
-                self.connection.rollback()
-            ordered = list(revisions) if upgrading else list(reversed(revisions))
-            failed = ordered[min(len(done), len(ordered) - 1)]
-            raise _StepFailed(failed, len(done),
-                              self.manager.step_failure(exc, failed, upgrading)) from exc
+            self._end_transaction()
+            # A step fails before it is counted: the first one not done.
+            revision, upgrading = steps[min(done, len(steps) - 1)]
+            raise _StepFailed(revision, upgrading,
+                              self.manager.step_failure(exc, revision, upgrading)) from exc
         finally:
             attributes.pop("connection", None)
             attributes.pop("on_version_apply", None)
-        self.ctx.steps_done(len(revisions))
+
+    def _end_transaction(self) -> None:
+        if self.connection.in_transaction():
+            self.connection.rollback()
 
     def _finding(self, revision: str, function: str, message: str, fix: str) -> Finding:
         script = self.ctx.script_for(revision)
