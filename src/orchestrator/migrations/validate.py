@@ -781,7 +781,7 @@ _SQLITE_CATALOG = (
     "WHERE tbl_name NOT LIKE 'sqlite~_%' ESCAPE '~' ORDER BY tbl_name, type, name"
 )
 _POSTGRES_CATALOG = """
-SELECT c.relname, concat_ws(E'\\n',
+SELECT c.oid, concat_ws(E'\\n',
   (SELECT string_agg(concat_ws(':', a.attname, format_type(a.atttypid, a.atttypmod),
                                a.attnotnull, pg_get_expr(d.adbin, d.adrelid), a.attidentity,
                                a.attgenerated, a.attcollation), ',' ORDER BY a.attnum)
@@ -795,25 +795,36 @@ SELECT c.relname, concat_ws(E'\\n',
 FROM pg_class c
 WHERE c.oid = ANY(CAST(:tables AS oid[]))
 """
-# Which row versions of the catalog describe each table now: any DDL on a table writes a new
-# version (a new xmin) of one of these rows, its referred tables' or its column types'. Cheaper
-# than printing the definitions, which is done only for the tables whose versions are new.
-_POSTGRES_VERSIONS = """
-SELECT c.relname, c.oid, concat_ws(';', c.oid, c.xmin,
-  (SELECT string_agg(concat_ws('.', a.attnum, a.xmin, t.xmin), ',' ORDER BY a.attnum)
-   FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-   WHERE a.attrelid = c.oid AND a.attnum > 0),
-  (SELECT string_agg(d.xmin::text, ',' ORDER BY d.oid) FROM pg_attrdef d WHERE d.adrelid = c.oid),
-  (SELECT string_agg(concat_ws('.', k.oid, k.xmin, r.xmin,
-                               (SELECT string_agg(ra.xmin::text, ',' ORDER BY ra.attnum)
-                                FROM pg_attribute ra
-                                WHERE ra.attrelid = k.confrelid AND ra.attnum > 0)),
-                     ',' ORDER BY k.oid)
-   FROM pg_constraint k LEFT JOIN pg_class r ON r.oid = k.confrelid WHERE k.conrelid = c.oid),
-  (SELECT string_agg(concat_ws('.', x.indexrelid, i.xmin, x.xmin), ',' ORDER BY x.indexrelid)
-   FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid WHERE x.indrelid = c.oid))
+# The tables, with how many indexes and constraints each has (a DROP INDEX or DROP CONSTRAINT
+# deletes catalog rows and may write none), and the first transaction whose catalog changes a
+# later snapshot must look at: ours when we have written, else the oldest one still running.
+_POSTGRES_TABLES = """
+SELECT c.relname, c.oid, coalesce(x.n, 0), coalesce(k.n, 0),
+       (SELECT coalesce(txid_current_if_assigned(), txid_snapshot_xmin(txid_current_snapshot()))
+        % 4294967296)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN (SELECT indrelid, count(*) AS n FROM pg_index GROUP BY indrelid) x ON x.indrelid = c.oid
+LEFT JOIN (SELECT conrelid, count(*) AS n FROM pg_constraint GROUP BY conrelid) k
+  ON k.conrelid = c.oid
 WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')
+"""
+# The tables with a catalog row written since transaction :since (any DDL on a table writes
+# one: its own, its columns', defaults', constraints', indexes', its referred tables' or its
+# column types'): only their definitions are printed again.
+_POSTGRES_TOUCHED = """
+SELECT attrelid FROM pg_attribute WHERE xmin::text::bigint >= :since
+UNION SELECT oid FROM pg_class WHERE xmin::text::bigint >= :since
+UNION SELECT adrelid FROM pg_attrdef WHERE xmin::text::bigint >= :since
+UNION SELECT conrelid FROM pg_constraint WHERE xmin::text::bigint >= :since
+UNION SELECT k.conrelid FROM pg_constraint k JOIN pg_class r ON r.oid = k.confrelid
+  WHERE r.xmin::text::bigint >= :since
+UNION SELECT k.conrelid FROM pg_constraint k JOIN pg_attribute ra ON ra.attrelid = k.confrelid
+  WHERE ra.xmin::text::bigint >= :since
+UNION SELECT indrelid FROM pg_index WHERE xmin::text::bigint >= :since
+UNION SELECT x.indrelid FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+  WHERE i.xmin::text::bigint >= :since
+UNION SELECT a.attrelid FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+  WHERE t.xmin::text::bigint >= :since
 """
 
 
@@ -825,8 +836,10 @@ class SchemaReader:
 
     def __init__(self) -> None:
         self._reflected: dict[tuple[str, Any], dict[str, Any]] = {}
-        # PostgreSQL: a table's catalog row versions -> its printed definition.
-        self._definitions: dict[str, str] = {}
+        # PostgreSQL: each table's (by oid) index and constraint counts and printed
+        # definition, and the first transaction whose changes they may not include.
+        self._definitions: dict[int, tuple[tuple[int, int], str]] = {}
+        self._since: int | None = None
 
     def snapshot(self, connection) -> dict[str, dict[str, Any]]:
         """The schema `connection` sees now (it reads in the connection's transaction)."""
@@ -848,17 +861,7 @@ class SchemaReader:
         from sqlalchemy import text
 
         if connection.dialect.name != "sqlite":
-            versions = connection.execute(text(_POSTGRES_VERSIONS)).all()
-            new = {oid: version for _, oid, version in versions
-                   if version not in self._definitions}
-            if new:
-                printed = connection.execute(text(_POSTGRES_CATALOG),
-                                             {"tables": [str(oid) for oid in new]}).all()
-                by_name = dict(printed)
-                for table, oid, version in versions:
-                    if oid in new:
-                        self._definitions[version] = by_name[table]
-            return {table: self._definitions[version] for table, _, version in versions}
+            return self._postgres_catalog(connection)
         rows = connection.exec_driver_sql(_SQLITE_CATALOG).all()
         everything = hash(tuple(rows))
         entries: dict[str, Any] = {}
@@ -875,6 +878,32 @@ class SchemaReader:
                                                     for _, _, sql in entry) else None)
             for table, entry in entries.items()
         }
+
+
+    def _postgres_catalog(self, connection) -> dict[str, Any]:
+        """Each table's printed definition, printed again only for the tables whose catalog
+        rows were written since the last snapshot (or whose counts changed)."""
+        from sqlalchemy import text
+
+        tables = connection.execute(text(_POSTGRES_TABLES)).all()
+        horizon = tables[0][4] if tables else None
+        stale = {oid for _, oid, indexes, constraints, _ in tables
+                 if self._definitions.get(oid, (None,))[0] != (indexes, constraints)}
+        if self._since is not None and horizon is not None and horizon >= self._since:
+            stale |= set(connection.execute(text(_POSTGRES_TOUCHED),
+                                            {"since": self._since}).scalars())
+        else:  # the first snapshot (or transaction ids wrapped around): everything
+            stale = {oid for _, oid, *_ in tables}
+        counts = {oid: (indexes, constraints) for _, oid, indexes, constraints, _ in tables}
+        stale &= set(counts)
+        if stale:
+            printed = connection.execute(text(_POSTGRES_CATALOG),
+                                         {"tables": [str(oid) for oid in stale]}).all()
+            for oid, definition in printed:
+                self._definitions[oid] = (counts[oid], definition)
+        if horizon is not None:
+            self._since = horizon
+        return {table: self._definitions[oid][1] for table, oid, *_ in tables}
 
 
 _REFERENCES_COLUMNS = re.compile(r'REFERENCES\s+(?:"[^"]*"|`[^`]*`|\[[^\]]*\]|[^\s(]+)\s*\(',
