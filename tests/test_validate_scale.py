@@ -60,6 +60,7 @@ CHANGES = [
     "CREATE TABLE child (id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES parent (id) "
     "ON DELETE CASCADE, n INTEGER DEFAULT 3 CHECK (n > 0))",
     "CREATE INDEX ix_child_n ON child (n)",
+    "CREATE VIEW parent_ids AS SELECT id FROM parent",
     "ALTER TABLE child ADD COLUMN note VARCHAR(20)",
     "ALTER TABLE parent RENAME COLUMN code TO label",
     "DROP INDEX ix_child_n",
@@ -167,6 +168,22 @@ def test_since_keeps_the_chain_rules_and_the_models_on_every_revision(sqlite_url
     assert {"MIG003", "MIG004"} <= report.codes() and "MIG008" not in report.codes()
 
 
+def test_since_the_head_checks_no_revision_and_says_so(sqlite_url, tmp_path):
+    report = validate(sqlite_url, since="004", rules=["MIG008"])
+    assert report.passed == ["MIG008"]
+    assert report.since.describe().startswith("since 004: MIG008 checked 0 revisions (none) and "
+                                              "skipped 4 (001-004)")
+
+
+def test_since_beside_a_database_these_scripts_do_not_describe(sqlite_url, tmp_path):
+    scripts = long_chain(tmp_path, 3)
+    with create_engine(sqlite_url).begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE someone_elses (id INTEGER)")
+    report = validate(sqlite_url, script_location=str(scripts), since="006",
+                      rules=["MIG005", "MIG008"])
+    assert report.passed == ["MIG008"] and [s.code for s in report.skipped] == ["MIG005"]
+
+
 def test_since_with_a_revision_the_chain_lacks_is_refused(sqlite_url, tmp_path):
     with pytest.raises(UnknownRevisionError, match="--since 999: no such revision"):
         validate(sqlite_url, since="999")
@@ -204,6 +221,12 @@ def test_since_git_is_the_newest_revision_whose_script_is_on_the_ref(sqlite_url,
     with pytest.raises(GitRefError, match="--since-git origin/nowhere: no such branch, tag or "
                                           "commit in .*; fetch it first"):
         newest_revision_on_git_ref("origin/nowhere", sqlite_url, str(scripts))
+
+
+def test_since_git_without_git_says_so(sqlite_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(GitRefError, match="--since-git HEAD: git is not installed"):
+        newest_revision_on_git_ref("HEAD", sqlite_url)
 
 
 def test_since_git_outside_a_checkout_says_so(sqlite_url, tmp_path):

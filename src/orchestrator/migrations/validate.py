@@ -1204,8 +1204,7 @@ class _Scratch:
             attributes.pop("on_version_apply", None)
 
     def _end_transaction(self) -> None:
-        if self.connection.in_transaction():
-            self.connection.rollback()
+        self.connection.rollback()  # nothing to do when Alembic already rolled the step back
 
     def _finding(self, revision: str, function: str, message: str, fix: str) -> Finding:
         script = self.ctx.script_for(revision)
