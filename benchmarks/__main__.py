@@ -39,6 +39,7 @@ BENCHMARKS = (
     "pg_upgrade",
     "backup",
     "claims",
+    "validate_scale",
 )
 RESULTS_JSON = DOCS / "benchmarks.json"
 RESULTS_MD = DOCS / "benchmarks.md"
