@@ -836,6 +836,8 @@ class SchemaReader:
 
     def __init__(self) -> None:
         self._reflected: dict[tuple[str, Any], dict[str, Any]] = {}
+        # SQLite: whether a table's catalog entry has a REFERENCES without columns.
+        self._implicit: dict[tuple, bool] = {}
         # PostgreSQL: each table's (by oid) index and constraint counts and printed
         # definition, and the first transaction whose changes they may not include.
         self._definitions: dict[int, tuple[tuple[int, int], str]] = {}
@@ -858,27 +860,33 @@ class SchemaReader:
 
     def _catalog(self, connection) -> dict[str, Any]:
         """Each table's catalog entry: what its reflection depends on."""
-        from sqlalchemy import text
-
         if connection.dialect.name != "sqlite":
             return self._postgres_catalog(connection)
-        rows = connection.exec_driver_sql(_SQLITE_CATALOG).all()
-        everything = hash(tuple(rows))
-        entries: dict[str, Any] = {}
-        for table, kind, _name, sql in rows:
+        # The driver's cursor, in the connection's transaction: hundreds of rows per snapshot.
+        cursor = connection.connection.cursor()
+        try:
+            rows = cursor.execute(_SQLITE_CATALOG).fetchall()
+        finally:
+            cursor.close()
+        entries: dict[str, list[tuple]] = {}
+        for table, kind, _name, _sql in rows:
             if kind == "table":
                 entries[table] = []
-        for table, *entry in rows:
+        for table, kind, name, sql in rows:
             if table in entries:
-                entries[table].append(tuple(entry))
-        return {
-            # A foreign key without a column list refers to the other table's primary key:
-            # such a table is read again whenever anything changed.
-            table: (tuple(entry), everything if any(_refers_implicitly(sql)
-                                                    for _, _, sql in entry) else None)
-            for table, entry in entries.items()
-        }
-
+                entries[table].append((kind, name, sql))
+        everything = None
+        catalog: dict[str, Any] = {}
+        for table, entry in entries.items():
+            key = tuple(entry)
+            if key not in self._implicit:
+                self._implicit[key] = any(_refers_implicitly(sql) for _, _, sql in entry)
+            if self._implicit[key]:
+                # A foreign key without a column list refers to the other table's primary
+                # key: such a table is read again whenever anything changed.
+                everything = hash(tuple(rows)) if everything is None else everything
+            catalog[table] = (key, everything if self._implicit[key] else None)
+        return catalog
 
     def _postgres_catalog(self, connection) -> dict[str, Any]:
         """Each table's printed definition, printed again only for the tables whose catalog
@@ -960,6 +968,8 @@ def diff_schemas(expected: dict[str, dict], actual: dict[str, dict]) -> list[str
     differences += [f"table {t} is extra" for t in sorted(set(actual) - set(expected))]
     for table in sorted(set(expected) & set(actual)):
         want, have = expected[table], actual[table]
+        if want is have:  # the same reflection, cached (SchemaReader)
+            continue
         for column in sorted(set(want["columns"]) | set(have["columns"])):
             a, b = want["columns"].get(column), have["columns"].get(column)
             if a != b:
