@@ -875,18 +875,16 @@ class SchemaReader:
         for table, kind, name, sql in rows:
             if table in entries:
                 entries[table].append((kind, name, sql))
-        everything = None
-        catalog: dict[str, Any] = {}
+        keys: dict[str, tuple] = {}
         for table, entry in entries.items():
-            key = tuple(entry)
+            key = keys[table] = tuple(entry)
             if key not in self._implicit:
                 self._implicit[key] = any(_refers_implicitly(sql) for _, _, sql in entry)
-            if self._implicit[key]:
-                # A foreign key without a column list refers to the other table's primary
-                # key: such a table is read again whenever anything changed.
-                everything = hash(tuple(rows)) if everything is None else everything
-            catalog[table] = (key, everything if self._implicit[key] else None)
-        return catalog
+        # A foreign key without a column list refers to the other table's primary key: such a
+        # table is read again whenever anything changed.
+        everything = hash(tuple(rows)) if any(map(self._implicit.get, keys.values())) else None
+        return {table: (key, everything if self._implicit[key] else None)
+                for table, key in keys.items()}
 
     def _postgres_catalog(self, connection) -> dict[str, Any]:
         """Each table's printed definition, printed again only for the tables whose catalog
