@@ -40,6 +40,7 @@ BENCHMARKS = (
     "backup",
     "claims",
     "rehearse",
+    "validate_scale",
 )
 RESULTS_JSON = DOCS / "benchmarks.json"
 RESULTS_MD = DOCS / "benchmarks.md"

@@ -773,19 +773,46 @@ def restore(ctx: click.Context, file: Path, yes: bool, other_database: bool) -> 
 )
 @click.option("--json", "as_json", is_flag=True,
               help="Print the report as JSON (the same as --format json).")
+@click.option("--since", metavar="REV",
+              help="Run the round trip and the dangerous-operation rules only on the "
+                   "revisions after REV; the other rules still check every revision.")
+@click.option("--since-git", metavar="REF",
+              help="As --since, with the newest revision whose script is on git REF "
+                   "(e.g. origin/main).")
 @click.pass_context
-def validate(ctx: click.Context, strict: bool, output_format: str, as_json: bool) -> None:
+def validate(ctx: click.Context, strict: bool, output_format: str, as_json: bool,
+             since: str | None, since_git: str | None) -> None:
     """Check the migrations; exits 1 when a rule finds an error."""
     from orchestrator.db import mask_url
+    from orchestrator.migrations.validate import newest_revision_on_git_ref
     from orchestrator.migrations.validate import validate as run_rules
 
+    if since is not None and since_git is not None:
+        raise _BadInput("--since and --since-git: give one of them")
     settings = _settings(ctx)
     # The manager's scripts folder: the one every other command loads.
-    report = run_rules(settings.database_url, strict=strict,
-                       script_location=_manager(ctx).script_location)
+    script_location = _manager(ctx).script_location
+    git_note = None
+    if since_git is not None:
+        since = newest_revision_on_git_ref(since_git, settings.database_url, script_location)
+        if since is None:
+            git_note = f"since-git {since_git}: no revision of the chain is on {since_git}; " \
+                       "every revision was checked"
+    progress = _ValidationProgress()
+    ctx.call_on_close(progress.close)
+    try:
+        report = run_rules(settings.database_url, strict=strict, since=since, progress=progress,
+                           script_location=script_location)
+    finally:
+        progress.close()
     if as_json or output_format == "json":
-        _echo_json({"database": mask_url(settings.database_url), **report.as_dict()})
+        document = {"database": mask_url(settings.database_url), **report.as_dict()}
+        if since_git is not None:
+            document["since_git"] = {"ref": since_git, "revision": since}
+        _echo_json(document)
     else:
+        if git_note:
+            click.echo(git_note)
         _print_validation(report)
     if not report.ok:
         ctx.exit(1)
@@ -822,6 +849,57 @@ def rehearse(ctx: click.Context, revision: str, from_backup: Path | None, keep: 
     else:
         click.echo(render_text(rehearsal))
     ctx.exit(rehearsal.exit_code)
+
+
+class _ValidationProgress:
+    """`db validate` as it goes, on stderr: a Rich bar of the scratch database's migration
+    steps on a terminal, one line per rule otherwise (a CI log)."""
+
+    def __init__(self) -> None:
+        self._terminal = sys.stderr.isatty()
+        self._bar = None
+        self._task = None
+        self._rule = ""
+
+    def rule_started(self, rule) -> None:
+        self._rule = f"{rule.code} {rule.name}"
+        if self._bar is not None:
+            self._bar.update(self._task, description=self._rule)
+
+    def step(self, done: int, total: int) -> None:
+        if not self._terminal:
+            return
+        if self._bar is None:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("migration steps"),
+                TimeElapsedColumn(),
+                console=Console(file=sys.stderr),
+                transient=True,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(self._rule, total=total)
+        self._bar.update(self._task, completed=done, total=total)
+
+    def rule_done(self, rule, seconds: float, outcome: str) -> None:
+        if not self._terminal:
+            click.echo(f"{rule.code} {rule.name}: {outcome} ({seconds:.1f} s)", err=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
 
 
 @cli.group()
@@ -1025,6 +1103,8 @@ def _print_validation(report) -> None:
         click.echo(f"        fix: {finding.fix}")
     for skipped in report.skipped:
         click.echo(f"skipped {skipped.code} {skipped.rule}: {skipped.reason}")
+    if report.since is not None:
+        click.echo(f"narrowed {report.since.describe()}")
     if report.passed:
         passed = ", ".join(f"{code} {names[code]}" for code in report.passed)
         click.echo(f"passed  {passed}")

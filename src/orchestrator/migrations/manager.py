@@ -1271,6 +1271,10 @@ class MigrationManager:
             recorder.step_failed(connection, failed, error)
             connection.commit()
 
+    def step_failure(self, exc: BaseException, revision: str, upgrading: bool) -> MigrationError:
+        """The error `upgrade` (or `downgrade`) raises when `revision`'s step fails with `exc`."""
+        return self._failure(exc, revision, upgrading)
+
     def _failure(
         self,
         exc: BaseException,

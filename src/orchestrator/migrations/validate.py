@@ -18,7 +18,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -78,6 +78,28 @@ class Skipped:
     reason: str
 
 
+@dataclass(frozen=True)
+class Since:
+    """What `validate(since=...)` left out: the revisions its per-revision rules did not judge."""
+
+    revision: str
+    rules: list[str]
+    checked: list[str]
+    not_checked: list[str]
+    reason: str
+
+    def describe(self) -> str:
+        def span(revisions: list[str]) -> str:
+            if not revisions:
+                return "none"
+            return revisions[0] if len(revisions) == 1 else f"{revisions[0]}-{revisions[-1]}"
+
+        rules = ", ".join(self.rules) or "no per-revision rule"
+        return (f"since {self.revision}: {rules} checked {len(self.checked)} revision"
+                f"{'s' * (len(self.checked) != 1)} ({span(self.checked)}) and skipped "
+                f"{len(self.not_checked)} ({span(self.not_checked)}): {self.reason}")
+
+
 @dataclass
 class ValidationReport:
     findings: list[Finding] = field(default_factory=list)
@@ -85,6 +107,8 @@ class ValidationReport:
     # Codes of the rules that ran and found nothing.
     passed: list[str] = field(default_factory=list)
     strict: bool = False
+    # With `since`: what the per-revision rules left out.
+    since: Since | None = None
 
     @property
     def errors(self) -> list[Finding]:
@@ -110,6 +134,7 @@ class ValidationReport:
             "findings": [f.as_dict() for f in self.findings],
             "skipped": [asdict(s) for s in self.skipped],
             "passed": self.passed,
+            **({"since": asdict(self.since)} if self.since is not None else {}),
         }
 
 
@@ -224,13 +249,19 @@ class Context:
         script_location: str,
         strict: bool,
         metadata: MetaData | None,
+        since: str | None = None,
+        progress: Progress | None = None,
     ) -> None:
         self.database_url = database_url
         self.script_location = script_location
         self.strict = strict
+        self.since = since
+        self.progress = progress
         self._metadata = metadata
         self._cleanup = contextlib.ExitStack()
         self._scratch: _Scratch | Skip | None = None
+        self._steps = (0, 0)
+        self.schema_reader = SchemaReader()
 
     def close(self) -> None:
         self._cleanup.close()
@@ -275,12 +306,31 @@ class Context:
         return self.manager._chain
 
     @cached_property
-    def lint(self) -> list[Finding]:
-        """The linter's findings for every revision (orchestrator.migrations.lint)."""
+    def since_position(self) -> int:
+        """How many revisions, from the first, `since` leaves to the chain rules (0: none)."""
+        if self.since is None:
+            return 0
         self.require_chain()
+        if self.since not in self.chain:
+            from orchestrator.migrations.errors import UnknownRevisionError
+
+            raise UnknownRevisionError(
+                f"--since {self.since}: no such revision in {self.script_location}; give one "
+                "that `orchestrator db history` lists"
+            )
+        return self.chain.index(self.since) + 1
+
+    @cached_property
+    def lint(self) -> list[Finding]:
+        """The linter's findings for every revision (orchestrator.migrations.lint); with
+        `since`, for the revisions after it (the linter still reads the older ones: what they
+        created decides whether a later change is dangerous)."""
+        self.require_chain()
+        checked = set(self.chain[self.since_position:])
         return [
             Finding(f.code, f.name, self.severity(), f.message, f.fix, f.file, f.line)
             for f in lint.lint(self.manager.script, self.chain)
+            if f.revision in checked
         ]
 
     def script_for(self, revision: str) -> ScriptFile:
@@ -306,6 +356,7 @@ class Context:
             # Tried once already: several rules need it, one unreachable server is enough.
             raise Skip(str(self._scratch))
         if self._scratch is None:
+            stops = self._stops()
             try:
                 url = self._cleanup.enter_context(scratch_database(self.database_url))
             except Skip as skip:
@@ -313,11 +364,44 @@ class Context:
                 raise
             self._scratch = _Scratch(url, self)
             self._cleanup.callback(self._scratch.close)
-            self._scratch.climb()
+            round_trip = len(self.chain) - self.since_position
+            self._steps = (0, len(self.chain) + 3 * round_trip)
+            self._scratch.climb(stops)
         return self._scratch
+
+    def _stops(self) -> set[int]:
+        """Where the climb takes a snapshot: every position the round trip compares with,
+        and the live database's (for the drift rule)."""
+        stops = set(range(self.since_position, len(self.chain) + 1))
+        if self.since_position:
+            with contextlib.suppress(Skip):
+                status = self.live_status()
+                if not (status.ahead or status.unversioned):
+                    stops.add(self.manager._position(status.current))
+        return stops
+
+    def steps_done(self, count: int) -> None:
+        """`count` more migration steps ran on the scratch database."""
+        done, total = self._steps
+        self._steps = (done + count, total)
+        if self.progress is not None:
+            self.progress.step(done + count, total)
 
     def severity(self) -> str:
         return ERROR if self.strict else WARNING
+
+
+class Progress:
+    """What `validate()` reports as it goes; the CLI draws it (a bar, or a line per rule)."""
+
+    def rule_started(self, rule: Rule) -> None:
+        """`rule` begins."""
+
+    def step(self, done: int, total: int) -> None:
+        """A migration step on the scratch database ended: `done` of about `total`."""
+
+    def rule_done(self, rule: Rule, seconds: float, outcome: str) -> None:
+        """`rule` ended after `seconds`: "passed", "N findings" or "skipped"."""
 
 
 # -- the rules ----------------------------------------------------------------------------
@@ -407,7 +491,7 @@ def no_drift(ctx: Context) -> list[Finding]:
         raise Skip(f"the database is not at a revision these scripts know ({status.current})")
     scratch = ctx.scratch
     position = ctx.manager._position(status.current)
-    if position >= len(scratch.snapshots):
+    if position > scratch.reached:
         raise Skip("the migrations do not reach the database's revision on a fresh database")
     live = schema_snapshot(ctx.database_url)
     fix = (
@@ -462,7 +546,7 @@ def _lint_rule(code: str) -> Callable[[Context], list[Finding]]:
 def round_trip(ctx: Context) -> list[Finding]:
     """Round trip. Upgrading, downgrading and upgrading again on a fresh database must give the
     same schema at every step, or a rollback leaves debris that the next upgrade trips on."""
-    return ctx.scratch.round_trip()
+    return ctx.scratch.round_trip(lowest=ctx.since_position)
 
 
 @dataclass(frozen=True)
@@ -487,6 +571,10 @@ RULES = (
 )
 
 
+# Rules that migrate or render each revision: with `since`, they judge only the newer ones.
+_PER_REVISION = frozenset({"MIG008", *(rule.code for rule in lint.RULES)})
+
+
 def validate(
     database_url: str,
     *,
@@ -494,30 +582,112 @@ def validate(
     strict: bool = False,
     metadata: MetaData | None = None,
     rules: Iterable[str] | None = None,
+    since: str | None = None,
+    progress: Progress | None = None,
 ) -> ValidationReport:
-    """Run the rules (all, or those whose codes are given) and report what they found."""
+    """Run the rules (all, or those whose codes are given) and report what they found.
+
+    With `since` (a revision of the chain), the rules that migrate or render each revision
+    (the round trip, the dangerous operations) judge only the revisions after it; the chain
+    rules, the models, drift and checksums still cover everything."""
+    import time
+
     from orchestrator.migrations.rehearse.copies import remove_stale
 
     selected = set(rules) if rules is not None else None
     report = ValidationReport(strict=strict)
     # Copies left by rehearsals that were killed (SIGKILL gives them no chance to clean up).
     remove_stale(database_url)
-    ctx = Context(database_url, script_location, strict, metadata)
+    ctx = Context(database_url, script_location, strict, metadata, since, progress)
     try:
+        if since is not None:
+            with contextlib.suppress(Skip):  # a broken chain: the rules say so
+                ctx.since_position  # noqa: B018 - an unknown revision is refused before any rule
         for rule in RULES:
             if selected is not None and rule.code not in selected:
                 continue
+            if progress is not None:
+                progress.rule_started(rule)
+            started = time.perf_counter()
             try:
                 findings = rule.check(ctx)
             except Skip as skip:
                 report.skipped.append(Skipped(rule.code, rule.name, str(skip)))
-                continue
-            report.findings.extend(findings)
-            if not findings:
-                report.passed.append(rule.code)
+                outcome = "skipped"
+            else:
+                report.findings.extend(findings)
+                if not findings:
+                    report.passed.append(rule.code)
+                outcome = f"{len(findings)} finding{'s' * (len(findings) != 1)}" if findings \
+                    else "passed"
+            if progress is not None:
+                progress.rule_done(rule, time.perf_counter() - started, outcome)
+        report.since = _narrowed(ctx, report)
     finally:
         ctx.close()
     return report
+
+
+def _narrowed(ctx: Context, report: ValidationReport) -> Since | None:
+    """What `since` left out, for the report."""
+    if ctx.since is None or "since_position" not in ctx.__dict__:
+        return None
+    skipped = {s.code for s in report.skipped}
+    codes = [code for code in (*report.passed, *sorted(report.codes()))
+             if code in _PER_REVISION and code not in skipped]
+    codes = sorted(set(codes), key=[rule.code for rule in RULES].index)
+    position = ctx.since_position
+    return Since(
+        revision=ctx.since,
+        rules=codes,
+        checked=list(ctx.chain[position:]),
+        not_checked=list(ctx.chain[:position]),
+        reason=f"they are {ctx.since} and older: applied revisions do not change (MIG006 "
+               "compares their checksums), and they were validated when they were new",
+    )
+
+
+class GitRefError(MigrationError):
+    """`--since-git` names a ref git cannot resolve, or the scripts are not in a git checkout."""
+
+
+def newest_revision_on_git_ref(
+    ref: str, database_url: str, script_location: str = SCRIPT_DIRECTORY
+) -> str | None:
+    """The newest revision of the chain whose script is present on git `ref` (None: none is).
+
+    A script counts as present when its file exists at the same path on `ref`: what a branch
+    such as `origin/main` has is what was merged, reviewed and validated there."""
+    import subprocess
+
+    from orchestrator.migrations.manager import MigrationManager
+
+    with MigrationManager(database_url, script_location=script_location) as manager:
+        versions = Path(manager.script.versions).resolve()
+        chain = manager._chain
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run(["git", "-C", str(versions), *args], capture_output=True,
+                                  text=True, timeout=60)
+        except FileNotFoundError:
+            raise GitRefError(f"--since-git {ref}: git is not installed; install it or give "
+                              "the revision with --since REV") from None
+
+    top = git("rev-parse", "--show-toplevel")
+    if top.returncode != 0:
+        raise GitRefError(f"--since-git {ref}: {versions} is not in a git checkout; give the "
+                          "revision with --since REV")
+    if git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").returncode != 0:
+        raise GitRefError(f"--since-git {ref}: no such branch, tag or commit in "
+                          f"{top.stdout.strip()}; fetch it first (`git fetch origin main`) or "
+                          "name one that exists")
+    listed = git("ls-tree", "-r", "--name-only", "--full-name", ref, "--", ".")
+    root = Path(top.stdout.strip()).resolve()
+    present = {(root / line).resolve() for line in listed.stdout.splitlines()}
+    on_ref = {script.revision for script in read_scripts(versions) if script.path.resolve() in present}
+    found = [revision for revision in chain if revision in on_ref]
+    return found[-1] if found else None
 
 
 # -- the chain ----------------------------------------------------------------------------
@@ -613,7 +783,6 @@ def _does_nothing(function: ast.FunctionDef) -> bool:
 
 def schema_snapshot(database_url: str) -> dict[str, dict[str, Any]]:
     """Tables with their columns, keys, indexes and checks, in a form that compares with ==."""
-    from sqlalchemy import inspect
     from sqlalchemy.pool import NullPool
 
     from orchestrator.db import create_engine
@@ -621,38 +790,186 @@ def schema_snapshot(database_url: str) -> dict[str, dict[str, Any]]:
     engine = create_engine(database_url, poolclass=NullPool)
     try:
         with engine.connect() as connection:
-            inspector = inspect(connection)
-            dialect = connection.dialect
-            snapshot: dict[str, dict[str, Any]] = {}
-            for table in sorted(set(inspector.get_table_names()) - _BOOKKEEPING):
-                snapshot[table] = {
-                    "columns": {
-                        c["name"]: (c["type"].compile(dialect=dialect), c["nullable"],
-                                    str(c.get("default")))
-                        for c in inspector.get_columns(table)
-                    },
-                    "primary key": tuple(inspector.get_pk_constraint(table)["constrained_columns"]),
-                    "foreign keys": sorted(
-                        (fk["name"] or "", tuple(fk["constrained_columns"]), fk["referred_table"],
-                         tuple(fk["referred_columns"]), str(fk.get("options", {}).get("ondelete")))
-                        for fk in inspector.get_foreign_keys(table)
-                    ),
-                    "indexes": sorted(
-                        (i["name"] or "", tuple(i["column_names"]), bool(i["unique"]))
-                        for i in inspector.get_indexes(table)
-                    ),
-                    "unique constraints": sorted(
-                        (u["name"] or "", tuple(u["column_names"]))
-                        for u in inspector.get_unique_constraints(table)
-                    ),
-                    "checks": sorted(
-                        (c["name"] or "", _condition(c["sqltext"]))
-                        for c in inspector.get_check_constraints(table)
-                    ),
-                }
-            return snapshot
+            return SchemaReader().snapshot(connection)
     finally:
         engine.dispose()
+
+
+# One catalog query per snapshot: every table with everything its reflection reads (its
+# definition and its indexes' on SQLite; columns, defaults, constraints and indexes as the
+# server prints them on PostgreSQL). A table whose entry is unchanged is not reflected again.
+_SQLITE_CATALOG = (
+    "SELECT tbl_name, type, name, sql FROM sqlite_master "
+    "WHERE tbl_name NOT LIKE 'sqlite~_%' ESCAPE '~' ORDER BY tbl_name, type, name"
+)
+_POSTGRES_CATALOG = """
+SELECT c.oid, concat_ws(E'\\n',
+  (SELECT string_agg(concat_ws(':', a.attname, format_type(a.atttypid, a.atttypmod),
+                               a.attnotnull, pg_get_expr(d.adbin, d.adrelid), a.attidentity,
+                               a.attgenerated, a.attcollation), ',' ORDER BY a.attnum)
+   FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+   WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+  (SELECT string_agg(concat_ws(' ', k.conname, k.contype, pg_get_constraintdef(k.oid)), ','
+                     ORDER BY k.conname)
+   FROM pg_constraint k WHERE k.conrelid = c.oid),
+  (SELECT string_agg(pg_get_indexdef(x.indexrelid), ',' ORDER BY x.indexrelid::regclass::text)
+   FROM pg_index x WHERE x.indrelid = c.oid))
+FROM pg_class c
+WHERE c.oid = ANY(CAST(:tables AS oid[]))
+"""
+# The tables, with how many indexes and constraints each has (a DROP INDEX or DROP CONSTRAINT
+# deletes catalog rows and may write none), and the first transaction whose catalog changes a
+# later snapshot must look at: ours when we have written, else the oldest one still running.
+_POSTGRES_TABLES = """
+SELECT c.relname, c.oid, coalesce(x.n, 0), coalesce(k.n, 0),
+       (SELECT coalesce(txid_current_if_assigned(), txid_snapshot_xmin(txid_current_snapshot()))
+        % 4294967296)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN (SELECT indrelid, count(*) AS n FROM pg_index GROUP BY indrelid) x ON x.indrelid = c.oid
+LEFT JOIN (SELECT conrelid, count(*) AS n FROM pg_constraint GROUP BY conrelid) k
+  ON k.conrelid = c.oid
+WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')
+"""
+# The tables with a catalog row written since transaction :since (any DDL on a table writes
+# one: its own, its columns', defaults', constraints', indexes', its referred tables' or its
+# column types'): only their definitions are printed again.
+_POSTGRES_TOUCHED = """
+SELECT attrelid FROM pg_attribute WHERE xmin::text::bigint >= :since
+UNION SELECT oid FROM pg_class WHERE xmin::text::bigint >= :since
+UNION SELECT adrelid FROM pg_attrdef WHERE xmin::text::bigint >= :since
+UNION SELECT conrelid FROM pg_constraint WHERE xmin::text::bigint >= :since
+UNION SELECT k.conrelid FROM pg_constraint k JOIN pg_class r ON r.oid = k.confrelid
+  WHERE r.xmin::text::bigint >= :since
+UNION SELECT k.conrelid FROM pg_constraint k JOIN pg_attribute ra ON ra.attrelid = k.confrelid
+  WHERE ra.xmin::text::bigint >= :since
+UNION SELECT indrelid FROM pg_index WHERE xmin::text::bigint >= :since
+UNION SELECT x.indrelid FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+  WHERE i.xmin::text::bigint >= :since
+UNION SELECT a.attrelid FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+  WHERE t.xmin::text::bigint >= :since
+"""
+
+
+class SchemaReader:
+    """Schema snapshots of databases of one kind, each from one catalog query: a table is
+    reflected (SQLAlchemy's inspector, as `schema_snapshot` always did) only when its catalog
+    entry is one this reader has not reflected yet, so a step that changes one table costs
+    one table's reflection, not the whole schema's."""
+
+    def __init__(self) -> None:
+        self._reflected: dict[tuple[str, Any], dict[str, Any]] = {}
+        # SQLite: whether a table's catalog entry has a REFERENCES without columns.
+        self._implicit: dict[tuple, bool] = {}
+        # PostgreSQL: each table's (by oid) index and constraint counts and printed
+        # definition, and the first transaction whose changes they may not include.
+        self._definitions: dict[int, tuple[tuple[int, int], str]] = {}
+        self._since: int | None = None
+
+    def snapshot(self, connection) -> dict[str, dict[str, Any]]:
+        """The schema `connection` sees now (it reads in the connection's transaction)."""
+        from sqlalchemy import inspect
+
+        entries = self._catalog(connection)
+        inspector = None
+        snapshot: dict[str, dict[str, Any]] = {}
+        for table in sorted(set(entries) - _BOOKKEEPING):
+            key = (table, entries[table])
+            if key not in self._reflected:
+                inspector = inspector or inspect(connection)
+                self._reflected[key] = _reflect(inspector, table, connection.dialect)
+            snapshot[table] = self._reflected[key]
+        return snapshot
+
+    def _catalog(self, connection) -> dict[str, Any]:
+        """Each table's catalog entry: what its reflection depends on."""
+        if connection.dialect.name != "sqlite":
+            return self._postgres_catalog(connection)
+        # The driver's cursor, in the connection's transaction: hundreds of rows per snapshot.
+        cursor = connection.connection.cursor()
+        try:
+            rows = cursor.execute(_SQLITE_CATALOG).fetchall()
+        finally:
+            cursor.close()
+        entries: dict[str, list[tuple]] = {}
+        for table, kind, _name, _sql in rows:
+            if kind == "table":
+                entries[table] = []
+        for table, kind, name, sql in rows:
+            if table in entries:
+                entries[table].append((kind, name, sql))
+        keys: dict[str, tuple] = {}
+        for table, entry in entries.items():
+            key = keys[table] = tuple(entry)
+            if key not in self._implicit:
+                self._implicit[key] = any(_refers_implicitly(sql) for _, _, sql in entry)
+        # A foreign key without a column list refers to the other table's primary key: such a
+        # table is read again whenever anything changed.
+        everything = hash(tuple(rows)) if any(map(self._implicit.get, keys.values())) else None
+        return {table: (key, everything if self._implicit[key] else None)
+                for table, key in keys.items()}
+
+    def _postgres_catalog(self, connection) -> dict[str, Any]:
+        """Each table's printed definition, printed again only for the tables whose catalog
+        rows were written since the last snapshot (or whose counts changed)."""
+        from sqlalchemy import text
+
+        tables = connection.execute(text(_POSTGRES_TABLES)).all()
+        horizon = tables[0][4] if tables else None
+        stale = {oid for _, oid, indexes, constraints, _ in tables
+                 if self._definitions.get(oid, (None,))[0] != (indexes, constraints)}
+        if self._since is not None and horizon is not None and horizon >= self._since:
+            stale |= set(connection.execute(text(_POSTGRES_TOUCHED),
+                                            {"since": self._since}).scalars())
+        else:  # the first snapshot (or transaction ids wrapped around): everything
+            stale = {oid for _, oid, *_ in tables}
+        counts = {oid: (indexes, constraints) for _, oid, indexes, constraints, _ in tables}
+        stale &= set(counts)
+        if stale:
+            printed = connection.execute(text(_POSTGRES_CATALOG),
+                                         {"tables": [str(oid) for oid in stale]}).all()
+            for oid, definition in printed:
+                self._definitions[oid] = (counts[oid], definition)
+        if horizon is not None:
+            self._since = horizon
+        return {table: self._definitions[oid][1] for table, oid, *_ in tables}
+
+
+_REFERENCES_COLUMNS = re.compile(r'REFERENCES\s+(?:"[^"]*"|`[^`]*`|\[[^\]]*\]|[^\s(]+)\s*\(',
+                                 re.IGNORECASE)
+
+
+def _refers_implicitly(sql: str | None) -> bool:
+    """Whether a table's SQL may have a REFERENCES without its column list."""
+    if not sql:
+        return False
+    return sql.upper().count("REFERENCES") != len(_REFERENCES_COLUMNS.findall(sql))
+
+
+def _reflect(inspector, table: str, dialect) -> dict[str, Any]:
+    return {
+        "columns": {
+            c["name"]: (c["type"].compile(dialect=dialect), c["nullable"], str(c.get("default")))
+            for c in inspector.get_columns(table)
+        },
+        "primary key": tuple(inspector.get_pk_constraint(table)["constrained_columns"]),
+        "foreign keys": sorted(
+            (fk["name"] or "", tuple(fk["constrained_columns"]), fk["referred_table"],
+             tuple(fk["referred_columns"]), str(fk.get("options", {}).get("ondelete")))
+            for fk in inspector.get_foreign_keys(table)
+        ),
+        "indexes": sorted(
+            (i["name"] or "", tuple(i["column_names"]), bool(i["unique"]))
+            for i in inspector.get_indexes(table)
+        ),
+        "unique constraints": sorted(
+            (u["name"] or "", tuple(u["column_names"]))
+            for u in inspector.get_unique_constraints(table)
+        ),
+        "checks": sorted(
+            (c["name"] or "", _condition(c["sqltext"]))
+            for c in inspector.get_check_constraints(table)
+        ),
+    }
 
 
 _CAST = re.compile(r"::[a-z_ ]+(?:\[\])*")
@@ -671,6 +988,8 @@ def diff_schemas(expected: dict[str, dict], actual: dict[str, dict]) -> list[str
     differences += [f"table {t} is extra" for t in sorted(set(actual) - set(expected))]
     for table in sorted(set(expected) & set(actual)):
         want, have = expected[table], actual[table]
+        if want is have:  # the same reflection, cached (SchemaReader)
+            continue
         for column in sorted(set(want["columns"]) | set(have["columns"])):
             a, b = want["columns"].get(column), have["columns"].get(column)
             if a != b:
@@ -732,74 +1051,190 @@ def scratch_database(database_url: str) -> Iterator[str]:
         admin.dispose()
 
 
+class _StepFailed(Exception):
+    """A scratch step failed: which revision, which way, and the error `db upgrade` or
+    `db downgrade` would have raised."""
+
+    def __init__(self, revision: str, upgrading: bool, error: MigrationError) -> None:
+        super().__init__(str(error))
+        self.revision = revision
+        self.upgrading = upgrading
+        self.error = error
+
+
+class _Different(Exception):
+    """A round-trip step left another schema than the one first built there."""
+
+    def __init__(self, finding: Finding) -> None:
+        super().__init__(finding.message)
+        self.finding = finding
+
+
 class _Scratch:
-    """The migrations run on an empty database: up one step at a time, then down and up again."""
+    """The migrations run on an empty database: up one step at a time, then down and up again.
+
+    Every step runs through Alembic and the scripts' own env.py, as `db upgrade` runs it (one
+    transaction per revision), on one connection held for the whole validation, with the
+    scripts Alembic loaded once for every rule: a step costs the step, not a reload of the
+    chain and a new connection.
+    """
 
     def __init__(self, url: str, ctx: Context) -> None:
-        from orchestrator.migrations.manager import MigrationManager
+        from sqlalchemy.pool import NullPool
+
+        from orchestrator.db import create_engine
+        from orchestrator.migrations.manager import MigrationManager, alembic_config
 
         self.url = url
         self.ctx = ctx
+        # Names a failed step as `db upgrade` and `db downgrade` would.
         self.manager = MigrationManager(url, script_location=ctx.script_location)
-        # snapshots[n]: the schema after the n-th revision (0: base).
-        self.snapshots: list[dict[str, dict]] = []
+        self.script = ctx.manager.script
+        self.config = alembic_config(url, script_location=ctx.script_location)
+        self.config.attributes["db_lock_timeout"] = self.manager.db_lock_timeout
+        self.reader = ctx.schema_reader
+        # snapshots[n]: the schema after the n-th revision (0: base), at the positions asked for.
+        self.snapshots: dict[int, dict[str, dict]] = {}
+        # The position the climb reached (revisions applied without error).
+        self.reached = 0
         self.failed: Finding | None = None
         self.model_differences: list[str] = []
+        self._engine = create_engine(url, poolclass=NullPool)
+        self.connection = self._engine.connect()
+        # The database is thrown away afterwards: no flush to disk at each of its commits.
+        if self.connection.dialect.name == "sqlite":
+            self.connection.connection.driver_connection.execute("PRAGMA synchronous=OFF")
+        else:
+            self.connection.exec_driver_sql("SET synchronous_commit = off")
+            self.connection.commit()
 
     def close(self) -> None:
+        self.connection.close()
+        self._engine.dispose()
         self.manager.close()
 
-    def climb(self) -> None:
-        self.snapshots.append(schema_snapshot(self.url))
-        for revision in self.ctx.chain:
-            try:
-                self.manager.upgrade(revision)
-            except MigrationError as exc:
-                self.failed = self._finding(revision, "upgrade", f"upgrade fails on a fresh "
-                                            f"database: {exc}", "fix upgrade() so that it runs "
-                                            "from the previous revision's schema")
-                return
-            self.snapshots.append(schema_snapshot(self.url))
+    def snapshot(self) -> dict[str, dict]:
+        """The schema now, outside a migration run."""
+        try:
+            return self.reader.snapshot(self.connection)
+        finally:
+            self.connection.rollback()
+
+    def climb(self, stops: set[int]) -> None:
+        """Up to head, one revision at a time, with a snapshot at each position in `stops`."""
+        chain = self.ctx.chain
+        if 0 in stops:
+            self.snapshots[0] = self.snapshot()
+
+        def applied(index: int) -> None:
+            self.reached = index + 1
+            if self.reached in stops:
+                # In the step's transaction, on its connection: what the step built.
+                self.snapshots[self.reached] = self.reader.snapshot(self.connection)
+
+        try:
+            self._run([(revision, True) for revision in chain], applied)
+        except _StepFailed as failed:
+            self.failed = self._finding(failed.revision, "upgrade", f"upgrade fails on a "
+                                        f"fresh database: {failed.error}", "fix upgrade() so "
+                                        "that it runs from the previous revision's schema")
+            return
         self.model_differences = self._compare_models()
 
-    def round_trip(self) -> list[Finding]:
-        """From head down to base, each revision: down, up again, and down (pytest-alembic's
-        up/down consistency), comparing the schema with the one first built at every stop."""
+    def round_trip(self, lowest: int = 0) -> list[Finding]:
+        """From head down to the revision after position `lowest`, each revision: down, up
+        again, and down (pytest-alembic's up/down consistency), comparing the schema with the
+        one first built at every stop."""
         if self.failed is not None:
             return [self.failed]
         chain = self.ctx.chain
-        for position in range(len(chain), 0, -1):
+        positions = []
+        for position in range(len(chain), lowest, -1):
+            if self.ctx.script_for(chain[position - 1]).irreversible:
+                break  # downgrade refuses to cross it, by design
+            positions.append(position)
+        steps = [(chain[p - 1], upgrading) for p in positions for upgrading in (False, True, False)]
+
+        def applied(index: int) -> None:
+            position, phase = positions[index // 3], index % 3
             revision = chain[position - 1]
-            if self.ctx.script_for(revision).irreversible:
-                return []  # downgrade refuses to cross it, by design
             below = chain[position - 2] if position > 1 else "base"
-            try:
-                self.manager.downgrade(below)
-            except MigrationError as exc:
-                return [self._finding(revision, "downgrade", f"downgrade fails: {exc}",
-                                      "fix downgrade() so that it runs from this revision's "
-                                      "schema")]
-            differences = diff_schemas(self.snapshots[position - 1], schema_snapshot(self.url))
-            if differences:
-                return [self._finding(
+            if phase == 2:
+                return
+            differences = diff_schemas(self.snapshots[position - 1 + phase],
+                                       self.reader.snapshot(self.connection))
+            if not differences:
+                return
+            if phase == 0:
+                raise _Different(self._finding(
                     revision, "downgrade",
                     f"downgrade does not restore the schema of {below}: " + "; ".join(differences),
-                    "make downgrade() undo exactly what upgrade() does")]
-            try:
-                self.manager.upgrade(revision)
-            except MigrationError as exc:
-                return [self._finding(revision, "upgrade", f"upgrade fails the second time, "
-                                      f"after its downgrade: {exc}", "make downgrade() remove "
-                                      "everything upgrade() adds, data included")]
-            differences = diff_schemas(self.snapshots[position], schema_snapshot(self.url))
-            if differences:
-                return [self._finding(
-                    revision, "upgrade",
-                    "upgrading again after its downgrade gives another schema: "
-                    + "; ".join(differences),
-                    "make upgrade() depend only on the previous revision's schema")]
-            self.manager.downgrade(below)
+                    "make downgrade() undo exactly what upgrade() does"))
+            raise _Different(self._finding(
+                revision, "upgrade",
+                "upgrading again after its downgrade gives another schema: "
+                + "; ".join(differences),
+                "make upgrade() depend only on the previous revision's schema"))
+
+        try:
+            self._run(steps, applied)
+        except _Different as different:
+            return [different.finding]
+        except _StepFailed as failed:
+            if failed.upgrading:
+                return [self._finding(failed.revision, "upgrade", f"upgrade fails the second "
+                                      f"time, after its downgrade: {failed.error}", "make "
+                                      "downgrade() remove everything upgrade() adds, data "
+                                      "included")]
+            return [self._finding(failed.revision, "downgrade", f"downgrade fails: "
+                                  f"{failed.error}", "fix downgrade() so that it runs from "
+                                  "this revision's schema")]
         return []
+
+    def _run(self, steps: list[tuple[str, bool]], applied: Callable[[int], None]) -> None:
+        """Run `steps` ((revision, upgrading), in order) in one Alembic run through the scripts'
+        env.py, each in its own transaction as `db upgrade` runs them; `applied(i)` is called in
+        step i's transaction once the step is done (raising stops the run, the step rolled
+        back)."""
+        from alembic.runtime.environment import EnvironmentContext
+        from alembic.runtime.migration import MigrationStep
+
+        revision_map = self.script.revision_map
+        plan = [
+            (MigrationStep.upgrade_from_script if upgrading else
+             MigrationStep.downgrade_from_script)(revision_map, self.script.get_revision(revision))
+            for revision, upgrading in steps
+        ]
+        done = 0
+
+        def step_done(**_: Any) -> None:
+            nonlocal done
+            index = done
+            done += 1
+            self.ctx.steps_done(1)
+            applied(index)
+
+        attributes = self.config.attributes
+        attributes.update(connection=self.connection, on_version_apply=step_done)
+        try:
+            with EnvironmentContext(self.config, self.script, fn=lambda _heads, _ctx: plan,
+                                    as_sql=False, starting_rev=None, destination_rev=None):
+                self.script.run_env()
+        except _Different:
+            self._end_transaction()
+            raise
+        except Exception as exc:
+            self._end_transaction()
+            # A step fails before it is counted: the first one not done.
+            revision, upgrading = steps[min(done, len(steps) - 1)]
+            raise _StepFailed(revision, upgrading,
+                              self.manager.step_failure(exc, revision, upgrading)) from exc
+        finally:
+            attributes.pop("connection", None)
+            attributes.pop("on_version_apply", None)
+
+    def _end_transaction(self) -> None:
+        self.connection.rollback()  # nothing to do when Alembic already rolled the step back
 
     def _finding(self, revision: str, function: str, message: str, fix: str) -> Finding:
         script = self.ctx.script_for(revision)
@@ -810,23 +1245,19 @@ class _Scratch:
     def _compare_models(self) -> list[str]:
         from alembic.autogenerate import compare_metadata
         from alembic.migration import MigrationContext
-        from sqlalchemy.pool import NullPool
 
-        from orchestrator.db import create_engine
         from orchestrator.migrations.environment import include_object
 
-        engine = create_engine(self.url, poolclass=NullPool)
         try:
-            with engine.connect() as connection:
-                context = MigrationContext.configure(
-                    connection,
-                    opts={"compare_type": True, "include_object": include_object,
-                          "target_metadata": self.ctx.metadata},
-                )
-                differences = compare_metadata(context, self.ctx.metadata)
-                return [_describe_diff(diff) for diff in _flatten(differences)]
+            context = MigrationContext.configure(
+                self.connection,
+                opts={"compare_type": True, "include_object": include_object,
+                      "target_metadata": self.ctx.metadata},
+            )
+            differences = compare_metadata(context, self.ctx.metadata)
+            return [_describe_diff(diff) for diff in _flatten(differences)]
         finally:
-            engine.dispose()
+            self.connection.rollback()
 
 
 def _flatten(diffs: list) -> Iterator[tuple]:
