@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
     from orchestrator.migrations.backup import BackupInfo, Progress, RestoreReport
     from orchestrator.migrations.history import ChangedScript, HistoryEntry
+    from orchestrator.migrations.preview import DowngradePreview
 
 logger = logging.getLogger(__name__)
 
@@ -218,6 +219,8 @@ class MigrationManager:
         self.backup_progress = backup_progress
         # The backup taken by the last upgrade or downgrade, if any.
         self.last_backup: BackupInfo | None = None
+        # What the last downgrade destroyed, as read under the migration lock before it ran.
+        self.last_preview: DowngradePreview | None = None
         # Another scripts folder serves tests and the validator; the default is the project's.
         self.script_location = script_location
         self.lock_timeout = lock_timeout
@@ -233,6 +236,7 @@ class MigrationManager:
         self._lock_connection: Connection | None = None
         # Whether this manager holds the migration lock now.
         self._lock_held = False
+        self._backup_for_loss = False
 
     @classmethod
     def from_settings(cls, settings, **kwargs: Any) -> MigrationManager:
@@ -388,6 +392,18 @@ class MigrationManager:
                 )
         return plan
 
+    def preview_downgrade(self, plan: list[str]) -> DowngradePreview:
+        """What undoing `plan` (from `plan_downgrade`) destroys: the tables it drops with their
+        rows, the columns with their non-null values (`DowngradePreview`)."""
+        from orchestrator.migrations.preview import preview
+
+        with self._reading() as connection:
+            try:
+                return preview(connection, self.script, plan, self._table_names(connection))
+            finally:
+                if connection is not self._lock_connection:
+                    connection.rollback()
+
     # -- changing ------------------------------------------------------------------------
 
     def upgrade(
@@ -410,17 +426,23 @@ class MigrationManager:
             return self._run(command.upgrade, plan[-1], plan)
 
     def downgrade(self, target: str, *, revision: str | None = None) -> list[str]:
-        """Undo revisions down to `target` (an id, `-N` or `base`); returns what was undone."""
+        """Undo revisions down to `target` (an id, `-N` or `base`); returns what was undone.
+
+        What it destroys is read first (`last_preview`); when that is any data, a backup is
+        taken first whatever BACKUP_BEFORE_MIGRATE says (`last_backup`)."""
         from alembic import command
 
         target = revision or target
+        self.last_preview = None
         planned = _Planner(self.plan_downgrade, target)
         with self._migration_lock(still_needed=lambda: bool(planned())) as held:
             plan = planned() if held else []
             if not plan:
                 return []
+            self.last_preview = self.preview_downgrade(plan)
             destination = self._script_for(plan[-1]).down_revision or "base"
-            return self._run(command.downgrade, destination, plan)
+            return self._run(command.downgrade, destination, plan,
+                             backup=self.last_preview.loses_data)
 
     def stamp(self, revision: str) -> None:
         """Record `revision` as the database's revision without running any migration."""
@@ -666,6 +688,11 @@ class MigrationManager:
         try:
             self.last_backup = take()
         except BackupError as exc:
+            if self._backup_for_loss:
+                raise type(exc)(
+                    f"{exc} (no {action} that destroys data without a backup taken before it;"
+                    " make room for it, or set BACKUP_DIR to a writable folder)"
+                ) from exc
             raise type(exc)(
                 f"{exc} (no {action} without the backup taken before it; to go without, "
                 "set BACKUP_BEFORE_MIGRATE=false)"
@@ -937,8 +964,10 @@ class MigrationManager:
             finally:
                 self._lock_connection = None
 
-    def _run(self, command_fn: Callable[..., Any], destination: str, plan: list[str]) -> list[str]:
-        """Run an Alembic command on our own connection and report what it did.
+    def _run(self, command_fn: Callable[..., Any], destination: str, plan: list[str],
+             backup: bool = False) -> list[str]:
+        """Run an Alembic command on our own connection and report what it did; `backup`:
+        take a backup first even when BACKUP_BEFORE_MIGRATE is off.
 
         With a backup first (BACKUP_BEFORE_MIGRATE), on PostgreSQL the backup is a snapshot
         taken before, and each revision commits on its own. On SQLite the backup and every
@@ -950,8 +979,11 @@ class MigrationManager:
 
         action = command_fn.__name__
         self.last_backup = None
-        backup = None
         whole = self._wants_backup()
+        # Taken because data would be lost, not because the setting asks for it.
+        self._backup_for_loss = backup and not whole
+        whole = whole or backup
+        backup = None
         if whole and self.dialect != "sqlite":
             backup = self._backup_before(
                 action, lambda: self._backup(f"before-{action}", None, None))
