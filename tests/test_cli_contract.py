@@ -434,8 +434,11 @@ def test_downgrade_names_each_revision_once_and_its_backup_before_the_result(
         "  004  Add api_tokens: the bearer tokens that authenticate API requests.",
         "  003  Add the indexes that task queries use.",
     ]
-    assert lines[3].startswith("Backed up first, at 004: ")
-    assert re.fullmatch(r"Undid 004, 003 in \d+\.\d\ds\.", lines[4]) and len(lines) == 5
+    # What it destroys (docs/migrations.md, "What a downgrade destroys"): empty here.
+    assert lines[3:6] == ["It destroys:", "  table api_tokens: 0 rows (004)",
+                          "They hold no data; a backup is taken first (BACKUP_BEFORE_MIGRATE)."]
+    assert lines[6].startswith("Backed up first, at 004: ")
+    assert re.fullmatch(r"Undid 004, 003 in \d+\.\d\ds\.", lines[7]) and len(lines) == 8
 
 
 def test_upgrade_says_where_it_backed_up_before_its_steps(run_here, sqlite_url, tmp_path):
