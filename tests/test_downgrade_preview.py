@@ -216,3 +216,25 @@ def test_production_asks_after_showing_what_is_destroyed(development, db_url, ba
     assert "  table api_tokens: 1 row (004)" in result.stdout
     assert "refusing to downgrade production without confirmation" in result.stderr
     assert scalar(db_url, "SELECT count(*) FROM api_tokens") == 1
+
+
+def test_drops_of_what_the_database_lacks_destroy_nothing_and_bad_sql_is_unknown(
+    sqlite_url, tmp_path, backups
+):
+    scripts = copy_scripts(tmp_path)
+    add_revision(scripts, "pass", '''
+        op.execute("DROP TABLE IF EXISTS ghost")
+        op.execute("ALTER TABLE tasks DROP COLUMN IF EXISTS ghost")
+        op.execute("ALTER TABLE ghost DROP COLUMN IF EXISTS ghost")
+        op.drop_column("agents", "name")
+        op.execute("DROP TABLE IF EXISTS agents")
+        op.execute("DROP TABL agents")
+    ''')
+    with MigrationManager(sqlite_url, script_location=str(scripts), backup_dir=backups) as manager:
+        manager.upgrade()
+        seed_rows(sqlite_url)
+        preview = manager.preview_downgrade(manager.plan_downgrade("-1"))
+    # The column goes with its table; the misspelt statement cannot be read.
+    assert preview.tables == (DroppedTable("005", "agents", 1),) and preview.columns == ()
+    assert [u.revision for u in preview.unknown] == ["005"]
+    assert preview.unknown[0].reason.startswith("unparsable SQL: ")
