@@ -467,22 +467,25 @@ def archive_naming_a_lost_role(postgres_url, tmp_path):
 
 
 @pytest.mark.postgres
-def test_a_failed_postgres_restore_puts_the_database_back(postgres_url, tmp_path,
-                                                          archive_naming_a_lost_role):
+def test_a_failed_postgres_restore_changes_nothing(postgres_url, tmp_path,
+                                                   archive_naming_a_lost_role):
+    """The restore runs in one transaction: a failure midway rolls it all back, the drops of
+    what was made after the backup included."""
     execute(postgres_url, "CREATE TABLE created_after_the_backup (id integer)",
             "INSERT INTO created_after_the_backup VALUES (1), (2)")
     before = every_table(postgres_url)
     with MigrationManager(postgres_url, backup_dir=tmp_path / "b") as manager:
-        with pytest.raises(BackupError, match=r"pg_restore failed .*role .* does not exist.*; "
-                                              r"the database was put back as it was, from "
-                                              r".*before-restore"):
+        with pytest.raises(BackupError, match=r"^the restore failed for .*: role .* does not "
+                                              r"exist; nothing was restored: the database is as "
+                                              r"it was \(its state before the restore is also in "
+                                              r".*before-restore\.dump\)$"):
             manager.restore(archive_naming_a_lost_role)
     assert every_table(postgres_url) == before
     assert scalar(postgres_url, "SHOW default_transaction_read_only") == "off"
 
 
 @pytest.mark.postgres
-def test_a_postgres_restore_interrupted_midway_is_put_back(postgres_url, tmp_path):
+def test_a_postgres_restore_interrupted_midway_changes_nothing(postgres_url, tmp_path):
     with MigrationManager(postgres_url, backup_dir=tmp_path / "b") as manager:
         manager.upgrade()
         seed_rows(postgres_url)
@@ -499,8 +502,9 @@ def test_a_postgres_restore_interrupted_midway_is_put_back(postgres_url, tmp_pat
         manager.notify = said.append
         with pytest.raises(KeyboardInterrupt):  # the CLI says "Interrupted.", exit code 130
             manager.restore(info.path, progress=ctrl_c)
-    assert said[-1].startswith("the restore was stopped (KeyboardInterrupt); the database was "
-                               "put back as it was, from ")
+    assert said[-1].startswith("the restore was stopped (KeyboardInterrupt); nothing was "
+                               "restored: the database is as it was (its state before the "
+                               "restore is also in ")
     assert every_table(postgres_url) == before
     assert scalar(postgres_url, "SHOW default_transaction_read_only") == "off"
     assert "pg_restore" not in subprocess.run(["ps", "-eo", "args"], capture_output=True,
@@ -508,30 +512,10 @@ def test_a_postgres_restore_interrupted_midway_is_put_back(postgres_url, tmp_pat
 
 
 @pytest.mark.postgres
-def test_when_putting_back_fails_too_the_error_names_the_safety_backup(
-    postgres_url, tmp_path, monkeypatch, archive_naming_a_lost_role
-):
-    """Both restores failing cannot be arranged with real files: the second one is made to."""
-    real_restore = backup._restore_postgres
-
-    def restore_once(url, path, progress):
-        if path != archive_naming_a_lost_role:
-            raise BackupError("pg_restore failed again")
-        return real_restore(url, path, progress)
-
-    monkeypatch.setattr(backup, "_restore_postgres", restore_once)
-    with MigrationManager(postgres_url, backup_dir=tmp_path / "b") as manager:
-        with pytest.raises(BackupError, match=r"putting the database back failed too \(pg_restore "
-                                              r"failed again\): restore .*before-restore.* with "
-                                              r"`orchestrator db restore`"):
-            manager.restore(archive_naming_a_lost_role)
-
-
-@pytest.mark.postgres
 def test_the_library_restores_without_a_safety_backup_when_asked(postgres_url, tmp_path,
                                                                   archive_naming_a_lost_role):
-    """`backup.restore` without `safety_dir`: no safety dump and no window, for a database
-    that holds nothing to keep (the manager always asks for both)."""
+    """`backup.restore` without `safety_dir`: no safety dump, for a database that holds
+    nothing to keep (the manager always asks for one)."""
     from tests.conftest import scratch_postgres_database
 
     with MigrationManager(postgres_url, backup_dir=tmp_path / "good") as manager:
@@ -540,7 +524,9 @@ def test_the_library_restores_without_a_safety_backup_when_asked(postgres_url, t
         report = backup.restore(fresh, good.path)
         assert report.safety_backup is None and report.revision == good.revision
         assert every_table(fresh) == every_table(postgres_url)
-        with pytest.raises(BackupError, match="pg_restore failed .*role .* does not exist"):
+        with pytest.raises(BackupError, match="the restore failed for .*role .* does not exist"
+                                              "; nothing was restored: the database is as it "
+                                              "was$"):
             backup.restore(fresh, archive_naming_a_lost_role)
 
 
