@@ -962,13 +962,31 @@ def test_the_password_goes_through_the_environment_and_is_never_shown(postgres_u
             try:
                 if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
                     seen.append((stat.parent / "cmdline").read_bytes().decode())
-                    environments.append((stat.parent / "environ").read_bytes())
+                    if "pg_dump" in seen[-1]:  # the tool that connects
+                        environments.append((stat.parent / "environ").read_bytes())
             except (OSError, ValueError):
                 continue  # the process ended while we looked
 
+    # pg_restore only turns the archive into SQL, which the restore's own session runs: it
+    # connects nowhere, and gets no secret (it may end before /proc can be read: its arguments
+    # and environment are taken as they are given).
+    started: list[tuple[list[str], dict | None]] = []
+    real_popen = subprocess.Popen
+
+    def popen(args, *rest, **options):
+        started.append((list(args), options.get("env")))
+        return real_popen(args, *rest, **options)
+
     with MigrationManager(url, backup_dir=tmp_path / "b") as manager:
-        manager.restore(manager.backup(progress=look_at_children).path, progress=look_at_children)
-    assert any("pg_dump" in line for line in seen) and any("pg_restore" in line for line in seen)
+        info = manager.backup(progress=look_at_children)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(subprocess, "Popen", popen)
+            manager.restore(info.path, progress=look_at_children)
+    [(restore_args, restore_env)] = [(a, e) for a, e in started if "pg_restore" in a[0]
+                                     and "--list" not in a]
+    assert restore_env is None and "PGPASSWORD" not in os.environ
+    assert not any(secret in arg for arg in restore_args for secret in secrets)
+    assert sum("pg_dump" in line for line in seen) >= 2  # the backup and the safety backup
     assert not any(secret in line for line in seen for secret in secrets)
     assert environments and all(b"PGPASSWORD=s3cret-word\0" in env for env in environments)
     if given_as == "sslpassword too":  # in a service file readable by us only, gone afterwards

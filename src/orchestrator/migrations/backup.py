@@ -1048,9 +1048,10 @@ class _Window:
         runs here, and each table's COPY data goes to the server as it comes."""
         total = path.stat().st_size
         with open(path, "rb") as archive, tempfile.TemporaryFile() as errors:
+            # It only reads the archive and writes SQL: no connection, no secret.
             process = subprocess.Popen(
                 [_tool("pg_restore"), "--clean", "--if-exists", "--file=-"],
-                stdin=archive, stdout=subprocess.PIPE, stderr=errors, env=self._env)
+                stdin=archive, stdout=subprocess.PIPE, stderr=errors)
             try:
                 self._run_script(process.stdout, lambda: progress(
                     os.lseek(archive.fileno(), 0, os.SEEK_CUR), total) if progress else None)
