@@ -160,20 +160,27 @@ def test_the_restore_goes_on_once_that_session_has_left_and_touches_no_setting(
     name = make_url(url).database
     execute(superuser_url, f'ALTER DATABASE "{name}" SET default_transaction_read_only = off')
     said: list[str] = []
-    with MigrationManager(url, backup_dir=tmp_path / "b", notify=said.append) as manager:
+    superuser = create_engine(superuser_url, poolclass=NullPool)
+    session = superuser.connect()
+    leaving = threading.Timer(0.5, session.close)
+
+    def told(line: str) -> None:
+        said.append(line)
+        if line.startswith("waiting for "):
+            leaving.start()  # it leaves once the restore waits for it
+
+    with MigrationManager(url, backup_dir=tmp_path / "b", notify=told) as manager:
         info = manager.backup()
         execute(url, "INSERT INTO agents (name) VALUES ('after the backup')")
-        superuser = create_engine(superuser_url, poolclass=NullPool)
-        session = superuser.connect()
         # A reader in an open transaction: the restore may lock the tables against writers
         # beside it, but cannot drop them until it has gone.
         session.execute(text("SELECT count(*) FROM agents"))
-        leaving = threading.Timer(1.0, session.close)
-        leaving.start()
         try:
             report = manager.restore(info.path)
         finally:
-            leaving.join()
+            if leaving.is_alive():
+                leaving.join()
+            session.close()
             superuser.dispose()
     assert report.safety_backup is not None and report.revision == info.revision
     assert scalar(url, "SELECT count(*) FROM agents WHERE name = 'after the backup'") == 0
@@ -279,3 +286,77 @@ def test_a_restored_database_with_tables_and_no_revision_says_so(postgres_url, t
         report = manager.restore(legacy.path)
     assert report.unversioned and report.revision is None
     assert scalar(postgres_url, "SELECT count(*) FROM legacy") == 1
+    # Restored again, over a database with no version table: its safety dump has no revision.
+    with MigrationManager(postgres_url, backup_dir=tmp_path / "b") as manager:
+        again = manager.restore(legacy.path)
+    assert again.safety_backup.revision is None and again.unversioned
+
+
+def test_an_archive_cut_short_fails_midway_and_changes_nothing(postgres_url, tmp_path):
+    """Its table of contents reads, its last data block does not: the restore fails after it
+    has dropped and made tables, in its transaction, which is rolled back."""
+    with MigrationManager(postgres_url, backup_dir=tmp_path / "b") as manager:
+        manager.upgrade()
+        seed_rows(postgres_url)
+        info = manager.backup()
+        cut = tmp_path / "cut.dump"
+        cut.write_bytes(info.path.read_bytes()[:-5])
+        execute(postgres_url, "INSERT INTO agents (name) VALUES ('after the backup')")
+        before = content_hash(postgres_url)
+        with pytest.raises(BackupError, match=r"^pg_restore failed for .*: pg_restore: error: "
+                                              r"could not read from input file: end of file; "
+                                              r"nothing was restored: the database is as it was"):
+            manager.restore(cut)
+    assert content_hash(postgres_url) == before
+
+
+def test_a_restore_that_cannot_open_its_sessions_changes_nothing(owned_by_a_role, tmp_path):
+    url, superuser_url = owned_by_a_role
+    role = make_url(url).username
+    info = MigrationManager(url, backup_dir=tmp_path / "b").backup()
+    # The migration lock's session and the restore's first one fit; its watcher does not.
+    execute(superuser_url, f'ALTER ROLE "{role}" CONNECTION LIMIT 2')
+    with MigrationManager(url, backup_dir=tmp_path / "b") as manager:
+        with pytest.raises(BackupError, match=r"^cannot restore .*: .*too many connections for "
+                                              r"role .*; check DATABASE_URL and that the server "
+                                              r"is running$"):
+            manager.restore(info.path)
+    assert [b.path for b in MigrationManager(url, backup_dir=tmp_path / "b").backups()] == [
+        info.path]
+
+
+def test_a_table_made_while_the_restore_waits_for_its_locks_is_locked_and_kept(
+    owned_by_a_role, tmp_path
+):
+    """The tables are listed, then locked: one made in between is found once the snapshot is
+    taken, and the locks are taken again with it, so that the safety dump holds its rows and
+    nobody can add any afterwards."""
+    url, superuser_url = owned_by_a_role
+    with MigrationManager(url, backup_dir=tmp_path / "b") as manager:
+        info = manager.backup()
+        superuser = create_engine(superuser_url, poolclass=NullPool)
+        reports: list = []
+        try:
+            with superuser.connect() as session:
+                # A superuser's write in progress: the restore's locks wait for it.
+                session.execute(text("INSERT INTO agents (name) VALUES ('the superuser')"))
+                restoring = threading.Thread(
+                    target=lambda: reports.append(manager.restore(info.path)))
+                restoring.start()
+                for _ in range(600):
+                    if scalar(url, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type "
+                                   "= 'Lock' AND application_name LIKE 'orchestrator-restore %'"):
+                        break
+                    time.sleep(0.05)
+                execute(url, "CREATE TABLE made_meanwhile (note text)",
+                        "INSERT INTO made_meanwhile VALUES ('kept')")
+                session.commit()
+                restoring.join()
+        finally:
+            superuser.dispose()
+    [report] = reports
+    kept = subprocess.run(["pg_restore", "--data-only", "--file=-",
+                           str(report.safety_backup.path)], capture_output=True, text=True,
+                          check=True).stdout
+    assert "kept" in kept and "the superuser" in kept
+    assert scalar(url, "SELECT to_regclass('made_meanwhile')") is None  # not in the backup

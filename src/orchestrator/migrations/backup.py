@@ -779,14 +779,19 @@ def _restore_postgres_safely(
     tell = notify or (lambda _message: None)
     safety = None
     with _Window(database_url, tell, spare) as window:
-        window.lock()
-        if safety_dir is not None:
-            safety = _write_backup(database_url, safety_dir, None, "before-restore",
-                                   window.dump, durable=True)
+        # A failure the watcher caused (it cancelled our statements) is told as the watcher
+        # saw it, not as the cancelled statement's error.
+        try:
+            window.lock()
+            if safety_dir is not None:
+                safety = _write_backup(database_url, safety_dir, None, "before-restore",
+                                       window.dump, durable=True)
+        except BackupError as exc:
+            raise (window.failure or exc) from None
         try:
             window.restore(info.path, progress)
         except BaseException as exc:
-            raise window.not_restored(exc, safety) from None
+            raise window.not_restored(window.failure or exc, safety) from None
     revision, unversioned = _postgres_revision(database_url)
     return RestoreReport(info, safety, revision, unversioned)
 
@@ -942,8 +947,6 @@ class _Window:
                 self.session.execute("ROLLBACK")
             self.snapshot = self.session.execute("SELECT pg_export_snapshot()").fetchone()[0]
         except psycopg.Error as exc:
-            if self.failure is not None:
-                raise self.failure from None
             raise BackupError(
                 f"cannot restore {mask_url(self.database_url)}: locking its tables for the "
                 f"restore's duration failed ({_first_line(exc)}); restore as the database's "
@@ -1011,12 +1014,7 @@ class _Window:
             revision = revision[0] if revision else None
         command = [_tool("pg_dump"), "--format=custom", "--no-password",
                    f"--snapshot={self.snapshot}", f"--file={path}", f"--dbname={self._conninfo}"]
-        try:
-            _run_tool(command, self._env, self.database_url)
-        except BackupError:
-            if self.failure is not None:
-                raise self.failure from None
-            raise
+        _run_tool(command, self._env, self.database_url)
         return revision
 
     def restore(self, path: Path, progress: Progress | None) -> None:
@@ -1036,8 +1034,6 @@ class _Window:
             self._run_archive(path, progress)
             self.session.execute("COMMIT")
         except psycopg.Error as exc:
-            if self.failure is not None:
-                raise self.failure from None
             raise BackupError(
                 f"the restore failed for {mask_url(self.database_url)}: "
                 f"{_first_error(str(exc), self.database_url)}"
@@ -1073,9 +1069,9 @@ class _Window:
         polled = 0.0  # the first line is reported: pg_restore is running then
 
         def run_statements() -> None:
-            if statements:
-                self.session.execute(b"".join(statements).decode())
-                statements.clear()
+            # ";" ends the last statement; alone (nothing was pending) it is an empty query.
+            self.session.execute(b"".join(statements).decode() + ";")
+            statements.clear()
 
         for line in script:
             if copy_statement is not None:
@@ -1106,15 +1102,13 @@ class _Window:
     def not_restored(self, failure: BaseException, safety: BackupInfo | None) -> BaseException:
         """What to raise when the restore failed or was stopped: its transaction was rolled
         back, so the database is as it was."""
-        what = str(failure) if isinstance(failure, BackupError) else (
-            f"the restore was stopped ({type(failure).__name__})")
         kept = f" (its state before the restore is also in {safety.path})" if safety else ""
         done = f"nothing was restored: the database is as it was{kept}"
-        if isinstance(failure, BaseException) and not isinstance(failure, Exception):
-            self.notify(f"{what}; {done}")
-            return failure
-        return (type(failure) if isinstance(failure, BackupError) else BackupError)(
-            f"{what}; {done}")
+        if isinstance(failure, BackupError):
+            return type(failure)(f"{failure}; {done}")
+        # Ctrl-C (or a bug): raised again as it is, once what it did is told.
+        self.notify(f"the restore was stopped ({type(failure).__name__}); {done}")
+        return failure
 
 
 def read_only_setting(connection) -> str | None:
