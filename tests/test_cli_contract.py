@@ -539,7 +539,7 @@ def test_every_reporting_command_prints_the_json_its_documentation_describes(
 ):
     commands, objects, explained = documented_json()
     assert set(commands) == {"db current", "db status", "db check", "db history", "db show",
-                             "db backups", "db validate"}
+                             "db backups", "db validate", "db downgrade"}
     backups = str(tmp_path / "b")
     MigrationManager(sqlite_url, backup_dir=backups).upgrade("003")
     execute(sqlite_url, "UPDATE migration_history SET checksum = 'edited' WHERE revision = '001'")
@@ -550,7 +550,7 @@ def test_every_reporting_command_prints_the_json_its_documentation_describes(
                                      "--database-url", sqlite_url).stdout)
         for command, extra in [("db current", ()), ("db status", ()), ("db check", ()),
                                ("db history", ()), ("db show", ("001",)), ("db backups", ()),
-                               ("db validate", ())]
+                               ("db validate", ()), ("db downgrade", ("002", "--dry-run"))]
     }
     as_format = run_here("db", "validate", "--format", "json", "--database-url", sqlite_url)
     assert json.loads(as_format.stdout) == outputs["db validate"]
@@ -569,6 +569,17 @@ def test_every_reporting_command_prints_the_json_its_documentation_describes(
     from orchestrator.migrations.validate import Finding
 
     inner["a finding"] = Finding("MIG000", "r", "error", "m", "f").as_dict()
+    from orchestrator.migrations.preview import DroppedColumn, DroppedTable, UnknownDrops
+
+    preview = outputs["db downgrade"]["destroys"]
+    inner.update({
+        "an undone revision": outputs["db downgrade"]["undoes"][0],
+        "a downgrade preview": preview,
+        # 003's downgrade drops only indexes: the others as the preview renders them.
+        "a dropped table": vars(DroppedTable("004", "api_tokens", 0)),
+        "a dropped column": vars(DroppedColumn("002", "tasks", "priority_level", 0)),
+        "an unknown drop": vars(UnknownDrops("002", "why")),
+    })
     inner["an interrupted step"] = InterruptedStep(
         "001", "upgrade", dt.datetime.now(dt.timezone.utc)).as_dict()
     assert set(objects) == set(inner)
