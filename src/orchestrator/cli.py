@@ -980,8 +980,9 @@ def _print_status(
     if status.read_only:
         click.echo(
             "READ-ONLY: new sessions of this database cannot write "
-            "(default_transaction_read_only is on); if that is left from a restore that was "
-            f"killed, run `{manager.make_writable_statement()}` as its owner"
+            "(default_transaction_read_only is on); if that is left from a restore of an "
+            f"earlier version that was killed, run `{manager.make_writable_statement()}` as its "
+            "owner"
         )
     if status.ahead:
         click.echo("state:    the database is AHEAD of the code")
