@@ -863,7 +863,7 @@ ORDER BY 1
 """
 # psql meta-commands pg_restore writes around a plain script (15.14 and later): a guard for
 # psql, nothing to run.
-_GUARD_COMMANDS = ("\\restrict ", "\\unrestrict ")
+_GUARD_COMMANDS = (b"\\restrict ", b"\\unrestrict ")
 # Bytes of COPY data sent to the server at once.
 _COPY_CHUNK = 1024 * 1024
 
@@ -1063,9 +1063,11 @@ class _Window:
                                   f"{_first_error(errors.read().decode(errors='replace'), self.database_url)}")
 
     def _run_script(self, script, poll: Callable[[], object]) -> None:
+        """Run a plain pg_restore script: its statements in batches (each batch one query),
+        each COPY's data streamed to the server in chunks as it is read."""
         statements: list[bytes] = []
-        copy_statement: bytes | None = None
-        data: list[bytes] = []
+        copying = None  # the open COPY, while its data lines come
+        data = bytearray()
         polled = 0.0  # the first line is reported: pg_restore is running then
 
         def run_statements() -> None:
@@ -1073,29 +1075,30 @@ class _Window:
             self.session.execute(b"".join(statements).decode() + ";")
             statements.clear()
 
-        for line in script:
-            if copy_statement is not None:
-                if line == b"\\.\n":
-                    with self.session.cursor().copy(copy_statement.decode()) as copy:
-                        for block in data:
-                            copy.write(block)
-                    copy_statement, data = None, []
-                elif data and len(data[-1]) < _COPY_CHUNK:
-                    data[-1] += line
+        with contextlib.ExitStack() as stack:
+            for line in script:
+                if copying is not None:
+                    if line != b"\\.\n":
+                        data += line
+                        if len(data) >= _COPY_CHUNK:
+                            copying.write(bytes(data))
+                            data.clear()
+                        continue
+                    copying.write(bytes(data))
+                    data.clear()
+                    stack.close()  # the COPY ends
+                    copying = None
+                elif line.startswith(_GUARD_COMMANDS):
+                    continue
+                elif line.startswith(b"COPY ") and line.rstrip().endswith(b" FROM stdin;"):
+                    run_statements()
+                    cursor = stack.enter_context(self.session.cursor())
+                    copying = stack.enter_context(cursor.copy(line.rstrip()[:-1].decode()))
                 else:
-                    data.append(line)
-                continue
-            if line.startswith(_GUARD_COMMANDS[0].encode()) or line.startswith(
-                    _GUARD_COMMANDS[1].encode()):
-                continue
-            if line.startswith(b"COPY ") and line.rstrip().endswith(b" FROM stdin;"):
-                run_statements()
-                copy_statement = line.rstrip()[:-1]
-                continue
-            statements.append(line)
-            if time.monotonic() - polled > _POLL_SECONDS:
-                poll()
-                polled = time.monotonic()
+                    statements.append(line)
+                if time.monotonic() - polled > _POLL_SECONDS:
+                    poll()
+                    polled = time.monotonic()
         run_statements()
         poll()
 
