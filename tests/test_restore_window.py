@@ -35,6 +35,11 @@ _SETTINGS = ("SELECT coalesce(string_agg(array_to_string(setconfig, ','), ';'), 
              "(SELECT oid FROM pg_database WHERE datname = current_database())")
 
 
+# The restore's sessions in the test's own database (other tests run restores beside it).
+RESTORE_SESSIONS = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND application_name LIKE 'orchestrator-restore %'")
+
+
 def new_sessions_read_only(url: str) -> str:
     return scalar(url, "SHOW default_transaction_read_only")
 
@@ -105,8 +110,7 @@ def test_a_writer_that_opts_out_of_read_only_loses_no_commit(at_head_with_rows, 
     assert any(line.startswith("ending 1 other session of the database (") for line in said)
     # Nothing of the restore outlives it: no setting, no session.
     assert scalar(url, _SETTINGS) == "" and new_sessions_read_only(url) == "off"
-    assert scalar(url, "SELECT count(*) FROM pg_stat_activity "
-                       "WHERE application_name LIKE 'orchestrator-restore %'") == 0
+    assert scalar(url, RESTORE_SESSIONS) == 0
 
 
 @pytest.fixture
@@ -205,7 +209,8 @@ def test_when_the_restore_loses_its_session_nothing_is_restored_and_nothing_is_l
             with admin.connect() as connection:
                 connection.execute(text(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE application_name LIKE 'orchestrator-restore %'"))
+                    "WHERE application_name LIKE 'orchestrator-restore %' AND datname = :name"),
+                    {"name": make_url(postgres_url).database})
 
         try:
             with pytest.raises(BackupError, match=r"^the restore failed for .*: terminating "
@@ -235,8 +240,7 @@ def test_a_restore_killed_midway_leaves_the_database_as_it_was_and_writable(
     try:
         # Once it runs the archive (COPY), mid-restore.
         for _ in range(600):
-            if scalar(url, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE "
-                           "'orchestrator-restore %' AND query LIKE 'COPY %'"):
+            if scalar(url, RESTORE_SESSIONS + " AND query LIKE 'COPY %'"):
                 break
             time.sleep(0.05)
         else:
@@ -245,8 +249,7 @@ def test_a_restore_killed_midway_leaves_the_database_as_it_was_and_writable(
         os.killpg(restoring.pid, signal.SIGKILL)
         restoring.wait()
     for _ in range(200):  # the server notices the session's end
-        if not scalar(url, "SELECT count(*) FROM pg_stat_activity "
-                           "WHERE application_name LIKE 'orchestrator-restore %'"):
+        if not scalar(url, RESTORE_SESSIONS):
             break
         time.sleep(0.05)
     assert content_hash(url) == before
@@ -344,8 +347,7 @@ def test_a_table_made_while_the_restore_waits_for_its_locks_is_locked_and_kept(
                     target=lambda: reports.append(manager.restore(info.path)))
                 restoring.start()
                 for _ in range(600):
-                    if scalar(url, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type "
-                                   "= 'Lock' AND application_name LIKE 'orchestrator-restore %'"):
+                    if scalar(url, RESTORE_SESSIONS + " AND wait_event_type = 'Lock'"):
                         break
                     time.sleep(0.05)
                 execute(url, "CREATE TABLE made_meanwhile (note text)",

@@ -1059,8 +1059,8 @@ class _Window:
                 process.stdout.close()
             if process.returncode != 0:
                 errors.seek(0)
-                raise BackupError(f"pg_restore failed for {mask_url(self.database_url)}: "
-                                  f"{_first_error(errors.read().decode(errors='replace'), self.database_url)}")
+                reason = _first_error(errors.read().decode(errors="replace"), self.database_url)
+                raise BackupError(f"pg_restore failed for {mask_url(self.database_url)}: {reason}")
 
     def _run_script(self, script, poll: Callable[[], object]) -> None:
         """Run a plain pg_restore script: its statements in batches (each batch one query),
