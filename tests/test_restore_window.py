@@ -81,7 +81,7 @@ def test_a_role_that_may_not_lock_the_tables_is_refused_before_anything(owned_by
             with pytest.raises(BackupError, match=r"locking its tables for the restore's "
                                                   r"duration failed \(permission denied for "
                                                   r"table .*\); restore as the database's owner "
-                                                  r"or a superuser$"):
+                                                  r"or a superuser, with the server running$"):
                 manager.restore(info.path)
         assert [b.path for b in MigrationManager(url, backup_dir=tmp_path / "b").backups()] == [
             info.path]  # no safety backup either: refused first

@@ -933,8 +933,8 @@ class _Window:
         """End the other sessions, then lock every table and take the snapshot."""
         import psycopg
 
-        self._end_others()
         try:
+            self._end_others()
             while True:
                 tables = [row[0] for row in self.session.execute(_USER_TABLES)]
                 self.session.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
@@ -950,7 +950,7 @@ class _Window:
             raise BackupError(
                 f"cannot restore {mask_url(self.database_url)}: locking its tables for the "
                 f"restore's duration failed ({_first_line(exc)}); restore as the database's "
-                "owner or a superuser"
+                "owner or a superuser, with the server running"
             ) from None
 
     def _end_others(self) -> None:
