@@ -104,7 +104,8 @@ def test_status_says_when_new_sessions_are_read_only(capsys, postgres_url):
     out = capsys.readouterr().out
     assert exited.value.code == 0
     assert ("READ-ONLY: new sessions of this database cannot write (default_transaction_read_only"
-            " is on); if that is left from a restore that was killed, run `BEGIN READ WRITE; "
+            " is on); if that is left from a restore of an earlier version that was killed, run "
+            "`BEGIN READ WRITE; "
             f"ALTER DATABASE {name} RESET default_transaction_read_only; COMMIT` as its owner"
             ) in out
 

@@ -434,8 +434,11 @@ def test_downgrade_names_each_revision_once_and_its_backup_before_the_result(
         "  004  Add api_tokens: the bearer tokens that authenticate API requests.",
         "  003  Add the indexes that task queries use.",
     ]
-    assert lines[3].startswith("Backed up first, at 004: ")
-    assert re.fullmatch(r"Undid 004, 003 in \d+\.\d\ds\.", lines[4]) and len(lines) == 5
+    # What it destroys (docs/migrations.md, "What a downgrade destroys"): empty here.
+    assert lines[3:6] == ["It destroys:", "  table api_tokens: 0 rows (004)",
+                          "They hold no data; a backup is taken first (BACKUP_BEFORE_MIGRATE)."]
+    assert lines[6].startswith("Backed up first, at 004: ")
+    assert re.fullmatch(r"Undid 004, 003 in \d+\.\d\ds\.", lines[7]) and len(lines) == 8
 
 
 def test_upgrade_says_where_it_backed_up_before_its_steps(run_here, sqlite_url, tmp_path):
@@ -536,7 +539,8 @@ def test_every_reporting_command_prints_the_json_its_documentation_describes(
 ):
     commands, objects, explained = documented_json()
     assert set(commands) == {"db current", "db status", "db check", "db history", "db show",
-                             "db backups", "db validate", "db rehearse"}
+                             "db backups", "db validate", "db rehearse",
+                             "db downgrade"}
     backups = str(tmp_path / "b")
     MigrationManager(sqlite_url, backup_dir=backups).upgrade("003")
     execute(sqlite_url, "UPDATE migration_history SET checksum = 'edited' WHERE revision = '001'")
@@ -547,7 +551,8 @@ def test_every_reporting_command_prints_the_json_its_documentation_describes(
                                      "--database-url", sqlite_url).stdout)
         for command, extra in [("db current", ()), ("db status", ()), ("db check", ()),
                                ("db history", ()), ("db show", ("001",)), ("db backups", ()),
-                               ("db validate", ()), ("db rehearse", ("--max-blocking", "3600"))]
+                               ("db validate", ()), ("db rehearse", ("--max-blocking", "3600")),
+                               ("db downgrade", ("002", "--dry-run"))]
     }
     as_format = run_here("db", "validate", "--format", "json", "--database-url", sqlite_url)
     assert json.loads(as_format.stdout) == outputs["db validate"]
@@ -574,6 +579,17 @@ def test_every_reporting_command_prints_the_json_its_documentation_describes(
     from orchestrator.migrations.validate import Finding
 
     inner["a finding"] = Finding("MIG000", "r", "error", "m", "f").as_dict()
+    from orchestrator.migrations.preview import DroppedColumn, DroppedTable, UnknownDrops
+
+    preview = outputs["db downgrade"]["destroys"]
+    inner.update({
+        "an undone revision": outputs["db downgrade"]["undoes"][0],
+        "a downgrade preview": preview,
+        # 003's downgrade drops only indexes: the others as the preview renders them.
+        "a dropped table": vars(DroppedTable("004", "api_tokens", 0)),
+        "a dropped column": vars(DroppedColumn("002", "tasks", "priority_level", 0)),
+        "an unknown drop": vars(UnknownDrops("002", "why")),
+    })
     inner["an interrupted step"] = InterruptedStep(
         "001", "upgrade", dt.datetime.now(dt.timezone.utc)).as_dict()
     assert set(objects) == set(inner)

@@ -370,6 +370,11 @@ def upgrade(
 @click.argument("revision", callback=_revision_argument, shell_complete=_complete_revisions)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--sql", is_flag=True, help="Print the SQL instead of running it.")
+@click.option("--dry-run", is_flag=True,
+              help="List what it would undo and destroy, and change nothing.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the plan, what it destroys and what was done as JSON "
+                   "(docs/migrations.md).")
 @_LOCK_TIMEOUT
 @_RETRIES
 @click.pass_context
@@ -378,10 +383,15 @@ def downgrade(
     revision: str,
     yes: bool,
     sql: bool,
+    dry_run: bool,
+    as_json: bool,
     lock_timeout: float | None,
     retries: int,
 ) -> None:
     """Undo migrations down to REVISION (an id, -1, or base; with --sql also START:END)."""
+    if sql and (dry_run or as_json):
+        raise click.UsageError("--sql prints the SQL only: it cannot be combined with "
+                               "--dry-run or --json", ctx=ctx)
     manager = _manager(ctx, lock_timeout=lock_timeout)
     if sql:
         start, _, end = revision.rpartition(":")
@@ -389,13 +399,35 @@ def downgrade(
         click.echo(manager.sql(end, start=start, direction="downgrade"), nl=False)
         return
     plan = manager.plan_downgrade(revision)
+    current = manager.get_current_revision()
+    destination = (manager.script.get_revision(plan[-1]).down_revision or "base") if plan else None
+    preview = manager.preview_downgrade(plan) if plan else None
+    say = _note if as_json else click.echo
+    document: dict[str, Any] = {
+        "database": manager.masked_url,
+        "from": current,
+        "to": destination,
+        "undoes": [{"revision": rev, "title": _title(manager, rev)} for rev in plan],
+        "destroys": preview.as_dict() if preview else None,
+        "dry_run": dry_run,
+        "undone": [],
+        "backup": None,
+    }
     if not plan:
-        click.echo(f"Already at {manager.get_current_revision() or 'base'}: nothing to undo.")
+        document["to"] = current
+        say(f"Already at {current or 'base'}: nothing to undo.")
+        if as_json:
+            _echo_json(document)
         return
-    destination = manager.script.get_revision(plan[-1]).down_revision or "base"
-    click.echo(f"Downgrading {manager.masked_url} from {plan[0]} to {destination}; this undoes:")
+    say(f"Downgrading {manager.masked_url} from {plan[0]} to {destination}; this undoes:")
     for rev in plan:
-        click.echo(f"  {rev}  {_title(manager, rev)}")
+        say(f"  {rev}  {_title(manager, rev)}")
+    _print_preview(preview, manager, say)
+    if dry_run:
+        say("Dry run: nothing was changed.")
+        if as_json:
+            _echo_json(document)
+        return
     if manager.environment == "production" and not yes:
         _confirm("Downgrade the production database?",
                  "refusing to downgrade production without confirmation; run it on a terminal "
@@ -404,7 +436,31 @@ def downgrade(
     # The plan above listed each revision: the run reports only its outcome. It goes down to
     # the destination listed, not to REVISION again (-1 counted afresh after a wait for the
     # lock would undo a revision nobody was shown, or asked about).
-    _migrate(ctx, manager, manager.downgrade, destination, retries, "Undid", each_step=False)
+    done = _migrate(ctx, manager, manager.downgrade, destination, retries, "Undid",
+                    each_step=False, say=say)
+    if as_json:
+        if manager.last_preview is not None:  # as read under the lock, just before it ran
+            document["destroys"] = manager.last_preview.as_dict()
+        backup = manager.last_backup
+        document.update(undone=done, backup=backup.as_dict() if backup else None)
+        _echo_json(document)
+
+
+def _print_preview(preview, manager: MigrationManager, say) -> None:
+    """What a downgrade destroys, and whether (and why) a backup is taken first."""
+    lines = preview.lines()
+    if not lines:
+        say("It drops no table or column.")
+        return
+    say("It destroys:")
+    for line in lines:
+        say(f"  {line}")
+    if preview.loses_data:
+        say("A backup is taken first (its path is printed when it is done).")
+    elif manager.backup_before_migrate:
+        say("They hold no data; a backup is taken first (BACKUP_BEFORE_MIGRATE).")
+    else:
+        say("They hold no data: no backup is needed.")
 
 
 @db.command()
@@ -961,7 +1017,8 @@ def _migrate(
     retries: int,
     verb: str,
     each_step: bool,
-) -> None:
+    say=click.echo,
+) -> list[str]:
     from orchestrator.migrations import (
         ConnectionLostError,
         DatabaseUnreachableError,
@@ -972,7 +1029,7 @@ def _migrate(
     meta = ctx.find_root().meta
     lost = False
     for attempt in range(retries + 1):
-        steps = _Steps(manager, each_step)
+        steps = _Steps(manager, each_step, say)
         manager.progress = steps
         meta.pop("orchestrator.waited", None)
         try:
@@ -994,20 +1051,22 @@ def _migrate(
         wait = manager.lock_wait if meta.pop("orchestrator.waited", False) else None
         if done:
             after = f", after waiting {wait:.2f}s for another migrator" if wait is not None else ""
-            click.echo(f"{verb} {', '.join(done)} in {steps.seconds:.2f}s{after}.")
+            say(f"{verb} {', '.join(done)} in {steps.seconds:.2f}s{after}.")
         else:
             # We planned before taking the lock; the migrator that held it did the work.
             waited = f" ({wait:.2f}s)" if wait is not None else ""
-            click.echo(f"Nothing to do: another migrator already did it while we waited{waited}.")
-        return
+            say(f"Nothing to do: another migrator already did it while we waited{waited}.")
+        return done
+    return []  # pragma: no cover - the loop returns or raises
 
 
 class _Steps:
     """Reports a running migration: the backup taken first, then each revision as it is done."""
 
-    def __init__(self, manager: MigrationManager, each_step: bool) -> None:
+    def __init__(self, manager: MigrationManager, each_step: bool, say=click.echo) -> None:
         self.manager = manager
         self.each_step = each_step
+        self.say = say
         self.seconds = 0.0
         self._started = False
 
@@ -1015,15 +1074,15 @@ class _Steps:
         if not self._started:
             self._started = True
             # Taken before the first step ran (the manager sets it before migrating).
-            _print_backup_taken(self.manager)
+            _print_backup_taken(self.manager, self.say)
         self.seconds += seconds
         if self.each_step:
-            click.echo(f"  {revision}  {seconds:6.2f}s  {_title(self.manager, revision)}")
+            self.say(f"  {revision}  {seconds:6.2f}s  {_title(self.manager, revision)}")
 
 
-def _print_backup_taken(manager: MigrationManager) -> None:
+def _print_backup_taken(manager: MigrationManager, say=click.echo) -> None:
     if manager.last_backup is not None:
-        click.echo(
+        say(
             f"Backed up first, at {manager.last_backup.revision or 'base'}: "
             f"{manager.last_backup.path}"
         )
@@ -1157,8 +1216,9 @@ def _print_status(
     if status.read_only:
         click.echo(
             "READ-ONLY: new sessions of this database cannot write "
-            "(default_transaction_read_only is on); if that is left from a restore that was "
-            f"killed, run `{manager.make_writable_statement()}` as its owner"
+            "(default_transaction_read_only is on); if that is left from a restore of an "
+            f"earlier version that was killed, run `{manager.make_writable_statement()}` as its "
+            "owner"
         )
     if status.ahead:
         click.echo("state:    the database is AHEAD of the code")

@@ -2,16 +2,17 @@
 
 SQLite: a byte copy of the file taken while a read transaction holds it still (see
 `_backup_sqlite`), restored through SQLite's online backup API. PostgreSQL: `pg_dump
---format=custom` at a snapshot exported by our own transaction, restored with `pg_restore
---clean --if-exists --single-transaction` after dropping the tables, views, sequences and types
-created since the backup (`--clean` only drops what the archive has; functions and triggers
-created since are left alone).
+--format=custom` at a snapshot exported by our own transaction; restored in one transaction of
+ours, which drops the tables, views, sequences and types created since the backup and then runs
+the SQL `pg_restore --clean --if-exists` writes out (`--clean` only drops what the archive has;
+functions and triggers created since are left alone).
 
 A restore first backs up the state it replaces, and from the start of that safety backup until
 the restored database is in place no other connection can commit: on SQLite the restore holds
-the database's write lock throughout (`_restore_sqlite`), on PostgreSQL new sessions are
-read-only and the existing ones are ended (`_exclusive_postgres`). A writer is refused (it waits,
-then gets an error) rather than committing into a state that is about to be replaced.
+the database's write lock throughout (`_restore_sqlite`); on PostgreSQL one session of ours
+locks every table against writers, the safety dump is taken at its snapshot and the restore
+runs in its transaction (`_Window`). A writer waits, then writes into the restored database, or
+is refused with an error: it never commits into a state that is about to be replaced.
 
 A backup is written under a temporary name and renamed once complete; a backup killed midway
 leaves only that temporary file, which the next backup into the same folder deletes. Every
@@ -35,12 +36,13 @@ import socket
 import sqlite3
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import quote
 
 from sqlalchemy.engine import URL, make_url
@@ -727,97 +729,6 @@ _TOC_ROUTINE = re.compile(
 )
 
 
-def _restore_postgres_safely(
-    database_url: str,
-    info: BackupInfo,
-    progress: Progress | None,
-    safety_dir: Path | None,
-    notify: Notify | None,
-    spare: Iterable[int],
-) -> RestoreReport:
-    with _exclusive_postgres(database_url, notify, spare) if safety_dir is not None else (
-        contextlib.nullcontext()
-    ):
-        safety = None
-        if safety_dir is not None:
-            safety = _write_backup(
-                database_url, safety_dir, None, "before-restore",
-                lambda temporary: _backup_postgres(database_url, temporary, None), durable=True)
-        try:
-            _restore_postgres(database_url, info.path, progress)
-        except BaseException as exc:
-            # pg_restore runs in one transaction, but the objects made after the backup were
-            # dropped before it: a restore that fails or is interrupted midway is undone.
-            if safety is None:
-                raise
-            _put_back(database_url, exc, safety, notify or (lambda _message: None))
-        revision, unversioned = _postgres_revision(database_url)
-    return RestoreReport(info, safety, revision, unversioned)
-
-
-def _put_back(
-    database_url: str, failure: BaseException, safety: BackupInfo, notify: Notify
-) -> NoReturn:
-    """Restore the state a failed restore replaced, then raise: a `BackupError` saying what
-    failed and what was done, or, after Ctrl-C, the interrupt again (once `notify` was told)."""
-    what = str(failure) if isinstance(failure, BackupError) else (
-        f"the restore was stopped ({type(failure).__name__})"
-    )
-    error = type(failure) if isinstance(failure, BackupError) else BackupError
-    try:
-        _restore_postgres(database_url, safety.path, None)
-    except BackupError as again:
-        raise error(
-            f"{what}; putting the database back failed too ({again}): restore "
-            f"{safety.path} with `orchestrator db restore`"
-        ) from None
-    done = f"the database was put back as it was, from {safety.path}"
-    if isinstance(failure, KeyboardInterrupt):
-        notify(f"{what}; {done}")
-        raise failure
-    raise error(f"{what}; {done}") from None
-
-
-def _postgres_revision(database_url: str) -> tuple[str | None, bool]:
-    """(the revision, whether it has tables but none) of a PostgreSQL database."""
-    from sqlalchemy import text
-
-    engine = _engine(database_url)
-    try:
-        with engine.connect() as connection:
-            tables = {name for (name,) in connection.execute(text(
-                "SELECT tablename FROM pg_catalog.pg_tables WHERE schemaname = current_schema()"))}
-            revision = None
-            if "alembic_version" in tables:
-                revision = connection.execute(
-                    text("SELECT version_num FROM alembic_version")).scalar()
-    finally:
-        engine.dispose()
-    return revision, revision is None and bool(tables - {"alembic_version", "migration_history"})
-
-
-def _restore_postgres(database_url: str, path: Path, progress: Progress | None) -> None:
-    pg_restore = _tool("pg_restore")
-    listing = _archive_listing(database_url, path)
-    in_archive = {
-        (match["schema"], match["name"])
-        for line in listing.splitlines()
-        if (match := _TOC_ENTRY.match(line) or _TOC_ROUTINE.match(line))
-    }
-    _drop_objects_not_in(database_url, in_archive)
-    total = path.stat().st_size
-    with open(path, "rb") as archive, _libpq(database_url) as (conninfo, env):
-        command = [pg_restore, "--clean", "--if-exists", "--single-transaction",
-                   "--exit-on-error", "--no-password", f"--dbname={conninfo}"]
-        # pg_restore reads the archive as its stdin; the file offset it moves is shared with
-        # our descriptor, so it is the progress.
-        def poll() -> None:
-            if progress is not None:
-                progress(os.lseek(archive.fileno(), 0, os.SEEK_CUR), total)
-
-        _run_tool(command, env, database_url, stdin=archive, poll=poll, die_with_us=False)
-
-
 def load_into_empty(database_url: str, path: Path) -> None:
     """Restore a pg_dump archive into a new, empty database (a rehearsal's copy): nothing to
     clean first, and neither owners nor grants, since the copy belongs to whoever made it."""
@@ -825,21 +736,6 @@ def load_into_empty(database_url: str, path: Path) -> None:
     with _libpq(database_url) as (conninfo, env):
         _run_tool([pg_restore, "--no-owner", "--no-privileges", "--exit-on-error",
                    "--no-password", f"--dbname={conninfo}", str(path)], env, database_url)
-
-
-def _drop_objects_not_in(database_url: str, in_archive: set[tuple[str, str]]) -> None:
-    """Drop what was created after the backup: `--clean` only drops what the archive has."""
-    from sqlalchemy import text
-
-    engine = _engine(database_url)
-    try:
-        with engine.begin() as connection:
-            rows = connection.execute(text(_USER_OBJECTS)).all()
-            for kind, schema, name, qualified in rows:
-                if (schema, name) not in in_archive:
-                    connection.execute(text(f"DROP {kind} IF EXISTS {qualified} CASCADE"))
-    finally:
-        engine.dispose()
 
 
 # Tables, views, sequences, types and routines in user schemas, except those that belong to an
@@ -879,81 +775,352 @@ ORDER BY 1 DESC
 """
 
 
-# -- the exclusive window on PostgreSQL ---------------------------------------------------
+def _restore_postgres_safely(
+    database_url: str,
+    info: BackupInfo,
+    progress: Progress | None,
+    safety_dir: Path | None,
+    notify: Notify | None,
+    spare: Iterable[int],
+) -> RestoreReport:
+    """The restore runs in one transaction of one session of ours, which first locks every
+    table of the database: see `_Window`."""
+    tell = notify or (lambda _message: None)
+    safety = None
+    with _Window(database_url, tell, spare) as window:
+        # A failure the watcher caused (it cancelled our statements) is told as the watcher
+        # saw it, not as the cancelled statement's error.
+        try:
+            window.lock()
+            if safety_dir is not None:
+                safety = _write_backup(database_url, safety_dir, None, "before-restore",
+                                       window.dump, durable=True)
+        except BackupError as exc:
+            raise (window.failure or exc) from None
+        try:
+            window.restore(info.path, progress)
+        except BaseException as exc:
+            raise window.not_restored(window.failure or exc, safety) from None
+    revision, unversioned = _postgres_revision(database_url)
+    return RestoreReport(info, safety, revision, unversioned)
 
-# Why not ALTER DATABASE ... ALLOW_CONNECTIONS false: pg_dump and pg_restore connect after it,
-# as new sessions, and would be refused too. Why not REVOKE CONNECT: it does not bind the
-# database's owner or a superuser, which is what the application often connects as. New
-# sessions made read-only by default cannot commit a write, and ours (pg_restore, the drops)
-# opt out of it for themselves.
+
+def _postgres_revision(database_url: str) -> tuple[str | None, bool]:
+    """(the revision, whether it has tables but none) of a PostgreSQL database."""
+    from sqlalchemy import text
+
+    engine = _engine(database_url)
+    try:
+        with engine.connect() as connection:
+            tables = {name for (name,) in connection.execute(text(
+                "SELECT tablename FROM pg_catalog.pg_tables WHERE schemaname = current_schema()"))}
+            revision = None
+            if "alembic_version" in tables:
+                revision = connection.execute(
+                    text("SELECT version_num FROM alembic_version")).scalar()
+    finally:
+        engine.dispose()
+    return revision, revision is None and bool(tables - {"alembic_version", "migration_history"})
+
+
+# -- the exclusive window on PostgreSQL ---------------------------------------------------
+#
+# Why one session that locks every table, and not a setting that keeps other sessions out:
+# - `ALTER DATABASE … SET default_transaction_read_only = on` is a default: a session that says
+#   `SET default_transaction_read_only = off`, `BEGIN READ WRITE` or `SET SESSION
+#   CHARACTERISTICS AS TRANSACTION READ WRITE` still commits (an operator's trial lost writes so);
+# - `ALLOW_CONNECTIONS false` keeps everyone out, superusers and our own pg_dump included, and
+#   if the tool is killed it stays so; `CONNECTION LIMIT` and `REVOKE CONNECT` bind neither the
+#   owner nor a superuser.
+# A SHARE lock on a table lets others read it and nobody else write it, whatever their
+# settings; pg_dump's ACCESS SHARE locks go with it. The lock is taken before the transaction's
+# snapshot (LOCK does not take one), so the safety dump, made at that snapshot, holds every
+# commit made before, and none can be made after until the restore, run in the same
+# transaction, commits. Writers wait meanwhile (or are ended, getting an error), then write into
+# the restored database. Nothing outlives the session: if the tool is killed, the transaction
+# is rolled back and the database is as it was.
+
+# Our sessions write even in a database whose new sessions are read-only by default.
 _READ_WRITE = "-c default_transaction_read_only=off"
-# A role sees little of another role's sessions (no type, no start time, without
-# pg_read_all_stats): those are taken as clients, and as there at any time; background workers
+# Client sessions of the database other than ours. A role sees little of another role's
+# sessions (no type without pg_read_all_stats): those are taken as clients; background workers
 # (autovacuum) have no user.
 _OTHER_SESSIONS = """
 SELECT pid, coalesce(nullif(application_name, ''), usename) FROM pg_stat_activity
-WHERE datname = current_database() AND pid <> pg_backend_pid() AND pid <> ALL(:spare)
-  AND usename IS NOT NULL AND coalesce(backend_type, 'client backend') = 'client backend'
-  AND (backend_start IS NULL OR backend_start >= :since AND backend_start < :until)
+WHERE datname = current_database() AND application_name IS DISTINCT FROM %(tag)s
+  AND pid <> ALL(%(spare)s) AND usename IS NOT NULL
+  AND coalesce(backend_type, 'client backend') = 'client backend'
 ORDER BY pid
 """
+# Sessions in the way of one of ours: holding a lock one of ours waits for, or waiting for
+# one ahead of it.
+_BLOCKERS = """
+SELECT DISTINCT b.pid, coalesce(nullif(b.application_name, ''), b.usename, 'a session')
+FROM pg_stat_activity a CROSS JOIN LATERAL unnest(pg_blocking_pids(a.pid)) AS blocker(pid)
+JOIN pg_stat_activity b ON b.pid = blocker.pid
+WHERE a.datname = current_database() AND a.application_name = %(tag)s
+  AND b.application_name IS DISTINCT FROM %(tag)s AND b.pid <> ALL(%(spare)s)
+ORDER BY 1
+"""
+# The tables to lock: every table of the user schemas (a partitioned table locks its
+# partitions).
+_USER_TABLES = f"""
+SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND {_USER_SCHEMA}
+ORDER BY 1
+"""
+# psql meta-commands pg_restore writes around a plain script (15.14 and later): a guard for
+# psql, nothing to run.
+_GUARD_COMMANDS = (b"\\restrict ", b"\\unrestrict ")
+# Bytes of COPY data sent to the server at once.
+_COPY_CHUNK = 1024 * 1024
 
 
-@contextlib.contextmanager
-def _exclusive_postgres(
-    database_url: str, notify: Notify | None, spare: Iterable[int]
-) -> Iterator[None]:
-    """No other session can commit in the database during the block: new sessions are
-    read-only, and the sessions that were there are ended (or, where this role may not end
-    them, waited for). Afterwards the database is as writable as before, and the sessions
-    opened meanwhile (read-only) are ended too, so that their pools reconnect read-write."""
-    from sqlalchemy import text
-    from sqlalchemy.exc import DBAPIError
+class _Window:
+    """One session of ours that locks every table of the database (SHARE: others read, nobody
+    else writes), exports its snapshot for the safety dump, and restores the backup in the same
+    transaction. Sessions present at the start are ended, saying so; meanwhile a watcher (its
+    own session) ends any session in the way of ours, or, where this role may not end it,
+    waits for it up to the busy timeout and then stops the restore."""
 
-    spare = list(spare)
-    engine = _engine(database_url)
-    try:
+    def __init__(self, database_url: str, notify: Notify, spare: Iterable[int]) -> None:
+        self.database_url = database_url
+        self.notify = notify
+        self.spare = list(spare)
+        # Every session of ours has this name, pg_dump's included: an operator looking at
+        # pg_stat_activity knows who holds the window.
+        self.tag = f"orchestrator-restore {socket.gethostname()} pid {os.getpid()}"
+        self.snapshot: str | None = None
+        self.failure: BackupError | None = None
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def __enter__(self) -> _Window:
+        import psycopg
+
+        self._tools = contextlib.ExitStack()
+        self._conninfo, self._env = self._tools.enter_context(_libpq(self.database_url))
+        self._env["PGAPPNAME"] = self.tag
+        # Our own sessions take the secrets as arguments (libpq reads the environment of this
+        # process, not the one made for the tools); the connection string has none.
+        url = make_url(self.database_url)
+        conninfo = _without_secrets(url, query=True)
+        secret = {key: value if isinstance(value, str) else value[-1]
+                  for key, value in url.query.items() if is_secret_parameter(key)}
+        if url.password is not None:
+            secret["password"] = url.password
         try:
-            connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            # Named, so that an operator looking at pg_stat_activity knows who holds the window.
-            connection.execute(text("SELECT set_config('application_name', :name, false)"),
-                               {"name": f"orchestrator-restore {socket.gethostname()} pid "
-                                        f"{os.getpid()}"})
-            name = connection.dialect.identifier_preparer.quote(
-                connection.execute(text("SELECT current_database()")).scalar_one())
-            # What to put back afterwards: a read-only default set on purpose stays.
-            setting = read_only_setting(connection)
-            if read_only_by_default(setting) and notify is not None:
-                notify(f"new sessions of the database were read-only before this restore, and "
-                       f"will be after it; if that is left from a restore that was killed, run "
-                       f"`{make_writable(name)}` as its owner afterwards")
-            connection.execute(text(f"ALTER DATABASE {name} SET default_transaction_read_only = on"))
-        except DBAPIError as exc:
+            self.session = psycopg.connect(conninfo, autocommit=True, connect_timeout=10,
+                                           options=_READ_WRITE, application_name=self.tag,
+                                           **secret)
+            self.watch = psycopg.connect(conninfo, autocommit=True, connect_timeout=10,
+                                         application_name=self.tag, **secret)
+        except psycopg.Error as exc:
+            self.__exit__(None, None, None)
             raise BackupError(
-                f"cannot restore {mask_url(database_url)}: making its new sessions read-only for "
-                f"the restore's duration failed ({_first_line(exc.orig)}); restore as the "
-                "database's owner or a superuser, with the server running"
+                f"cannot restore {mask_url(self.database_url)}: {_first_line(exc)}; check "
+                "DATABASE_URL and that the server is running"
             ) from None
-        with connection:
+        self._watcher = threading.Thread(target=self._watch, name="restore-watcher", daemon=True)
+        self._watcher.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join()
+        for name in ("session", "watch"):
+            connection = getattr(self, name, None)
+            if connection is not None:
+                connection.close()  # an open transaction is rolled back
+        self._tools.close()
+
+    # -- the lock ---------------------------------------------------------------------------
+
+    def lock(self) -> None:
+        """End the other sessions, then lock every table and take the snapshot."""
+        import psycopg
+
+        try:
+            self._end_others()
+            while True:
+                tables = [row[0] for row in self.session.execute(_USER_TABLES)]
+                self.session.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+                if tables:
+                    self.session.execute(f"LOCK TABLE {', '.join(tables)} IN SHARE MODE")
+                # The snapshot is taken here, after the locks: a table made meanwhile, which
+                # no lock holds, shows now; lock it too.
+                if [row[0] for row in self.session.execute(_USER_TABLES)] == tables:
+                    break
+                self.session.execute("ROLLBACK")
+            self.snapshot = self.session.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        except psycopg.Error as exc:
+            raise BackupError(
+                f"cannot restore {mask_url(self.database_url)}: locking its tables for the "
+                f"restore's duration failed ({_first_line(exc)}); restore as the database's "
+                "owner or a superuser, with the server running"
+            ) from None
+
+    def _end_others(self) -> None:
+        found = self.watch.execute(_OTHER_SESSIONS, {"tag": self.tag, "spare": self.spare})
+        found = [tuple(row) for row in found]
+        if not found:
+            return
+        self.notify(f"ending {len(found)} other session{'s' * (len(found) != 1)} of the "
+                    f"database ({_describe(found)}); they cannot write until the restore is "
+                    "done")
+        for pid, _who in found:
+            self._terminate(pid)
+
+    def _terminate(self, pid: int) -> bool:
+        import psycopg
+
+        try:
+            self.watch.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        except psycopg.Error:  # another role's session, which this one may not end
+            return False
+        return True
+
+    def _watch(self) -> None:
+        """End whatever is in the way of our sessions; give up on what cannot be ended."""
+        import psycopg
+
+        refused: dict[int, float] = {}
+        while not self._stop.wait(_POLL_SECONDS):
             try:
-                until = _server_clock(connection)
-                _end_sessions(connection, spare, _EPOCH, until, notify, wait=True)
-                yield
+                blockers = [tuple(row) for row in self.watch.execute(
+                    _BLOCKERS, {"tag": self.tag, "spare": self.spare})]
+            except psycopg.Error:  # pragma: no cover - the watcher's session was cut
+                return
+            waiting = [(pid, who) for pid, who in blockers
+                       if pid in refused or not self._terminate(pid)]
+            for pid, who in waiting:
+                if pid not in refused:
+                    refused[pid] = time.monotonic()
+                    self.notify(f"waiting for {who} pid {pid}, which holds a lock the restore "
+                                f"needs (this role may not end it; up to {_BUSY_TIMEOUT:g}s)")
+            if any(time.monotonic() - refused[pid] > _BUSY_TIMEOUT for pid, _ in waiting):
+                self.failure = BackupError(
+                    f"{_describe(waiting)} held a lock the restore needs for more than "
+                    f"{_BUSY_TIMEOUT:g}s (another role's session, which this one may not end);"
+                    " stop it (or the API), or restore as a superuser, then restore again"
+                )
+                # Our statements (and pg_dump's) are cancelled: the transaction rolls back.
+                self.watch.execute(
+                    "SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = %(tag)s AND pid <> pg_backend_pid()",
+                    {"tag": self.tag})
+                return
+
+    # -- the safety dump and the restore ------------------------------------------------------
+
+    def dump(self, path: Path) -> str | None:
+        """The safety backup: pg_dump at the window's snapshot. Returns its revision."""
+        revision = None
+        if self.session.execute("SELECT to_regclass('alembic_version')").fetchone()[0]:
+            revision = self.session.execute("SELECT version_num FROM alembic_version").fetchone()
+            revision = revision[0] if revision else None
+        command = [_tool("pg_dump"), "--format=custom", "--no-password",
+                   f"--snapshot={self.snapshot}", f"--file={path}", f"--dbname={self._conninfo}"]
+        _run_tool(command, self._env, self.database_url)
+        return revision
+
+    def restore(self, path: Path, progress: Progress | None) -> None:
+        """Drop what was made after the backup, run the archive as pg_restore writes it out,
+        and commit: all in the window's one transaction."""
+        import psycopg
+
+        in_archive = {
+            (match["schema"], match["name"])
+            for line in _archive_listing(self.database_url, path).splitlines()
+            if (match := _TOC_ENTRY.match(line) or _TOC_ROUTINE.match(line))
+        }
+        try:
+            for kind, schema, name, qualified in self.session.execute(_USER_OBJECTS).fetchall():
+                if (schema, name) not in in_archive:
+                    self.session.execute(f"DROP {kind} IF EXISTS {qualified} CASCADE")
+            self._run_archive(path, progress)
+            self.session.execute("COMMIT")
+        except psycopg.Error as exc:
+            raise BackupError(
+                f"the restore failed for {mask_url(self.database_url)}: "
+                f"{_first_error(str(exc), self.database_url)}"
+            ) from None
+
+    def _run_archive(self, path: Path, progress: Progress | None) -> None:
+        """pg_restore writes the archive out as SQL (no connection of its own); each statement
+        runs here, and each table's COPY data goes to the server as it comes."""
+        total = path.stat().st_size
+        with open(path, "rb") as archive, tempfile.TemporaryFile() as errors:
+            # It only reads the archive and writes SQL: no connection, no secret.
+            process = subprocess.Popen(
+                [_tool("pg_restore"), "--clean", "--if-exists", "--file=-"],
+                stdin=archive, stdout=subprocess.PIPE, stderr=errors)
+            try:
+                self._run_script(process.stdout, lambda: progress(
+                    os.lseek(archive.fileno(), 0, os.SEEK_CUR), total) if progress else None)
+            except BaseException:  # we stopped reading: it has to go
+                process.kill()
+                raise
             finally:
-                put_back = (f"ALTER DATABASE {name} RESET default_transaction_read_only"
-                            if setting is None else f"ALTER DATABASE {name} SET {setting}")
-                try:
-                    connection.execute(text(put_back))
-                    _end_sessions(connection, spare, until, _server_clock(connection), None,
-                                  wait=False)
-                except DBAPIError as exc:
-                    raise BackupError(
-                        f"the restore ended, but new sessions of the database are still "
-                        f"read-only ({_first_line(exc.orig)}): run `{make_writable(name)}` as "
-                        "its owner"
-                    ) from None
-    finally:
-        engine.dispose()
+                process.wait()
+                process.stdout.close()
+            if process.returncode != 0:
+                errors.seek(0)
+                reason = _first_error(errors.read().decode(errors="replace"), self.database_url)
+                raise BackupError(f"pg_restore failed for {mask_url(self.database_url)}: {reason}")
+
+    def _run_script(self, script, poll: Callable[[], object]) -> None:
+        """Run a plain pg_restore script: its statements in batches (each batch one query),
+        each COPY's data streamed to the server in chunks as it is read."""
+        statements: list[bytes] = []
+        copying = None  # the open COPY, while its data lines come
+        data = bytearray()
+        polled = 0.0  # the first line is reported: pg_restore is running then
+
+        def run_statements() -> None:
+            # ";" ends the last statement; alone (nothing was pending) it is an empty query.
+            self.session.execute(b"".join(statements).decode() + ";")
+            statements.clear()
+
+        with contextlib.ExitStack() as stack:
+            for line in script:
+                if copying is not None:
+                    if line != b"\\.\n":
+                        data += line
+                        if len(data) >= _COPY_CHUNK:
+                            copying.write(bytes(data))
+                            data.clear()
+                        continue
+                    copying.write(bytes(data))
+                    data.clear()
+                    stack.close()  # the COPY ends
+                    copying = None
+                elif line.startswith(_GUARD_COMMANDS):
+                    continue
+                elif line.startswith(b"COPY ") and line.rstrip().endswith(b" FROM stdin;"):
+                    run_statements()
+                    cursor = stack.enter_context(self.session.cursor())
+                    copying = stack.enter_context(cursor.copy(line.rstrip()[:-1].decode()))
+                else:
+                    statements.append(line)
+                if time.monotonic() - polled > _POLL_SECONDS:
+                    poll()
+                    polled = time.monotonic()
+        run_statements()
+        poll()
+
+    def not_restored(self, failure: BaseException, safety: BackupInfo | None) -> BaseException:
+        """What to raise when the restore failed or was stopped: its transaction was rolled
+        back, so the database is as it was."""
+        kept = f" (its state before the restore is also in {safety.path})" if safety else ""
+        done = f"nothing was restored: the database is as it was{kept}"
+        if isinstance(failure, BackupError):
+            return type(failure)(f"{failure}; {done}")
+        # Ctrl-C (or a bug): raised again as it is, once what it did is told.
+        self.notify(f"the restore was stopped ({type(failure).__name__}); {done}")
+        return failure
 
 
 def read_only_setting(connection) -> str | None:
@@ -976,59 +1143,12 @@ def make_writable(quoted_name: str) -> str:
             "default_transaction_read_only; COMMIT")
 
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _READ_ONLY_SETTING = """
 SELECT s.setting FROM pg_db_role_setting r
 JOIN pg_database d ON d.oid = r.setdatabase AND d.datname = current_database()
 CROSS JOIN unnest(r.setconfig) s(setting)
 WHERE r.setrole = 0 AND s.setting LIKE 'default\\_transaction\\_read\\_only=%'
 """
-
-
-def _server_clock(connection) -> dt.datetime:
-    from sqlalchemy import text
-
-    return connection.execute(text("SELECT clock_timestamp()")).scalar_one()
-
-
-def _end_sessions(connection, spare: list[int], since, until, notify: Notify | None,
-                  wait: bool) -> None:
-    """End the other sessions of the database that started between `since` and `until`;
-    those this role may not end are waited for (`wait`), up to the busy timeout."""
-    from sqlalchemy import text
-    from sqlalchemy.exc import DBAPIError
-
-    def others() -> list[tuple[int, str]]:
-        return [tuple(row) for row in connection.execute(
-            text(_OTHER_SESSIONS), {"spare": spare, "since": since, "until": until})]
-
-    found = others()
-    if not found:
-        return
-    if notify is not None:
-        notify(f"ending {len(found)} other session{'s' * (len(found) != 1)} of the database "
-               f"({_describe(found)}); new sessions are read-only until the restore is done")
-    refused = []
-    for pid, who in found:
-        try:
-            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-        except DBAPIError:  # another role's session, which this one may not end
-            refused.append((pid, who))
-    deadline = time.monotonic() + _BUSY_TIMEOUT
-    told = False
-    while wait and (left := others()):
-        waited_for = [session for session in left if session in refused] or left
-        if time.monotonic() > deadline:
-            raise BackupError(
-                f"{len(waited_for)} session{'s' * (len(waited_for) != 1)} of another role "
-                f"stayed connected for more than {_BUSY_TIMEOUT:g}s ({_describe(waited_for)}); "
-                "stop them (or the API), or restore as a superuser, then restore again"
-            )
-        if notify is not None and refused and not told:
-            notify(f"waiting for {_describe(refused)} to disconnect (this role may not end "
-                   f"them; up to {_BUSY_TIMEOUT:g}s)")
-            told = True
-        time.sleep(_POLL_SECONDS)
 
 
 def _describe(sessions: list[tuple[int, str]]) -> str:

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
     from orchestrator.migrations.backup import BackupInfo, Progress, RestoreReport
     from orchestrator.migrations.history import ChangedScript, HistoryEntry
+    from orchestrator.migrations.preview import DowngradePreview
 
 logger = logging.getLogger(__name__)
 
@@ -234,6 +235,8 @@ class MigrationManager:
         self.backup_progress = backup_progress
         # The backup taken by the last upgrade or downgrade, if any.
         self.last_backup: BackupInfo | None = None
+        # What the last downgrade destroyed, as read under the migration lock before it ran.
+        self.last_preview: DowngradePreview | None = None
         # Another scripts folder serves tests and the validator; the default is the project's.
         self.script_location = script_location
         self.lock_timeout = lock_timeout
@@ -251,6 +254,7 @@ class MigrationManager:
         self._lock_held = False
         # Whether the migration lock is still held (see lock.Watch), while it is.
         self._watch = lock.Watch()
+        self._backup_for_loss = False
 
     @classmethod
     def from_settings(cls, settings, **kwargs: Any) -> MigrationManager:
@@ -463,6 +467,18 @@ class MigrationManager:
                 )
         return plan
 
+    def preview_downgrade(self, plan: list[str]) -> DowngradePreview:
+        """What undoing `plan` (from `plan_downgrade`) destroys: the tables it drops with their
+        rows, the columns with their non-null values (`DowngradePreview`)."""
+        from orchestrator.migrations.preview import preview
+
+        with self._reading() as connection:
+            try:
+                return preview(connection, self.script, plan, self._table_names(connection))
+            finally:
+                if connection is not self._lock_connection:
+                    connection.rollback()
+
     # -- changing ------------------------------------------------------------------------
 
     def upgrade(
@@ -486,18 +502,24 @@ class MigrationManager:
                              replan=lambda: self.plan_upgrade(plan[-1]))
 
     def downgrade(self, target: str, *, revision: str | None = None) -> list[str]:
-        """Undo revisions down to `target` (an id, `-N` or `base`); returns what was undone."""
+        """Undo revisions down to `target` (an id, `-N` or `base`); returns what was undone.
+
+        What it destroys is read first (`last_preview`); when that is any data, a backup is
+        taken first whatever BACKUP_BEFORE_MIGRATE says (`last_backup`)."""
         from alembic import command
 
         target = revision or target
+        self.last_preview = None
         planned = _Planner(self.plan_downgrade, target)
         with self._migration_lock(still_needed=lambda: bool(planned())) as held:
             plan = planned() if held else []
             if not plan:
                 return []
+            self.last_preview = self.preview_downgrade(plan)
             destination = self._script_for(plan[-1]).down_revision or "base"
             return self._run(command.downgrade, destination, plan,
-                             replan=lambda: self.plan_downgrade(destination))
+                             replan=lambda: self.plan_downgrade(destination),
+                             backup_first=self.last_preview.loses_data)
 
     def stamp(self, revision: str) -> None:
         """Record `revision` as the database's revision without running any migration."""
@@ -743,6 +765,11 @@ class MigrationManager:
         try:
             self.last_backup = take()
         except BackupError as exc:
+            if self._backup_for_loss:
+                raise type(exc)(
+                    f"{exc} (no {action} that destroys data without a backup taken before it;"
+                    " make room for it, or set BACKUP_DIR to a writable folder)"
+                ) from exc
             raise type(exc)(
                 f"{exc} (no {action} without the backup taken before it; to go without, "
                 "set BACKUP_BEFORE_MIGRATE=false)"
@@ -1089,8 +1116,10 @@ class MigrationManager:
         destination: str,
         plan: list[str],
         replan: Callable[[], list[str]],
+        backup_first: bool = False,
     ) -> list[str]:
-        """Run an Alembic command on our own connection and report what it did.
+        """Run an Alembic command on our own connection and report what it did; `backup_first`:
+        take a backup first even when BACKUP_BEFORE_MIGRATE is off (data would be lost).
 
         With a backup first (BACKUP_BEFORE_MIGRATE), on PostgreSQL the backup is a snapshot
         taken before, and each revision commits on its own. On SQLite the backup and every
@@ -1112,6 +1141,9 @@ class MigrationManager:
         failure: BaseException | None = None
         with self._connect(create=True) as connection, self._migrating(connection, run) as waited:
             whole = self._wants_backup()
+            # Taken because data would be lost, not because the setting asks for it.
+            self._backup_for_loss = backup_first and not whole
+            whole = whole or backup_first
             if whole and self.dialect != "sqlite":
                 backup = self._backup_before(
                     action, lambda: self._backup(f"before-{action}", None, None))

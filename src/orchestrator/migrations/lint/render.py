@@ -96,8 +96,10 @@ def script_lines(path: str, frame: Any = None) -> tuple[int, ...]:
     return tuple(lines)
 
 
-def render(script: ScriptDirectory, revisions: Iterable[str]) -> list[Rendered]:
-    """Upgrade and downgrade SQL of each revision, oldest first, as PostgreSQL would run it."""
+def render(script: ScriptDirectory, revisions: Iterable[str],
+           directions: tuple[str, ...] = (UPGRADE, DOWNGRADE)) -> list[Rendered]:
+    """Upgrade and downgrade SQL (or those of `directions`) of each revision, in the order
+    given, as PostgreSQL would run it."""
     from alembic.operations import Operations
 
     tracer = _Tracer()
@@ -106,7 +108,7 @@ def render(script: ScriptDirectory, revisions: Iterable[str]) -> list[Rendered]:
     with Operations.context(context), _environment(script, context), _batch_in_place(tracer):
         for revision in revisions:
             found = script.get_revision(revision)
-            for direction in (UPGRADE, DOWNGRADE):
+            for direction in directions:
                 rendered.append(_render_one(context, tracer, found, direction))
     return rendered
 
