@@ -282,6 +282,9 @@ class MigrationManager:
         by two branches, is reported here as one line."""
         from orchestrator.migrations import forks
 
+        versions = Path(self.script.versions)
+        if (versions / forks.JOURNAL).exists():
+            raise ForkedChainError(forks.INTERRUPTED.format(folder=versions))
         # Alembic warns when two scripts claim one revision and keeps either; the fork is
         # reported instead, naming both files. Any other warning goes on as it came.
         with warnings.catch_warnings(record=True) as caught:

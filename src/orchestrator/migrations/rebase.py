@@ -18,6 +18,7 @@ applied moved scripts under their old ids, and downgrades it with `old_line_scri
 from __future__ import annotations
 
 import ast
+import json
 import re
 import shutil
 import subprocess
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.migrations.errors import MigrationError
-from orchestrator.migrations.forks import ScriptRef, describe, read_refs
+from orchestrator.migrations.forks import INTERRUPTED, JOURNAL, ScriptRef, describe, read_refs
 
 _DEFAULT_BRANCHES = ("main", "master")
 _DOC_FIELDS = re.compile(rb"^(?P<key>[ \t]*(?:Revision ID|Revises):)(?P<value>[^\r\n]*)",
@@ -130,18 +131,48 @@ def plan(versions: Path, *, keep: str | None = None, onto: str | None = None) ->
 
 
 def apply(plan: RebasePlan) -> None:
-    """Rewrite and rename the moved scripts: every new file is written before any old one is
-    removed, so a failure part way leaves no script lost."""
-    written = []
-    for move in plan.moves:
-        text = _renumbered(move.script.path.read_bytes(), move.revision, move.down_revision)
-        staged = move.path.with_name(f".{move.path.name}.rebase")
-        staged.write_bytes(text)
-        written.append((staged, move))
-    for _, move in written:
-        move.script.path.unlink()
-    for staged, move in written:
-        staged.replace(move.path)
+    """Rewrite and rename the moved scripts. The new files are written aside first (stopped
+    there, nothing changed), then a journal of the renames; from then on `resume()` finishes
+    them if the command is stopped part way, so no script is lost."""
+    versions = plan.moves[0].script.path.parent
+    journal = versions / JOURNAL
+    entries: list[tuple[str, str, str]] = []
+    try:
+        for move in plan.moves:
+            text = _renumbered(move.script.path.read_bytes(), move.revision, move.down_revision)
+            staged = move.path.with_name(f".{move.path.name}.rebase")
+            entries.append((move.script.path.name, staged.name, move.path.name))
+            staged.unlink(missing_ok=True)  # left by a run stopped here, maybe read-only
+            staged.write_bytes(text)
+            shutil.copymode(move.script.path, staged)
+        written = journal.with_name(f"{JOURNAL}.tmp")
+        written.write_text(json.dumps(entries))
+        written.replace(journal)
+    except BaseException:
+        if not journal.exists():
+            for _, staged_name, _ in entries:
+                (versions / staged_name).unlink(missing_ok=True)
+            journal.with_name(f"{JOURNAL}.tmp").unlink(missing_ok=True)
+        raise
+    resume(versions)
+
+
+def resume(versions: Path) -> list[tuple[str, str]]:
+    """Finish the renames of a rebase stopped after it wrote its journal: the (old, new) file
+    names, or nothing when there was none. Safe to run again if stopped itself."""
+    journal = versions / JOURNAL
+    if not journal.exists():
+        return []
+    entries = [tuple(entry) for entry in json.loads(journal.read_text())]
+    new_names = {new for _, _, new in entries}
+    for old, _, _ in entries:
+        if old not in new_names:  # a name that is also a new one is replaced below
+            (versions / old).unlink(missing_ok=True)
+    for _, staged, new in entries:
+        if (versions / staged).exists():
+            (versions / staged).replace(versions / new)
+    journal.unlink()
+    return [(old, new) for old, _, new in entries]
 
 
 def applied_moves(
