@@ -724,3 +724,25 @@ def test_renames_onto_a_moved_scripts_old_name_survive_a_stop_at_any_point(tmp_p
         assert (versions / "004_x.py").read_text() == (
             'revision = "004"\ndown_revision = \'003\'\nsecond = 1\n')
         assert rebasing.resume(versions) == []
+
+
+def test_a_rebase_undone_with_git_checkout_is_not_moved_twice(two_moves, sqlite_url):
+    team = two_moves
+    assert team.run("db", "rebase", "--database-url", sqlite_url).returncode == 0
+    # "Undo": the deleted scripts come back; the renamed ones stay, untracked.
+    git(team.root, "checkout", "-q", "--", ".")
+    before = team.names()
+    result = team.run("db", "rebase", "--database-url", sqlite_url)
+    assert result.returncode == 2
+    one, two, three = team.number(1), team.number(2), team.number(3)
+    assert result.stderr == (
+        f"Error: {two}_add_tags.py and {one}_add_tags.py are the same migration under two "
+        "revision ids (an earlier `db rebase` undone with git checkout or git restore leaves "
+        "its renamed files behind); delete the one that should not be there (`git clean` "
+        "removes untracked ones), then run `orchestrator db rebase` again\n")
+    assert team.names() == before
+    git(team.root, "clean", "-q", "-f", "--", ".")
+    again = team.run("db", "rebase", "--database-url", sqlite_url)
+    assert again.returncode == 0, again.stderr
+    assert team.names()[-3:] == _rebased_names(team)
+    assert _applies(sqlite_url, team.scripts)[-3:] == [one, two, three]

@@ -104,6 +104,17 @@ def plan(versions: Path, *, keep: str | None = None, onto: str | None = None) ->
         if not ref.revision.isdigit():  # type: ignore[union-attr]
             raise RebaseError(f"{ref.name} has revision {ref.revision}, which is not a number: "
                               "only numbered revisions (001, 002, ...) can be renumbered")
+    copies: dict[bytes, ScriptRef] = {}
+    for ref in moving:
+        # The same script under two ids: an earlier rebase's output beside the files that
+        # `git checkout`/`git restore` brought back. Moving both would apply it twice.
+        same = copies.setdefault(_renumbered(ref.path.read_bytes(), "", None), ref)
+        if same is not ref:
+            raise RebaseError(f"{ref.name} and {same.name} are the same migration under two "
+                              "revision ids (an earlier `db rebase` undone with git checkout or "
+                              "git restore leaves its renamed files behind); delete the one "
+                              "that should not be there (`git clean` removes untracked ones), "
+                              "then run `orchestrator db rebase` again")
     head = max(kept, key=lambda ref: ref.number).revision if kept else None
     width = max(len(ref.revision or "") for ref in refs)
     moves = []
