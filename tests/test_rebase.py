@@ -546,18 +546,18 @@ def test_which_line_a_database_applied_is_told_by_its_history(tmp_path):
         (base, theirs),
         (rebasing.Move(ours, "003", "002", tmp_path / "003_b.py"),
          rebasing.Move(later, "004", "003", tmp_path / "004_b.py")), "test")
-    assert rebasing.applied_moves(plan, None, None) is None
-    assert rebasing.applied_moves(plan, "001", None) is None
-    assert rebasing.applied_moves(plan, "002", checksum(theirs.path)) is None
-    applied = rebasing.applied_moves(plan, "002", checksum(ours.path))
+    assert rebasing.applied_moves(plan, None, {}) is None
+    assert rebasing.applied_moves(plan, "001", {}) is None
+    assert rebasing.applied_moves(plan, "002", {"002": checksum(theirs.path)}) is None
+    applied = rebasing.applied_moves(plan, "002", {"002": checksum(ours.path)})
     assert (applied.scripts, applied.fork_point) == ((ours,), "001")
-    applied = rebasing.applied_moves(plan, "003", None)
+    applied = rebasing.applied_moves(plan, "003", {})
     assert (applied.scripts, applied.fork_point) == ((ours, later), "001")
     with pytest.raises(rebasing.RebaseError, match="does not say which it applied"):
-        rebasing.applied_moves(plan, "002", None)
+        rebasing.applied_moves(plan, "002", {})
     # A line from the very first revision goes back to base.
     alone = rebasing.RebasePlan((), (rebasing.Move(base, "002", None, tmp_path / "x.py"),), "t")
-    assert rebasing.applied_moves(alone, "001", None).fork_point is None
+    assert rebasing.applied_moves(alone, "001", {}).fork_point is None
 
 
 def test_renumbering_keeps_quotes_and_everything_else():
@@ -746,3 +746,24 @@ def test_a_rebase_undone_with_git_checkout_is_not_moved_twice(two_moves, sqlite_
     assert again.returncode == 0, again.stderr
     assert team.names()[-3:] == _rebased_names(team)
     assert _applies(sqlite_url, team.scripts)[-3:] == [one, two, three]
+
+
+def test_a_database_on_the_kept_line_and_a_moved_child_goes_back_only_that_far(two_moves,
+                                                                             db_url):
+    # Bob keeps his first migration (--keep) and moves Alice's and his second after it: the
+    # second's parent id is claimed by his kept one and Alice's moved one; history tells.
+    team = two_moves
+    one, two, three = team.number(1), team.number(2), team.number(3)
+    git(team.root, "checkout", "-q", "HEAD^1")  # Bob's branch before the merge
+    assert team.run("db", "upgrade", "--database-url", db_url).returncode == 0
+    git(team.root, "checkout", "-q", "bob")
+    result = team.run("db", "rebase", "--keep", f"{one}_add_tags.py", "--yes",
+                      "--database-url", db_url)
+    assert result.returncode == 0, result.stderr
+    assert (f"applied {two}_add_labels.py under the old revision; once renumbered they are new "
+            f"revisions, so it must go back to {one} first.\nUndid {two}: the database is at "
+            f"{one}.\n") in result.stdout
+    assert team.names()[-3:] == [f"{one}_add_tags.py", f"{two}_add_notes.py",
+                                 f"{three}_add_labels.py"]
+    assert _applies(db_url, team.scripts) == [two, three]
+    assert {"notes", "tags", "labels"} <= _tables(db_url)

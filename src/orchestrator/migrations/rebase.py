@@ -22,6 +22,7 @@ import json
 import re
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,38 +188,46 @@ def resume(versions: Path) -> list[tuple[str, str]]:
 
 
 def applied_moves(
-    plan: RebasePlan, current: str | None, checksum: str | None
+    plan: RebasePlan, current: str | None, checksums: Mapping[str, str]
 ) -> AppliedMoves | None:
     """The moved scripts a database at `current` applied under their old ids, or None when it
-    is on the line that stays (or before the fork). `checksum` is the one its history recorded
-    for the script it applied as `current`: it tells two scripts with one id apart."""
+    is on the line that stays (or before the fork). `checksums` are those its history recorded
+    for the scripts it applied (or stamped), by revision: they tell two scripts with one id
+    apart, at `current` and below it."""
+    moved = [move.script for move in plan.moves]
+    line: list[ScriptRef] = []
+    revision = current
+    while revision is not None:
+        ref = _applied_as(plan, moved, revision, checksums.get(revision), below=bool(line))
+        if ref is None or ref not in moved:
+            break
+        line.append(ref)
+        revision = ref.down_revisions[0] if ref.down_revisions else None
+    if not line:
+        return None
+    return AppliedMoves(tuple(reversed(line)), revision)
+
+
+def _applied_as(plan: RebasePlan, moved: list[ScriptRef], revision: str, checksum: str | None,
+                below: bool) -> ScriptRef | None:
+    """The script a database applied as `revision`, told by its recorded checksum when several
+    claim the id."""
     from orchestrator.migrations.history import checksum as file_checksum
 
-    moved = [move.script for move in plan.moves]
-    claimants = [ref for ref in [*plan.kept, *moved] if ref.revision == current]
-    if not any(ref in moved for ref in claimants):
-        return None
-    if len(claimants) > 1:
-        matching = [ref for ref in claimants if file_checksum(ref.path) == checksum]
-        if len(matching) != 1:
-            raise RebaseError(
-                f"the database is at {current}, which {_names(claimants)} all claim, and its "
-                "history does not say which it applied; if it is this branch's, downgrade it "
-                "from a checkout of this branch as it was before the merge (`orchestrator db "
-                f"downgrade` to the revision before {current}), then run `orchestrator db "
-                "rebase` again")
-        if matching[0] not in moved:
-            return None
-        claimants = matching
-    line = [claimants[0]]
-    while True:
-        parents = line[-1].down_revisions
-        below = [ref for ref in moved if parents and ref.revision == parents[0]]
-        if not below:
-            break
-        line.append(below[0])
-    return AppliedMoves(tuple(reversed(line)), line[-1].down_revisions[0]
-                        if line[-1].down_revisions else None)
+    claimants = [ref for ref in [*plan.kept, *moved] if ref.revision == revision]
+    if len(claimants) < 2:
+        return claimants[0] if claimants else None
+    matching = [ref for ref in claimants if file_checksum(ref.path) == checksum]
+    if len(matching) == 1:
+        return matching[0]
+    if below:  # no history of it: the line the database is on is this branch's
+        return next((ref for ref in claimants if ref in moved), claimants[0])
+    raise RebaseError(
+        f"the database is at {revision}, which {_names(claimants)} all claim, and its "
+        "history does not say which it applied; if it is this branch's, downgrade it "
+        "from a checkout of this branch as it was before the merge (`orchestrator db "
+        f"downgrade` to the revision before {revision}), then run `orchestrator db "
+        "rebase` again")
 
 
 def old_line_scripts(plan: RebasePlan, applied: AppliedMoves, script_dir: Path,
