@@ -546,18 +546,18 @@ def test_which_line_a_database_applied_is_told_by_its_history(tmp_path):
         (base, theirs),
         (rebasing.Move(ours, "003", "002", tmp_path / "003_b.py"),
          rebasing.Move(later, "004", "003", tmp_path / "004_b.py")), "test")
-    assert rebasing.applied_moves(plan, None, None) is None
-    assert rebasing.applied_moves(plan, "001", None) is None
-    assert rebasing.applied_moves(plan, "002", checksum(theirs.path)) is None
-    applied = rebasing.applied_moves(plan, "002", checksum(ours.path))
+    assert rebasing.applied_moves(plan, None, {}) is None
+    assert rebasing.applied_moves(plan, "001", {}) is None
+    assert rebasing.applied_moves(plan, "002", {"002": checksum(theirs.path)}) is None
+    applied = rebasing.applied_moves(plan, "002", {"002": checksum(ours.path)})
     assert (applied.scripts, applied.fork_point) == ((ours,), "001")
-    applied = rebasing.applied_moves(plan, "003", None)
+    applied = rebasing.applied_moves(plan, "003", {})
     assert (applied.scripts, applied.fork_point) == ((ours, later), "001")
     with pytest.raises(rebasing.RebaseError, match="does not say which it applied"):
-        rebasing.applied_moves(plan, "002", None)
+        rebasing.applied_moves(plan, "002", {})
     # A line from the very first revision goes back to base.
     alone = rebasing.RebasePlan((), (rebasing.Move(base, "002", None, tmp_path / "x.py"),), "t")
-    assert rebasing.applied_moves(alone, "001", None).fork_point is None
+    assert rebasing.applied_moves(alone, "001", {}).fork_point is None
 
 
 def test_renumbering_keeps_quotes_and_everything_else():
@@ -588,3 +588,182 @@ def test_a_database_that_cannot_be_read_does_not_stop_the_rebase(forked):
     assert result.stderr.startswith("Note: the database could not be read (cannot reach")
     assert "downgrade it from this branch as it was before the merge" in result.stderr
     assert forked.names()[-1] == f"{forked.number(2)}_add_tags.py"
+
+
+# -- stopped part way -------------------------------------------------------------------------
+
+
+def _stop_on(monkeypatch, method: str, call: int) -> None:
+    """`Path.<method>` raises KeyboardInterrupt (Ctrl-C) on its `call`-th use on a staged
+    script (.NNN_name.py.rebase), as a rebase stopped at that point would."""
+    real = getattr(Path, method)
+    calls = []
+
+    def stopping(self, *args, **kwargs):
+        if self.name.endswith(".rebase"):
+            calls.append(self)
+            if len(calls) == call:
+                raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, method, stopping)
+
+
+@pytest.fixture
+def two_moves(team) -> Team:
+    """Bob's branch has two migrations; Alice's one was merged first."""
+    team.branch("alice", "notes")
+    team.branch("bob", "tags", "labels")
+    team.merge("main", "alice")
+    team.merge("bob", "main")
+    return team
+
+
+def _rebased_names(team: Team) -> list[str]:
+    return [f"{team.number(1)}_add_notes.py", f"{team.number(2)}_add_tags.py",
+            f"{team.number(3)}_add_labels.py"]
+
+
+@pytest.mark.parametrize("renamed", [1, 2], ids=["before-any-rename", "after-one-rename"])
+def test_a_rebase_stopped_while_renaming_is_finished_by_the_next(two_moves, sqlite_url,
+                                                                 monkeypatch, renamed):
+    team = two_moves
+    with monkeypatch.context() as patched:
+        _stop_on(patched, "replace", renamed)
+        stopped = team.run("db", "rebase", "--database-url", sqlite_url)
+    assert stopped.returncode != 0
+    # Every command says what happened, not a shorter chain without Bob's migrations.
+    status = team.run("db", "status", "--database-url", sqlite_url)
+    assert status.returncode == 2
+    assert status.stderr.startswith("Error: an interrupted `orchestrator db rebase` left its "
+                                    "renames unfinished")
+    dry = team.run("db", "rebase", "--dry-run", "--database-url", sqlite_url)
+    assert dry.returncode == 2 and "run `orchestrator db rebase` to finish them" in dry.stderr
+    again = team.run("db", "rebase", "--database-url", sqlite_url)
+    assert again.returncode == 0, again.stderr
+    one, two, three = team.number(1), team.number(2), team.number(3)
+    assert again.stdout.startswith(
+        "Finished the renames of an interrupted `db rebase`: "
+        f"{one}_add_tags.py -> {two}_add_tags.py, {two}_add_labels.py -> {three}_add_labels.py.\n")
+    assert team.names()[-3:] == _rebased_names(team)
+    assert not [path.name for path in team.versions.iterdir() if path.name.startswith(".")]
+    assert "op.create_table('labels'" in (team.versions / f"{three}_add_labels.py").read_text()
+    assert _applies(sqlite_url, team.scripts)[-3:] == [one, two, three]
+
+
+def test_a_rebase_stopped_while_writing_changes_nothing(two_moves, sqlite_url, monkeypatch):
+    team = two_moves
+    before = {path.name: path.read_bytes() for path in team.versions.iterdir()}
+    with monkeypatch.context() as patched:
+        _stop_on(patched, "write_bytes", 2)
+        stopped = team.run("db", "rebase", "--database-url", sqlite_url)
+    assert stopped.returncode != 0
+    assert {path.name: path.read_bytes() for path in team.versions.iterdir()} == before
+    again = team.run("db", "rebase", "--database-url", sqlite_url)
+    assert again.returncode == 0, again.stderr
+    assert team.names()[-3:] == _rebased_names(team)
+
+
+def test_a_read_only_script_stays_read_only_and_a_stale_staged_file_is_replaced(forked,
+                                                                                sqlite_url):
+    moving = forked.versions / f"{forked.number(1)}_add_tags.py"
+    moving.chmod(0o444)
+    stale = forked.versions / f".{forked.number(2)}_add_tags.py.rebase"
+    stale.write_text("left by a run stopped while writing")
+    stale.chmod(0o640)
+    result = forked.run("db", "rebase", "--database-url", sqlite_url)
+    assert result.returncode == 0, result.stderr
+    moved = forked.versions / f"{forked.number(2)}_add_tags.py"
+    assert moved.stat().st_mode & 0o777 == 0o444
+    assert "op.create_table('tags'" in moved.read_text()
+    assert not stale.exists()
+
+
+def test_renames_onto_a_moved_scripts_old_name_survive_a_stop_at_any_point(tmp_path,
+                                                                         monkeypatch):
+    versions = tmp_path / "versions"
+    versions.mkdir()
+
+    def script(name: str, revision: str, parent: str | None, body: str) -> None:
+        (versions / name).write_text(
+            f'revision = "{revision}"\ndown_revision = {parent!r}\n{body} = 1\n')
+
+    script("001_a.py", "001", None, "a")
+    script("002_b.py", "002", "001", "b")
+    script("002_x.py", "002", "001", "first")   # becomes 003_x.py, the next one's old name
+    script("003_x.py", "003", "002", "second")  # becomes 004_x.py
+    plan = rebasing.plan(versions, keep="002_b.py")
+    assert [(move.script.name, move.path.name) for move in plan.moves] == [
+        ("002_x.py", "003_x.py"), ("003_x.py", "004_x.py")]
+    real = Path.replace
+
+    for stop_after in (rebasing.JOURNAL, "003_x.py"):
+        for path in versions.iterdir():
+            path.unlink()
+        script("001_a.py", "001", None, "a")
+        script("002_b.py", "002", "001", "b")
+        script("002_x.py", "002", "001", "first")
+        script("003_x.py", "003", "002", "second")
+
+        def stop(self, target, stop_after=stop_after):
+            done = real(self, target)
+            if Path(target).name == stop_after:
+                monkeypatch.setattr(Path, "replace", real)
+                raise KeyboardInterrupt
+            return done
+
+        monkeypatch.setattr(Path, "replace", stop)
+        with pytest.raises(KeyboardInterrupt):
+            rebasing.apply(plan)
+        monkeypatch.setattr(Path, "replace", real)
+        assert rebasing.resume(versions) == [("002_x.py", "003_x.py"), ("003_x.py", "004_x.py")]
+        assert sorted(path.name for path in versions.iterdir()) == [
+            "001_a.py", "002_b.py", "003_x.py", "004_x.py"]
+        assert (versions / "003_x.py").read_text() == (
+            'revision = "003"\ndown_revision = \'002\'\nfirst = 1\n')
+        assert (versions / "004_x.py").read_text() == (
+            'revision = "004"\ndown_revision = \'003\'\nsecond = 1\n')
+        assert rebasing.resume(versions) == []
+
+
+def test_a_rebase_undone_with_git_checkout_is_not_moved_twice(two_moves, sqlite_url):
+    team = two_moves
+    assert team.run("db", "rebase", "--database-url", sqlite_url).returncode == 0
+    # "Undo": the deleted scripts come back; the renamed ones stay, untracked.
+    git(team.root, "checkout", "-q", "--", ".")
+    before = team.names()
+    result = team.run("db", "rebase", "--database-url", sqlite_url)
+    assert result.returncode == 2
+    one, two, three = team.number(1), team.number(2), team.number(3)
+    assert result.stderr == (
+        f"Error: {two}_add_tags.py and {one}_add_tags.py are the same migration under two "
+        "revision ids (an earlier `db rebase` undone with git checkout or git restore leaves "
+        "its renamed files behind); delete the one that should not be there (`git clean` "
+        "removes untracked ones), then run `orchestrator db rebase` again\n")
+    assert team.names() == before
+    git(team.root, "clean", "-q", "-f", "--", ".")
+    again = team.run("db", "rebase", "--database-url", sqlite_url)
+    assert again.returncode == 0, again.stderr
+    assert team.names()[-3:] == _rebased_names(team)
+    assert _applies(sqlite_url, team.scripts)[-3:] == [one, two, three]
+
+
+def test_a_database_on_the_kept_line_and_a_moved_child_goes_back_only_that_far(two_moves,
+                                                                             db_url):
+    # Bob keeps his first migration (--keep) and moves Alice's and his second after it: the
+    # second's parent id is claimed by his kept one and Alice's moved one; history tells.
+    team = two_moves
+    one, two, three = team.number(1), team.number(2), team.number(3)
+    git(team.root, "checkout", "-q", "HEAD^1")  # Bob's branch before the merge
+    assert team.run("db", "upgrade", "--database-url", db_url).returncode == 0
+    git(team.root, "checkout", "-q", "bob")
+    result = team.run("db", "rebase", "--keep", f"{one}_add_tags.py", "--yes",
+                      "--database-url", db_url)
+    assert result.returncode == 0, result.stderr
+    assert (f"applied {two}_add_labels.py under the old revision; once renumbered they are new "
+            f"revisions, so it must go back to {one} first.\nUndid {two}: the database is at "
+            f"{one}.\n") in result.stdout
+    assert team.names()[-3:] == [f"{one}_add_tags.py", f"{two}_add_notes.py",
+                                 f"{three}_add_labels.py"]
+    assert _applies(db_url, team.scripts) == [two, three]
+    assert {"notes", "tags", "labels"} <= _tables(db_url)

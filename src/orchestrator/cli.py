@@ -676,6 +676,12 @@ def rebase(ctx: click.Context, onto: str | None, keep: str | None, dry_run: bool
                                "give one of them", ctx=ctx)
     manager = _manager(ctx)
     versions = Path(manager.script.versions)
+    if dry_run and (versions / rebasing.JOURNAL).exists():
+        raise rebasing.RebaseError(rebasing.INTERRUPTED.format(folder=_relative(str(versions))))
+    finished = rebasing.resume(versions)
+    if finished:
+        click.echo("Finished the renames of an interrupted `db rebase`: "
+                   f"{', '.join(f'{old} -> {new}' for old, new in finished)}.")
     plan = rebasing.plan(versions, keep=keep, onto=onto)
     if plan is None:
         click.echo(f"Nothing to rebase: the migrations in {_relative(str(versions))} form one "

@@ -23,6 +23,13 @@ FIX = (
     "run `orchestrator db rebase` to renumber this branch's migrations after the other "
     "line's (docs/migrations.md, \"Working on a team\")"
 )
+# Written by `db rebase` once its renumbered scripts are staged, removed when they are in place:
+# while it exists the versions folder is half renamed (rebase.resume() finishes it).
+JOURNAL = ".rebase-journal"
+INTERRUPTED = (
+    "an interrupted `orchestrator db rebase` left its renames unfinished (the moved migrations "
+    "are staged in {folder} as .NNN_name.py.rebase); run `orchestrator db rebase` to finish them"
+)
 # Alembic's warning when two scripts claim the same revision; the fork is reported instead.
 DUPLICATE_WARNING = r"Revision \S+ is present more than once"
 _NUMERIC = re.compile(r"^\d+$")

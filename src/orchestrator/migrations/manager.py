@@ -302,6 +302,9 @@ class MigrationManager:
         by two branches, is reported here as one line."""
         from orchestrator.migrations import forks
 
+        versions = Path(self.script.versions)
+        if (versions / forks.JOURNAL).exists():
+            raise ForkedChainError(forks.INTERRUPTED.format(folder=versions))
         # Alembic warns when two scripts claim one revision and keeps either; the fork is
         # reported instead, naming both files. Any other warning goes on as it came.
         with warnings.catch_warnings(record=True) as caught:
@@ -360,20 +363,21 @@ class MigrationManager:
         """The database's revision (None for a fresh or missing database)."""
         return self._read_database()[0]
 
-    def recorded_revision(self) -> tuple[str | None, str | None]:
+    def recorded_revision(self) -> tuple[str | None, dict[str, str]]:
         """The database's revision, and the checksum of the script its history says was last
-        applied (or stamped) as that revision: read without loading the scripts, which may
+        applied (or stamped) as each revision: read without loading the scripts, which may
         not load (two branches' migrations with one id, before `db rebase`)."""
         from orchestrator.migrations import history
 
         current = self._read_database()[0]
         if current is None:
-            return None, None
+            return None, {}
         with self._connect() as connection:
             entries = history.read(connection)
-        checksums = [entry.checksum for entry in entries if entry.revision == current
-                     and entry.success and entry.direction in (history.UPGRADE, history.STAMP)]
-        return current, checksums[-1] if checksums else None
+        checksums = {entry.revision: entry.checksum for entry in entries
+                     if entry.success and entry.direction in (history.UPGRADE, history.STAMP)
+                     and entry.checksum is not None}
+        return current, checksums
 
     def with_scripts(self, script_location: str | Path) -> MigrationManager:
         """A manager of the same database, with the same options, over another scripts

@@ -18,14 +18,16 @@ applied moved scripts under their old ids, and downgrades it with `old_line_scri
 from __future__ import annotations
 
 import ast
+import json
 import re
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.migrations.errors import MigrationError
-from orchestrator.migrations.forks import ScriptRef, describe, read_refs
+from orchestrator.migrations.forks import INTERRUPTED, JOURNAL, ScriptRef, describe, read_refs
 
 _DEFAULT_BRANCHES = ("main", "master")
 _DOC_FIELDS = re.compile(rb"^(?P<key>[ \t]*(?:Revision ID|Revises):)(?P<value>[^\r\n]*)",
@@ -103,6 +105,17 @@ def plan(versions: Path, *, keep: str | None = None, onto: str | None = None) ->
         if not ref.revision.isdigit():  # type: ignore[union-attr]
             raise RebaseError(f"{ref.name} has revision {ref.revision}, which is not a number: "
                               "only numbered revisions (001, 002, ...) can be renumbered")
+    copies: dict[bytes, ScriptRef] = {}
+    for ref in moving:
+        # The same script under two ids: an earlier rebase's output beside the files that
+        # `git checkout`/`git restore` brought back. Moving both would apply it twice.
+        same = copies.setdefault(_renumbered(ref.path.read_bytes(), "", None), ref)
+        if same is not ref:
+            raise RebaseError(f"{ref.name} and {same.name} are the same migration under two "
+                              "revision ids (an earlier `db rebase` undone with git checkout or "
+                              "git restore leaves its renamed files behind); delete the one "
+                              "that should not be there (`git clean` removes untracked ones), "
+                              "then run `orchestrator db rebase` again")
     head = max(kept, key=lambda ref: ref.number).revision if kept else None
     width = max(len(ref.revision or "") for ref in refs)
     moves = []
@@ -130,53 +143,91 @@ def plan(versions: Path, *, keep: str | None = None, onto: str | None = None) ->
 
 
 def apply(plan: RebasePlan) -> None:
-    """Rewrite and rename the moved scripts: every new file is written before any old one is
-    removed, so a failure part way leaves no script lost."""
-    written = []
-    for move in plan.moves:
-        text = _renumbered(move.script.path.read_bytes(), move.revision, move.down_revision)
-        staged = move.path.with_name(f".{move.path.name}.rebase")
-        staged.write_bytes(text)
-        written.append((staged, move))
-    for _, move in written:
-        move.script.path.unlink()
-    for staged, move in written:
-        staged.replace(move.path)
+    """Rewrite and rename the moved scripts. The new files are written aside first (stopped
+    there, nothing changed), then a journal of the renames; from then on `resume()` finishes
+    them if the command is stopped part way, so no script is lost."""
+    versions = plan.moves[0].script.path.parent
+    journal = versions / JOURNAL
+    entries: list[tuple[str, str, str]] = []
+    try:
+        for move in plan.moves:
+            text = _renumbered(move.script.path.read_bytes(), move.revision, move.down_revision)
+            staged = move.path.with_name(f".{move.path.name}.rebase")
+            entries.append((move.script.path.name, staged.name, move.path.name))
+            staged.unlink(missing_ok=True)  # left by a run stopped here, maybe read-only
+            staged.write_bytes(text)
+            shutil.copymode(move.script.path, staged)
+        written = journal.with_name(f"{JOURNAL}.tmp")
+        written.write_text(json.dumps(entries))
+        written.replace(journal)
+    except BaseException:
+        if not journal.exists():
+            for _, staged_name, _ in entries:
+                (versions / staged_name).unlink(missing_ok=True)
+            journal.with_name(f"{JOURNAL}.tmp").unlink(missing_ok=True)
+        raise
+    resume(versions)
+
+
+def resume(versions: Path) -> list[tuple[str, str]]:
+    """Finish the renames of a rebase stopped after it wrote its journal: the (old, new) file
+    names, or nothing when there was none. Safe to run again if stopped itself."""
+    journal = versions / JOURNAL
+    if not journal.exists():
+        return []
+    entries = [tuple(entry) for entry in json.loads(journal.read_text())]
+    new_names = {new for _, _, new in entries}
+    for old, _, _ in entries:
+        if old not in new_names:  # a name that is also a new one is replaced below
+            (versions / old).unlink(missing_ok=True)
+    for _, staged, new in entries:
+        if (versions / staged).exists():
+            (versions / staged).replace(versions / new)
+    journal.unlink()
+    return [(old, new) for old, _, new in entries]
 
 
 def applied_moves(
-    plan: RebasePlan, current: str | None, checksum: str | None
+    plan: RebasePlan, current: str | None, checksums: Mapping[str, str]
 ) -> AppliedMoves | None:
     """The moved scripts a database at `current` applied under their old ids, or None when it
-    is on the line that stays (or before the fork). `checksum` is the one its history recorded
-    for the script it applied as `current`: it tells two scripts with one id apart."""
+    is on the line that stays (or before the fork). `checksums` are those its history recorded
+    for the scripts it applied (or stamped), by revision: they tell two scripts with one id
+    apart, at `current` and below it."""
+    moved = [move.script for move in plan.moves]
+    line: list[ScriptRef] = []
+    revision = current
+    while revision is not None:
+        ref = _applied_as(plan, moved, revision, checksums.get(revision), below=bool(line))
+        if ref is None or ref not in moved:
+            break
+        line.append(ref)
+        revision = ref.down_revisions[0] if ref.down_revisions else None
+    if not line:
+        return None
+    return AppliedMoves(tuple(reversed(line)), revision)
+
+
+def _applied_as(plan: RebasePlan, moved: list[ScriptRef], revision: str, checksum: str | None,
+                below: bool) -> ScriptRef | None:
+    """The script a database applied as `revision`, told by its recorded checksum when several
+    claim the id."""
     from orchestrator.migrations.history import checksum as file_checksum
 
-    moved = [move.script for move in plan.moves]
-    claimants = [ref for ref in [*plan.kept, *moved] if ref.revision == current]
-    if not any(ref in moved for ref in claimants):
-        return None
-    if len(claimants) > 1:
-        matching = [ref for ref in claimants if file_checksum(ref.path) == checksum]
-        if len(matching) != 1:
-            raise RebaseError(
-                f"the database is at {current}, which {_names(claimants)} all claim, and its "
-                "history does not say which it applied; if it is this branch's, downgrade it "
-                "from a checkout of this branch as it was before the merge (`orchestrator db "
-                f"downgrade` to the revision before {current}), then run `orchestrator db "
-                "rebase` again")
-        if matching[0] not in moved:
-            return None
-        claimants = matching
-    line = [claimants[0]]
-    while True:
-        parents = line[-1].down_revisions
-        below = [ref for ref in moved if parents and ref.revision == parents[0]]
-        if not below:
-            break
-        line.append(below[0])
-    return AppliedMoves(tuple(reversed(line)), line[-1].down_revisions[0]
-                        if line[-1].down_revisions else None)
+    claimants = [ref for ref in [*plan.kept, *moved] if ref.revision == revision]
+    if len(claimants) < 2:
+        return claimants[0] if claimants else None
+    matching = [ref for ref in claimants if file_checksum(ref.path) == checksum]
+    if len(matching) == 1:
+        return matching[0]
+    if below:  # no history of it: the line the database is on is this branch's
+        return next((ref for ref in claimants if ref in moved), claimants[0])
+    raise RebaseError(
+        f"the database is at {revision}, which {_names(claimants)} all claim, and its "
+        "history does not say which it applied; if it is this branch's, downgrade it "
+        "from a checkout of this branch as it was before the merge (`orchestrator db "
+        f"downgrade` to the revision before {revision}), then run `orchestrator db "
+        "rebase` again")
 
 
 def old_line_scripts(plan: RebasePlan, applied: AppliedMoves, script_dir: Path,
