@@ -223,7 +223,7 @@ def _seed(url: str, tasks: int) -> tuple[str, list[int]]:
         with Session(engine) as session:
             user, token = accounts.create_user(session, "bench@example.com", "Bench")
             project = Project(owner_id=user.id, name="claims")
-            agents = [Agent(name=f"agent {i}") for i in range(AGENTS)]
+            agents = [Agent(owner_id=user.id, name=f"agent {i}") for i in range(AGENTS)]
             session.add_all([project, *agents])
             session.flush()
             session.execute(insert(Task), [

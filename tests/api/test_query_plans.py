@@ -68,7 +68,7 @@ def planned(plan_db: str):
         session.add_all(users)
         session.flush()
         projects = [Project(owner_id=user.id, name="p") for user in users for _ in range(5)]
-        agents = [Agent(name=f"a{i}") for i in range(10)]
+        agents = [Agent(owner_id=users[i % 2].id, name=f"a{i}") for i in range(10)]
         session.add_all(projects + agents)
         session.flush()
         statuses = ["pending", "in_progress", "done", "done", "done", "failed"]

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from orchestrator.accounts import Caller, caller_for_token
+from orchestrator.accounts import Caller, caller_for_token, record_token_use
 from orchestrator.api.errors import NOT_READY, RETRY_AFTER, database_problem
 from orchestrator.api.schemas import MAX_ID, Problem
 from orchestrator.db import create_engine
@@ -50,6 +50,9 @@ class Database:
     writer: Engine
     # Token look-ups: the reader, in autocommit on PostgreSQL.
     auth: Engine
+    # Recording a token's use (once a minute at most): `auth` on PostgreSQL, the writer on
+    # SQLite (whose reader connections would have to wait for the file's write lock).
+    touch: Engine
 
     @property
     def is_sqlite(self) -> bool:
@@ -65,7 +68,8 @@ def open_database(database_url: str) -> Database:
     """The API's engines for `database_url` (nothing connects until the first request)."""
     reader = create_engine(database_url, pool_size=_POOL_SIZE, max_overflow=_MAX_OVERFLOW)
     if reader.dialect.name != "sqlite":
-        return Database(reader, reader, reader.execution_options(isolation_level="AUTOCOMMIT"))
+        auth = reader.execution_options(isolation_level="AUTOCOMMIT")
+        return Database(reader, reader, auth, auth)
     writer = create_engine(
         database_url,
         pool_size=1,
@@ -73,7 +77,7 @@ def open_database(database_url: str) -> Database:
         pool_timeout=_SQLITE_WRITER_TIMEOUT,
         execution_options={"sqlite_begin": "BEGIN IMMEDIATE"},
     )
-    return Database(reader, writer, reader)
+    return Database(reader, writer, reader, writer)
 
 
 async def get_session(request: Request) -> AsyncIterator[Session]:
@@ -120,6 +124,9 @@ def authenticate(db: Database, credentials: HTTPAuthorizationCredentials | None)
         with db.auth.connect() as connection:
             caller = caller_for_token(connection, credentials.credentials)
             connection.commit()
+        if caller is not None and caller.token_use_is_stale:
+            with db.touch.begin() as connection:
+                record_token_use(connection, caller)
     except (sqlalchemy.exc.DBAPIError, sqlalchemy.exc.TimeoutError) as exc:
         # Unreachable, busy, or not migrated yet (no api_tokens table): a 503, not a 500.
         problem = database_problem(exc)

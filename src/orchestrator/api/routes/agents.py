@@ -1,7 +1,8 @@
 """Agents, and claiming work for them.
 
-Agents have no owner in the schema: every user sees the same agents. A claim hands an agent the
-most urgent pending task of the caller's own projects (lowest priority level, then oldest),
+An agent belongs to the user who registered it (`owner_id`): only they see, change, delete or
+claim with it; another user's agent answers 404, as an unknown one does. A claim hands an agent
+the most urgent pending task of its owner's projects (lowest priority level, then oldest),
 marks it in_progress and returns it, in one statement:
 
 - PostgreSQL: the candidate row is picked with `FOR UPDATE SKIP LOCKED`, so concurrent claimers
@@ -63,15 +64,17 @@ router = APIRouter(prefix="/agents", tags=["agents"], responses=API_PROBLEMS)
 def claim_statement(dialect: str, by_project: bool = False) -> Update:
     """UPDATE ... RETURNING that marks the next pending task in_progress for an agent.
 
-    Takes the parameters `claimer` (the agent's id), `owner` (the user's id) and, when
-    `by_project`, `project`. Built once per shape and reused: agents claim in a loop, and
+    Takes the parameters `claimer` (the agent's id), `owner` (the calling user's id, who must
+    own the agent) and, when `by_project`, `project`. Built once per shape and reused: agents claim in a loop, and
     building and hashing the statement would cost more than running it.
     """
     tasks, agents = Task.__table__, Agent.__table__
     # The agent must exist and not be offline; checked here rather than by a query of its own,
     # so that a successful claim is one statement.
     claimer = select(agents.c.id).where(
-        agents.c.id == bindparam("claimer"), agents.c.status != AgentStatus.offline.value
+        agents.c.id == bindparam("claimer"),
+        agents.c.owner_id == bindparam("owner"),
+        agents.c.status != AgentStatus.offline.value,
     )
     if dialect == "postgresql":
         claimer = claimer.with_for_update(read=True)
@@ -102,35 +105,35 @@ def claim_statement(dialect: str, by_project: bool = False) -> Update:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, responses=BODY_PROBLEMS)
-def create_agent(body: AgentCreate, session: SessionDep, _: CurrentUser) -> AgentRead:
-    """Register an agent."""
-    agent = Agent(name=body.name, status=body.status.value)
+def create_agent(body: AgentCreate, session: SessionDep, user: CurrentUser) -> AgentRead:
+    """Register an agent, owned by you."""
+    agent = Agent(owner_id=user.id, name=body.name, status=body.status.value)
     session.add(agent)
     session.commit()
     return AgentRead.model_validate(agent)
 
 
 @router.get("")
-def list_agents(session: SessionDep, _: CurrentUser, page: PageDep) -> Page[AgentRead]:
-    """All agents, by id."""
-    statement = select(Agent).order_by(Agent.id)
+def list_agents(session: SessionDep, user: CurrentUser, page: PageDep) -> Page[AgentRead]:
+    """Your agents, by id."""
+    statement = select(Agent).where(Agent.owner_id == user.id).order_by(Agent.id)
     return page_of(session, statement, page, AgentRead, order=(Agent.id,), name="agents")
 
 
 @router.get("/{agent_id}", responses=problems(404))
-def read_agent(agent_id: IdPath, session: SessionDep, _: CurrentUser) -> AgentRead:
-    """One agent."""
-    return AgentRead.model_validate(_agent(session, agent_id))
+def read_agent(agent_id: IdPath, session: SessionDep, user: CurrentUser) -> AgentRead:
+    """One of your agents."""
+    return AgentRead.model_validate(own_agent(session, user.id, agent_id))
 
 
 @router.patch("/{agent_id}", responses={**BODY_PROBLEMS, **problems(404, 409)})
 def update_agent(
-    agent_id: IdPath, body: AgentUpdate, session: SessionDep, _: CurrentUser
+    agent_id: IdPath, body: AgentUpdate, session: SessionDep, user: CurrentUser
 ) -> AgentRead:
-    """Rename an agent or set its status; an agent that holds tasks cannot go offline."""
+    """Rename your agent or set its status; an agent that holds tasks cannot go offline."""
     changes = body.changes()
     going_offline = changes.get("status") == AgentStatus.offline.value
-    agent = _agent(session, agent_id, lock=going_offline)
+    agent = own_agent(session, user.id, agent_id, lock=going_offline)
     if going_offline and agent.status != AgentStatus.offline.value:
         _require_no_work(session, agent_id, "go offline")
     for name, value in changes.items():
@@ -140,9 +143,9 @@ def update_agent(
 
 
 @router.delete("/{agent_id}", status_code=status.HTTP_204_NO_CONTENT, responses=problems(404, 409))
-def delete_agent(agent_id: IdPath, session: SessionDep, _: CurrentUser) -> Response:
-    """Remove an agent that is not working on a task."""
-    _agent(session, agent_id, lock=True)
+def delete_agent(agent_id: IdPath, session: SessionDep, user: CurrentUser) -> Response:
+    """Remove your agent, when it is not working on a task."""
+    own_agent(session, user.id, agent_id, lock=True)
     _require_no_work(session, agent_id, "be deleted")
     # The database sets agent_id to null on the tasks it did.
     session.execute(delete(Agent).where(Agent.id == agent_id))
@@ -190,7 +193,7 @@ async def claim(
         int | None, Query(ge=1, le=MAX_ID, description="Claim only from this project.")
     ] = None,
 ) -> TaskRead:
-    """Give the agent your most urgent pending task (priority level, then age): 204 if none."""
+    """Give your agent your most urgent pending task (priority level, then age): 204 if none."""
     # Agents call this in a loop, so all of its database work, the token check included, makes
     # one trip to the thread pool: the `CurrentUser` dependency and a plain `def` route would
     # take three, each costing more CPU than the claim's own query.
@@ -217,7 +220,7 @@ def _claim(
         session.commit()
         return TaskRead.model_validate(dict(row._mapping))
     # Nothing was claimed: say why when it is not simply an empty queue.
-    agent = _agent(session, agent_id)
+    agent = own_agent(session, user.id, agent_id)
     if agent.status == AgentStatus.offline.value:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
@@ -229,9 +232,10 @@ def _claim(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-def _agent(session: Session, agent_id: int, *, lock: bool = False) -> Agent:
-    """The agent; with `lock`, its row locked until the transaction ends (claims wait)."""
+def own_agent(session: Session, owner_id: int, agent_id: int, *, lock: bool = False) -> Agent:
+    """The user's agent; 404 when it is unknown or someone else's. With `lock`, its row locked
+    until the transaction ends (claims wait)."""
     agent = session.get(Agent, agent_id, with_for_update=lock or None)
-    if agent is None:
+    if agent is None or agent.owner_id != owner_id:
         raise not_found("agent", agent_id)
     return agent
