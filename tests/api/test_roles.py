@@ -168,3 +168,16 @@ def test_a_revoked_token_is_401_at_once_everywhere(client, world, alice):
         response = client.request(method, path, json=body, headers=headers)
         assert response.status_code == 401, (method, path)
     assert client.get("/api/v1/users/me", headers=alice.headers).status_code == 200
+
+
+def test_a_request_does_not_wait_to_record_its_tokens_use(client, api_db, alice):
+    """SQLite: with the file's write lock taken, the use is left to a later request."""
+    if not api_db.startswith("sqlite"):
+        pytest.skip("PostgreSQL writes the row in autocommit, without a file lock")
+    engine = create_engine(api_db)
+    with engine.execution_options(sqlite_begin="BEGIN IMMEDIATE").begin() as holder:
+        assert client.get("/api/v1/projects", headers=alice.headers).status_code == 200
+        assert holder.execute(text("SELECT last_used_at FROM api_tokens")).scalar() is None
+    engine.dispose()
+    tokens = client.get("/api/v1/users/me/tokens", headers=alice.headers).json()["items"]
+    assert tokens[0]["last_used_at"] is not None

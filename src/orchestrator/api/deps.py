@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import sqlalchemy.exc
+from sqlalchemy import event
 from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
@@ -50,8 +51,9 @@ class Database:
     writer: Engine
     # Token look-ups: the reader, in autocommit on PostgreSQL.
     auth: Engine
-    # Recording a token's use (once a minute at most): `auth` on PostgreSQL, the writer on
-    # SQLite (whose reader connections would have to wait for the file's write lock).
+    # Recording a token's use (once a minute at most): `auth` on PostgreSQL. On SQLite a
+    # connection of its own that never waits for the file's write lock: a request whose
+    # token's use cannot be recorded at once leaves it to a later one.
     touch: Engine
 
     @property
@@ -62,6 +64,7 @@ class Database:
         """Close every pooled connection."""
         self.reader.dispose()
         self.writer.dispose()
+        self.touch.dispose()
 
 
 def open_database(database_url: str) -> Database:
@@ -77,7 +80,16 @@ def open_database(database_url: str) -> Database:
         pool_timeout=_SQLITE_WRITER_TIMEOUT,
         execution_options={"sqlite_begin": "BEGIN IMMEDIATE"},
     )
-    return Database(reader, writer, reader, writer)
+    touch = create_engine(
+        database_url, pool_size=1, max_overflow=0, pool_timeout=0,
+        execution_options={"sqlite_begin": "BEGIN IMMEDIATE"},
+    )
+    event.listen(touch, "connect", _never_wait)
+    return Database(reader, writer, reader, touch)
+
+
+def _never_wait(dbapi_connection, _record) -> None:
+    dbapi_connection.execute("PRAGMA busy_timeout=0")
 
 
 async def get_session(request: Request) -> AsyncIterator[Session]:
@@ -125,8 +137,7 @@ def authenticate(db: Database, credentials: HTTPAuthorizationCredentials | None)
             caller = caller_for_token(connection, credentials.credentials)
             connection.commit()
         if caller is not None and caller.token_use_is_stale:
-            with db.touch.begin() as connection:
-                record_token_use(connection, caller)
+            _record_use(db, caller)
     except (sqlalchemy.exc.DBAPIError, sqlalchemy.exc.TimeoutError) as exc:
         # Unreachable, busy, or not migrated yet (no api_tokens table): a 503, not a 500.
         problem = database_problem(exc)
@@ -141,6 +152,17 @@ def authenticate(db: Database, credentials: HTTPAuthorizationCredentials | None)
 
 
 CurrentUser = Annotated[Caller, Depends(get_current_user)]
+
+
+def _record_use(db: Database, caller: Caller) -> None:
+    try:
+        with db.touch.begin() as connection:
+            record_token_use(connection, caller)
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.TimeoutError):
+        if not db.is_sqlite:
+            raise
+        # The file's write lock is taken (or another request is recording a use): a later
+        # request records it; this one does not wait.
 
 
 def _unauthorized(detail: str) -> HTTPException:
