@@ -36,7 +36,7 @@ BATCH_SIZE = 5000
 
 
 def update_in_batches(
-    table: str, assignment: str, where: str, *, label: str, batch_size: int = BATCH_SIZE
+    table: str, assignment: str, where: str, *, label: str, batch_size: int | None = None
 ) -> int:
     """`UPDATE table SET assignment WHERE where`, batch by batch of ids; returns the batches.
 
@@ -44,7 +44,11 @@ def update_in_batches(
     interrupted resumes where it stopped.
     """
     context = op.get_context()
-    update = f"UPDATE {table} SET {assignment} WHERE {table}.id >= {{low}} AND {table}.id < {{high}} AND ({where})"
+    batch_size = batch_size or BATCH_SIZE
+    update = (
+        f"UPDATE {table} SET {assignment} "
+        f"WHERE {table}.id >= {{low}} AND {table}.id < {{high}} AND ({where})"
+    )
     if context.as_sql:
         if context.dialect.name == "postgresql":
             op.execute(sa.text(_do_block(table, update, where, batch_size)))
@@ -91,17 +95,26 @@ def _progress(label: str, done: int | None, span: int | None) -> None:
 
 
 def recreate_sqlite_table(
-    table: str, change: Callable[[Any], None], referenced_by: Sequence[tuple[str, str]]
+    table: str,
+    change: Callable[[Any], None],
+    referenced_by: Sequence[tuple[str, str]],
+    copy_from: sa.Table,
 ) -> None:
     """`op.batch_alter_table(table)` with `change(batch)` on SQLite, keeping the values of the
-    `(table, column)`s whose foreign keys point at `table` with ON DELETE SET NULL."""
+    `(table, column)`s whose foreign keys point at `table` with ON DELETE SET NULL.
+
+    `copy_from` is the table as it stands before the change: offline there is no database to
+    read it from (online it is read from the database itself)."""
     for child, column in referenced_by:
         op.execute(
             f"CREATE TEMP TABLE _kept_{child}_{column} AS "
             f"SELECT id, {column} FROM {child} WHERE {column} IS NOT NULL"
         )
     # SQLite reports no name for some constraints; the convention names them again.
-    with op.batch_alter_table(table, naming_convention=NAMING_CONVENTION) as batch:
+    offline = op.get_context().as_sql
+    with op.batch_alter_table(
+        table, naming_convention=NAMING_CONVENTION, copy_from=copy_from if offline else None
+    ) as batch:
         change(batch)
     for child, column in referenced_by:
         kept = f"_kept_{child}_{column}"

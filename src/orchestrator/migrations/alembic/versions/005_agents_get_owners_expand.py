@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from orchestrator.migrations.recipes import recreate_sqlite_table, update_in_batches
+from orchestrator.models import NAMING_CONVENTION
 
 revision: str = "005"
 down_revision: str | Sequence[str] | None = "004"
@@ -59,7 +60,9 @@ def upgrade() -> None:
     if op.get_context().dialect.name == "sqlite":
         # A table copy: SQLite can add a column with a foreign key in place, but then reports
         # the key without its name; the copy is what 006 makes too.
-        recreate_sqlite_table("agents", _add_owner, [("tasks", "agent_id")])
+        recreate_sqlite_table(
+            "agents", _add_owner, [("tasks", "agent_id")], agents_table(owner=False)
+        )
         op.create_index(INDEX_NAME, "agents", ["owner_id"])
         update_in_batches("agents", OWNER, "owner_id IS NULL", label="005 agents.owner_id")
         return
@@ -81,7 +84,10 @@ def downgrade() -> None:
         op.drop_index(INDEX_NAME, table_name="agents")
         # SQLite drops a column with a foreign key only by copying the table.
         recreate_sqlite_table(
-            "agents", lambda batch: batch.drop_column("owner_id"), [("tasks", "agent_id")]
+            "agents",
+            lambda batch: batch.drop_column("owner_id"),
+            [("tasks", "agent_id")],
+            agents_table(owner=True),
         )
     else:
         with op.get_context().autocommit_block():
@@ -111,3 +117,26 @@ def _drop_if_invalid(name: str) -> None:
     )
     if invalid.first() is not None:
         op.drop_index(name, table_name="agents", postgresql_concurrently=True)
+
+
+def agents_table(*, owner: bool, required: bool = False) -> sa.Table:
+    """`agents` as 004 left it, or with `owner_id` (nullable, as 005 leaves it, or required):
+    what SQLite's offline table copy starts from."""
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+    sa.Table("users", metadata, sa.Column("id", sa.Integer(), primary_key=True))
+    columns = [
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column("status", sa.String(length=20), server_default="idle", nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True),
+                  server_default=sa.func.current_timestamp(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True),
+                  server_default=sa.func.current_timestamp(), nullable=False),
+        sa.CheckConstraint("status IN ('idle', 'busy', 'offline')", name="status_valid"),
+    ]
+    if owner:
+        columns.append(sa.Column(
+            "owner_id", sa.Integer(),
+            sa.ForeignKey("users.id", ondelete="CASCADE", name=FK_NAME), nullable=not required,
+        ))
+    return sa.Table("agents", metadata, *columns)

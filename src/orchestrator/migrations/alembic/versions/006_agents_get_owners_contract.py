@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from orchestrator.migrations.recipes import recreate_sqlite_table, update_in_batches
+from orchestrator.models import NAMING_CONVENTION
 
 revision: str = "006"
 down_revision: str | Sequence[str] | None = "005"
@@ -51,7 +52,9 @@ def upgrade() -> None:
     if op.get_context().dialect.name == "sqlite":
         update_in_batches("agents", OWNER, "owner_id IS NULL", label="006 agents.owner_id")
         _require_owners()
-        recreate_sqlite_table("agents", _not_null(True), [("tasks", "agent_id")])
+        recreate_sqlite_table(
+            "agents", _not_null(True), [("tasks", "agent_id")], agents_table(owner=True)
+        )
         return
     with op.get_context().autocommit_block():
         update_in_batches("agents", OWNER, "owner_id IS NULL", label="006 agents.owner_id")
@@ -68,7 +71,12 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     if op.get_context().dialect.name == "sqlite":
-        recreate_sqlite_table("agents", _not_null(False), [("tasks", "agent_id")])
+        recreate_sqlite_table(
+            "agents",
+            _not_null(False),
+            [("tasks", "agent_id")],
+            agents_table(owner=True, required=True),
+        )
         return
     # The foreign key stays validated: 005's downgrade drops it with the column.
     op.alter_column("agents", "owner_id", existing_type=sa.Integer(), nullable=True)
@@ -93,3 +101,26 @@ def _require_owners() -> None:
             f"{left} agent(s) have no owner and there is no user to own them; create one "
             "(`orchestrator users create --admin --email ... --name ...`) and upgrade again"
         )
+
+
+def agents_table(*, owner: bool, required: bool = False) -> sa.Table:
+    """`agents` as 004 left it, or with `owner_id` (nullable, as 005 leaves it, or required):
+    what SQLite's offline table copy starts from."""
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+    sa.Table("users", metadata, sa.Column("id", sa.Integer(), primary_key=True))
+    columns = [
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column("status", sa.String(length=20), server_default="idle", nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True),
+                  server_default=sa.func.current_timestamp(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True),
+                  server_default=sa.func.current_timestamp(), nullable=False),
+        sa.CheckConstraint("status IN ('idle', 'busy', 'offline')", name="status_valid"),
+    ]
+    if owner:
+        columns.append(sa.Column(
+            "owner_id", sa.Integer(),
+            sa.ForeignKey("users.id", ondelete="CASCADE", name=FK_NAME), nullable=not required,
+        ))
+    return sa.Table("agents", metadata, *columns)
