@@ -156,15 +156,14 @@ class Caller:
     token_id: int
     token_last_used_at: dt.datetime | None
 
-    @property
-    def token_use_is_stale(self) -> bool:
-        """Whether this request should record the token's use."""
-        last = self.token_last_used_at
-        if last is None:
-            return True
-        if last.tzinfo is None:  # SQLite keeps UTC without a zone
-            last = last.replace(tzinfo=dt.UTC)
-        return dt.datetime.now(dt.UTC) - last >= LAST_USED_RESOLUTION
+
+def token_use_is_stale(last_used_at: dt.datetime | None) -> bool:
+    """Whether a request should record the use of a token last used at `last_used_at`."""
+    if last_used_at is None:
+        return True
+    if last_used_at.tzinfo is None:  # SQLite keeps UTC without a zone
+        last_used_at = last_used_at.replace(tzinfo=dt.UTC)
+    return dt.datetime.now(dt.UTC) - last_used_at >= LAST_USED_RESOLUTION
 
 
 def caller_for_token(connection: Connection, token: str) -> Caller | None:
@@ -173,10 +172,10 @@ def caller_for_token(connection: Connection, token: str) -> Caller | None:
     return Caller(*row) if row is not None else None
 
 
-def record_token_use(connection: Connection, caller: Caller) -> None:
+def record_token_use(connection: Connection, token_id: int) -> None:
     """Set the token's `last_used_at` to now, unless another request just did."""
     cutoff = dt.datetime.now(dt.UTC) - LAST_USED_RESOLUTION
-    connection.execute(_touch_token(), {"token_id": caller.token_id, "cutoff": cutoff})
+    connection.execute(_touch_token(), {"token_id": token_id, "cutoff": cutoff})
 
 
 @cache

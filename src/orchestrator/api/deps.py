@@ -15,6 +15,7 @@ The engines are made in the app's lifespan (`open_database`) and kept on `app.st
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -27,7 +28,12 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from orchestrator.accounts import Caller, caller_for_token, record_token_use
+from orchestrator.accounts import (
+    Caller,
+    caller_for_token,
+    record_token_use,
+    token_use_is_stale,
+)
 from orchestrator.api.errors import NOT_READY, RETRY_AFTER, database_problem
 from orchestrator.api.schemas import MAX_ID, Problem
 from orchestrator.db import create_engine
@@ -136,8 +142,8 @@ def authenticate(db: Database, credentials: HTTPAuthorizationCredentials | None)
         with db.auth.connect() as connection:
             caller = caller_for_token(connection, credentials.credentials)
             connection.commit()
-        if caller is not None and caller.token_use_is_stale:
-            _record_use(db, caller)
+        if caller is not None:
+            record_use_if_stale(db, caller.token_id, caller.token_last_used_at)
     except (sqlalchemy.exc.DBAPIError, sqlalchemy.exc.TimeoutError) as exc:
         # Unreachable, busy, or not migrated yet (no api_tokens table): a 503, not a 500.
         problem = database_problem(exc)
@@ -154,10 +160,13 @@ def authenticate(db: Database, credentials: HTTPAuthorizationCredentials | None)
 CurrentUser = Annotated[Caller, Depends(get_current_user)]
 
 
-def _record_use(db: Database, caller: Caller) -> None:
+def record_use_if_stale(db: Database, token_id: int, last_used_at: dt.datetime | None) -> None:
+    """Record that a request used the token, unless one did within the last minute."""
+    if not token_use_is_stale(last_used_at):
+        return
     try:
         with db.touch.begin() as connection:
-            record_token_use(connection, caller)
+            record_token_use(connection, token_id)
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.TimeoutError):
         if not db.is_sqlite:
             raise

@@ -29,6 +29,7 @@ from sqlalchemy import Update, bindparam, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from orchestrator.accounts import hash_token
 from orchestrator.api.deps import (
     API_PROBLEMS,
     BODY_PROBLEMS,
@@ -38,13 +39,13 @@ from orchestrator.api.deps import (
     IdPath,
     SessionDep,
     authenticate,
+    record_use_if_stale,
     not_found,
     problems,
     save,
 )
 from orchestrator.api.pagination import PageDep, page_of
 from orchestrator.api.routes.projects import own_project
-from orchestrator.api.routes.tasks import owned_project_ids
 from orchestrator.api.schemas import (
     MAX_ID,
     AgentCreate,
@@ -55,25 +56,37 @@ from orchestrator.api.schemas import (
     TaskRead,
     TaskStatus,
 )
-from orchestrator.models import Agent, Task
+from orchestrator.models import Agent, ApiToken, Project, Task
 
 router = APIRouter(prefix="/agents", tags=["agents"], responses=API_PROBLEMS)
 
 
-@lru_cache(maxsize=4)
-def claim_statement(dialect: str, by_project: bool = False) -> Update:
+@lru_cache(maxsize=8)
+def claim_statement(dialect: str, by_project: bool = False, by_token: bool = False) -> Update:
     """UPDATE ... RETURNING that marks the next pending task in_progress for an agent.
 
     Takes the parameters `claimer` (the agent's id), `owner` (the calling user's id, who must
-    own the agent) and, when `by_project`, `project`. Built once per shape and reused: agents claim in a loop, and
-    building and hashing the statement would cost more than running it.
+    own the agent) and, when `by_project`, `project`. With `by_token`, `token_hash` replaces
+    `owner`: the caller is found by their token's hash in the same statement, which also
+    returns the token's `token_id` and `token_last_used_at` (the token check and the claim in
+    one round trip; an unknown token claims nothing). Built once per shape and reused: agents
+    claim in a loop, and building and hashing the statement would cost more than running it.
     """
-    tasks, agents = Task.__table__, Agent.__table__
-    # The agent must exist and not be offline; checked here rather than by a query of its own,
-    # so that a successful claim is one statement.
+    tasks, agents, tokens = Task.__table__, Agent.__table__, ApiToken.__table__
+    if by_token:
+        caller = (
+            select(tokens.c.user_id, tokens.c.id, tokens.c.last_used_at)
+            .where(tokens.c.token_hash == bindparam("token_hash"))
+            .cte("caller")
+        )
+        owner = select(caller.c.user_id).scalar_subquery()
+    else:
+        owner = bindparam("owner")
+    # The agent must be the caller's and not offline; checked here rather than by a query of
+    # its own, so that a successful claim is one statement.
     claimer = select(agents.c.id).where(
         agents.c.id == bindparam("claimer"),
-        agents.c.owner_id == bindparam("owner"),
+        agents.c.owner_id == owner,
         agents.c.status != AgentStatus.offline.value,
     )
     if dialect == "postgresql":
@@ -83,7 +96,7 @@ def claim_statement(dialect: str, by_project: bool = False) -> Update:
         select(tasks.c.id)
         .where(
             tasks.c.status == TaskStatus.pending.value,
-            tasks.c.project_id.in_(owned_project_ids(bindparam("owner"))),
+            tasks.c.project_id.in_(select(Project.id).where(Project.owner_id == owner)),
             exists(select(claimer_cte.c.id)),
         )
         .order_by(tasks.c.priority_level, tasks.c.created_at, tasks.c.id)
@@ -93,6 +106,12 @@ def claim_statement(dialect: str, by_project: bool = False) -> Update:
         candidate = candidate.where(tasks.c.project_id == bindparam("project"))
     if dialect == "postgresql":
         candidate = candidate.with_for_update(of=tasks, skip_locked=True)
+    returned = list(tasks.c)
+    if by_token:
+        returned += [
+            select(caller.c.id).scalar_subquery().label("token_id"),
+            select(caller.c.last_used_at).scalar_subquery().label("token_last_used_at"),
+        ]
     return (
         update(tasks)
         .where(
@@ -100,7 +119,7 @@ def claim_statement(dialect: str, by_project: bool = False) -> Update:
             tasks.c.status == TaskStatus.pending.value,
         )
         .values(status=TaskStatus.in_progress.value, agent_id=bindparam("claimer"))
-        .returning(*tasks.c)
+        .returning(*returned)
     )
 
 
@@ -187,7 +206,6 @@ def _require_no_work(session: Session, agent_id: int, action: str) -> None:
 async def claim(
     request: Request,
     agent_id: IdPath,
-    session: SessionDep,
     credentials: BearerToken,
     project_id: Annotated[
         int | None, Query(ge=1, le=MAX_ID, description="Claim only from this project.")
@@ -195,19 +213,44 @@ async def claim(
 ) -> TaskRead:
     """Give your agent your most urgent pending task (priority level, then age): 204 if none."""
     # Agents call this in a loop, so all of its database work, the token check included, makes
-    # one trip to the thread pool: the `CurrentUser` dependency and a plain `def` route would
-    # take three, each costing more CPU than the claim's own query.
+    # one trip to the thread pool: the `CurrentUser` and `SessionDep` dependencies and a plain
+    # `def` route would take three, each costing more CPU than the claim's own query.
     db = request.app.state.db
-    return await run_in_threadpool(_claim, db, session, credentials, agent_id, project_id)
+    return await run_in_threadpool(_claim, db, credentials, agent_id, project_id)
 
 
 def _claim(
+    db: Database,
+    credentials: HTTPAuthorizationCredentials | None,
+    agent_id: int,
+    project_id: int | None,
+) -> Response:
+    if not db.is_sqlite and credentials is not None and credentials.scheme.lower() == "bearer":
+        # PostgreSQL: the token check and the claim in one autocommit statement, on the token
+        # look-up engine (no session, no BEGIN/COMMIT round trips).
+        statement = claim_statement("postgresql", project_id is not None, by_token=True)
+        parameters = {
+            "claimer": agent_id,
+            "token_hash": hash_token(credentials.credentials),
+            "project": project_id,
+        }
+        with db.auth.connect() as connection:
+            row = connection.execute(statement, parameters).first()
+        if row is not None:
+            record_use_if_stale(db, row.token_id, row.token_last_used_at)
+            return _task_response(row)
+    # Nothing claimed yet (or SQLite): check the token, claim, and say why when nothing is left.
+    with Session(db.writer, expire_on_commit=False) as session:
+        return _claim_in_session(db, session, credentials, agent_id, project_id)
+
+
+def _claim_in_session(
     db: Database,
     session: Session,
     credentials: HTTPAuthorizationCredentials | None,
     agent_id: int,
     project_id: int | None,
-) -> TaskRead | Response:
+) -> Response:
     user = authenticate(db, credentials)
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
@@ -218,7 +261,7 @@ def _claim(
     row = session.execute(statement, parameters).first()
     if row is not None:
         session.commit()
-        return TaskRead.model_validate(dict(row._mapping))
+        return _task_response(row)
     # Nothing was claimed: say why when it is not simply an empty queue.
     agent = own_agent(session, user.id, agent_id)
     if agent.status == AgentStatus.offline.value:
@@ -230,6 +273,12 @@ def _claim(
         own_project(session, user, project_id)
     session.rollback()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _task_response(row) -> Response:
+    # Serialised here, once: returning the model would have FastAPI validate it again.
+    task = TaskRead.model_validate(row._mapping)
+    return Response(task.model_dump_json(), media_type="application/json")
 
 
 def own_agent(session: Session, owner_id: int, agent_id: int, *, lock: bool = False) -> Agent:
