@@ -207,8 +207,10 @@ def cli() -> None:
 @common_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Server processes (uvicorn workers), each applying the start-up checks.")
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int) -> None:
+def serve(ctx: click.Context, host: str, port: int, workers: int) -> None:
     """Serve the API (development migrates its database first)."""
     import logging
 
@@ -227,7 +229,16 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
     # is handed the result rather than applying the policy (and logging it) a second time.
     with _manager(ctx) as manager:
         report = prepare_database(settings, manager)
-    uvicorn.run(create_app(settings, startup=report), host=host, port=port, log_level="info")
+    if workers == 1:
+        uvicorn.run(create_app(settings, startup=report), host=host, port=port, log_level="info")
+        return
+    # Each worker process builds the app from the environment and applies the start-up policy
+    # in its lifespan: the database is at head by now, and were it not, the migration lock
+    # lets one worker migrate while the others wait and then find nothing to do.
+    os.environ["ENVIRONMENT"] = settings.environment.value
+    os.environ["DATABASE_URL"] = settings.database_url
+    uvicorn.run("orchestrator.api.app:create_app", factory=True, host=host, port=port,
+                workers=workers, log_level="info")
 
 
 @cli.group()
