@@ -90,7 +90,7 @@ def test_backup_then_change_then_restore_gives_the_exact_content(at_head: Migrat
         db_url,
         "DELETE FROM tasks WHERE status = 'done'",
         "UPDATE users SET name = 'Changed'",
-        "INSERT INTO agents (name) VALUES ('intruder')",
+        "INSERT INTO agents (name, owner_id) VALUES ('intruder', 1)",
         "CREATE TABLE created_after_the_backup (id INTEGER PRIMARY KEY)",
         "CREATE VIEW view_after_the_backup AS SELECT id FROM users",
     )
@@ -400,7 +400,7 @@ def test_restoring_over_a_damaged_wal_database_replays_nothing_of_it(sqlite_url,
     try:
         api.execute("PRAGMA journal_mode=WAL")
         api.execute("PRAGMA wal_autocheckpoint=0")
-        api.execute("INSERT INTO agents (name) VALUES ('only in the damaged WAL')")
+        api.execute("INSERT INTO agents (name, owner_id) VALUES ('only in the damaged WAL', 1)")
         with open(database, "r+b") as data:  # damage the main file; its log holds the insert
             data.seek(4096)
             data.write(os.urandom(database.stat().st_size - 4096))
@@ -827,7 +827,7 @@ def test_sqlite_backup_holds_writers_off_while_it_copies(sqlite_url, tmp_path):
         def try_to_write(done, total):
             writer = sqlite3.connect(path, timeout=0)
             try:
-                writer.execute("INSERT INTO agents (name) VALUES ('sneaky')")
+                writer.execute("INSERT INTO agents (name, owner_id) VALUES ('sneaky', 1)")
                 writer.commit()
                 attempts.append("committed")
             except sqlite3.OperationalError as exc:
@@ -837,7 +837,7 @@ def test_sqlite_backup_holds_writers_off_while_it_copies(sqlite_url, tmp_path):
 
         info = manager.backup(tmp_path / "copy.sqlite", progress=try_to_write)
     assert attempts == ["database is locked"]
-    execute(sqlite_url, "INSERT INTO agents (name) VALUES ('afterwards')")  # released after
+    execute(sqlite_url, "INSERT INTO agents (name, owner_id) VALUES ('afterwards', 1)")  # released after
     copy = sqlite3.connect(info.path)
     assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert copy.execute("SELECT count(*) FROM agents").fetchone()[0] == 1

@@ -86,7 +86,7 @@ def test_a_session_this_role_may_not_end_is_waited_for_then_the_restore_gives_up
     said: list[str] = []
     with MigrationManager(url, backup_dir=tmp_path / "b", notify=said.append) as manager:
         info = manager.backup()
-        execute(url, "INSERT INTO agents (name) VALUES ('after the backup')")
+        execute(url, "INSERT INTO agents (name, owner_id) VALUES ('after the backup', 1)")
         superuser = create_engine(superuser_url, poolclass=NullPool)
         try:
             with superuser.connect() as session:  # a superuser's session: not ours to end
@@ -112,7 +112,7 @@ def test_the_restore_goes_on_once_that_session_has_left_and_keeps_a_setting_made
     said: list[str] = []
     with MigrationManager(url, backup_dir=tmp_path / "b", notify=said.append) as manager:
         info = manager.backup()
-        execute(url, "INSERT INTO agents (name) VALUES ('after the backup')")
+        execute(url, "INSERT INTO agents (name, owner_id) VALUES ('after the backup', 1)")
         superuser = create_engine(superuser_url, poolclass=NullPool)
         session = superuser.connect()
         session.execute(text("SELECT 1"))
