@@ -15,15 +15,16 @@ The engines are made in the app's lifespan (`open_database`) and kept on `app.st
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import sqlalchemy.exc
-from sqlalchemy import event
 from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -161,17 +162,17 @@ CurrentUser = Annotated[Caller, Depends(get_current_user)]
 
 
 def record_use_if_stale(db: Database, token_id: int, last_used_at: dt.datetime | None) -> None:
-    """Record that a request used the token, unless one did within the last minute."""
+    """Record that a request used the token, unless one did within the last minute.
+
+    Best effort: when it cannot be written at once (SQLite's write lock is taken, another
+    request is recording a use, the database is busy) a later request records it. It never
+    fails the request, which may already have claimed a task.
+    """
     if not token_use_is_stale(last_used_at):
         return
-    try:
+    with contextlib.suppress(sqlalchemy.exc.DBAPIError, sqlalchemy.exc.TimeoutError):
         with db.touch.begin() as connection:
             record_token_use(connection, token_id)
-    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.TimeoutError):
-        if not db.is_sqlite:
-            raise
-        # The file's write lock is taken (or another request is recording a use): a later
-        # request records it; this one does not wait.
 
 
 def _unauthorized(detail: str) -> HTTPException:
