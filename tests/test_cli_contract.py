@@ -94,7 +94,7 @@ def test_upgrade_to_a_revision_behind_the_database_is_an_error_naming_downgrade(
         with pytest.raises(UnknownRevisionError, match="older than the database's revision"):
             manager.upgrade(target)
         assert manager.get_current_revision() == "002"
-        assert manager.plan_upgrade("002") == [] and manager.plan_upgrade() == ["003", "004"]
+        assert manager.plan_upgrade("002") == [] and manager.plan_upgrade() == ["003", "004", "005", "006"]
 
 
 def test_sql_ranges_go_the_way_their_command_says(run_here, sqlite_url):
@@ -474,10 +474,10 @@ def serve_until_started(url: str, environment: str) -> str:
 def test_serve_logs_each_migration_step_once(sqlite_url):
     log = serve_until_started(sqlite_url, "development")
     assert "Application startup complete" in log, log
-    for revision in ("001", "002", "003", "004"):
-        assert len(re.findall(rf"\b{revision}\b", log)) == (1 if revision != "004" else 2), log
+    for revision in ("001", "002", "003", "004", "005", "006"):
+        assert len(re.findall(rf"\b{revision}\b", log)) == (1 if revision != "006" else 2), log
         assert re.search(rf"orchestrator.startup: applied {revision} in \d+\.\d\ds\n", log)
-    assert "orchestrator.startup: migrated the database from base to 004" in log
+    assert "orchestrator.startup: migrated the database from base to 006" in log
     assert "Running upgrade" not in log and "Initial schema" not in log
 
 
@@ -578,10 +578,10 @@ def test_every_reporting_command_prints_the_json_its_documentation_describes(
 def test_history_json_says_what_each_revision_is(run_here, sqlite_url):
     MigrationManager(sqlite_url).upgrade("002")
     document = json.loads(run_here("db", "history", "--json", "--database-url", sqlite_url).stdout)
-    assert (document["current"], document["head"]) == ("002", "004")
+    assert (document["current"], document["head"]) == ("002", "006")
     assert [(r["revision"], r["state"], r["is_head"]) for r in document["revisions"]] == [
         ("001", "applied", False), ("002", "applied", False), ("003", "pending", False),
-        ("004", "pending", True)]
+        ("004", "pending", False), ("005", "pending", False), ("006", "pending", True)]
     assert document["revisions"][1]["last_step"]["direction"] == "upgrade"
     assert document["revisions"][2]["last_step"] is None
     assert [step["revision"] for step in document["steps"]] == ["001", "002"]
@@ -701,7 +701,7 @@ def test_bash_completes_commands_options_and_revisions():
     assert bash_completes(script, ["orchestrator", "--env", "''"]) == [
         "development", "staging", "production"]
     assert bash_completes(script, ["orchestrator", "db", "downgrade", "00"]) == [
-        "001", "002", "003", "004"]
+        "001", "002", "003", "004", "005", "006"]
     assert bash_completes(script, ["orchestrator", "db", "show", "he"]) == ["head"]
 
 
