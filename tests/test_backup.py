@@ -1148,12 +1148,12 @@ def test_backup_commands_end_to_end(sqlite_url, run_here, run_cli, tmp_path):
     # A real process, to see what it prints when no terminal is attached: no progress bar.
     made = run_cli("db", "backup", "--database-url", sqlite_url, env=env, input="")
     assert made.returncode == 0, made.stderr
-    assert made.stdout.startswith("Backed up sqlite:///") and "at revision 004 to" in made.stdout
+    assert made.stdout.startswith("Backed up sqlite:///") and "at revision 006 to" in made.stdout
     assert made.stderr == ""
     listed = run_here("db", "backups", "--database-url", sqlite_url, env=env)
     [line] = listed.stdout.splitlines()
     path = line.split()[-1]
-    assert " 004 " in line and "manual" in line
+    assert " 006 " in line and "manual" in line
 
     execute(sqlite_url, "DELETE FROM tasks")
     refused = run_cli("db", "restore", path, "--database-url", sqlite_url, env=env, input="")
@@ -1165,7 +1165,7 @@ def test_backup_commands_end_to_end(sqlite_url, run_here, run_cli, tmp_path):
     restored = run_here("db", "restore", path, "--yes", "--database-url", sqlite_url, env=env)
     assert restored.returncode == 0, restored.stderr
     assert "Saved the state it replaced to" in restored.stdout
-    assert "Restored; the database is at 004." in restored.stdout
+    assert "Restored; the database is at 006." in restored.stdout
     assert every_table(sqlite_url) == before
 
 
@@ -1177,7 +1177,7 @@ def test_upgrade_command_in_staging_says_where_the_backup_went(sqlite_url, run_h
     assert "Backed up first, at 002: " in done.stdout
     undone = run_here("db", "downgrade", "003", "--env", "staging", "--database-url", sqlite_url,
                      env={"BACKUP_DIR": str(tmp_path / "b")})
-    assert "Backed up first, at 004: " in undone.stdout
+    assert "Backed up first, at 006: " in undone.stdout
 
 
 def test_restore_command_names_a_file_without_sidecar(sqlite_url, run_here, tmp_path):
