@@ -85,13 +85,27 @@ def scalar(url: str, statement: str):
 
 
 def seed_rows(url: str) -> None:
-    """One user, project, agent and two tasks (revision 001 columns only)."""
+    """One user, project, agent and two tasks (revision 001 columns only, and the agent's
+    owner from 005 on)."""
     execute(
         url,
         # No explicit ids, so PostgreSQL's sequences stay in step (a fresh database gives 1, 2).
         "INSERT INTO users (email, name) VALUES ('ada@example.com', 'Ada')",
         "INSERT INTO projects (owner_id, name) VALUES (1, 'Engine')",
-        "INSERT INTO agents (name) VALUES ('worker-1')",
+        _AGENT if not has_column(url, "agents", "owner_id") else _OWNED_AGENT,
         "INSERT INTO tasks (project_id, agent_id, title) VALUES (1, 1, 'Design')",
         "INSERT INTO tasks (project_id, title, status) VALUES (1, 'Build', 'done')",
     )
+
+
+_AGENT = "INSERT INTO agents (name) VALUES ('worker-1')"
+_OWNED_AGENT = "INSERT INTO agents (name, owner_id) VALUES ('worker-1', 1)"
+
+
+def has_column(url: str, table: str, column: str) -> bool:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return column in {c["name"] for c in inspect(connection).get_columns(table)}
+    finally:
+        engine.dispose()

@@ -90,7 +90,7 @@ def test_backup_then_change_then_restore_gives_the_exact_content(at_head: Migrat
         db_url,
         "DELETE FROM tasks WHERE status = 'done'",
         "UPDATE users SET name = 'Changed'",
-        "INSERT INTO agents (name) VALUES ('intruder')",
+        "INSERT INTO agents (name, owner_id) VALUES ('intruder', 1)",
         "CREATE TABLE created_after_the_backup (id INTEGER PRIMARY KEY)",
         "CREATE VIEW view_after_the_backup AS SELECT id FROM users",
     )
@@ -178,7 +178,7 @@ def test_a_database_that_records_several_revisions_can_still_be_restored(sqlite_
         good = manager.backup()
         execute(sqlite_url, "INSERT INTO alembic_version VALUES ('003')")
         report = manager.restore(good.path)
-        assert report.revision == "004" and report.safety_backup is not None
+        assert report.revision == "006" and report.safety_backup is not None
         assert manager.status().up_to_date
 
 
@@ -400,7 +400,7 @@ def test_restoring_over_a_damaged_wal_database_replays_nothing_of_it(sqlite_url,
     try:
         api.execute("PRAGMA journal_mode=WAL")
         api.execute("PRAGMA wal_autocheckpoint=0")
-        api.execute("INSERT INTO agents (name) VALUES ('only in the damaged WAL')")
+        api.execute("INSERT INTO agents (name, owner_id) VALUES ('only in the damaged WAL', 1)")
         with open(database, "r+b") as data:  # damage the main file; its log holds the insert
             data.seek(4096)
             data.write(os.urandom(database.stat().st_size - 4096))
@@ -815,7 +815,7 @@ def test_sqlite_backup_holds_writers_off_while_it_copies(sqlite_url, tmp_path):
         def try_to_write(done, total):
             writer = sqlite3.connect(path, timeout=0)
             try:
-                writer.execute("INSERT INTO agents (name) VALUES ('sneaky')")
+                writer.execute("INSERT INTO agents (name, owner_id) VALUES ('sneaky', 1)")
                 writer.commit()
                 attempts.append("committed")
             except sqlite3.OperationalError as exc:
@@ -825,7 +825,7 @@ def test_sqlite_backup_holds_writers_off_while_it_copies(sqlite_url, tmp_path):
 
         info = manager.backup(tmp_path / "copy.sqlite", progress=try_to_write)
     assert attempts == ["database is locked"]
-    execute(sqlite_url, "INSERT INTO agents (name) VALUES ('afterwards')")  # released after
+    execute(sqlite_url, "INSERT INTO agents (name, owner_id) VALUES ('afterwards', 1)")  # released after
     copy = sqlite3.connect(info.path)
     assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert copy.execute("SELECT count(*) FROM agents").fetchone()[0] == 1
@@ -1158,12 +1158,12 @@ def test_backup_commands_end_to_end(sqlite_url, run_here, run_cli, tmp_path):
     # A real process, to see what it prints when no terminal is attached: no progress bar.
     made = run_cli("db", "backup", "--database-url", sqlite_url, env=env, input="")
     assert made.returncode == 0, made.stderr
-    assert made.stdout.startswith("Backed up sqlite:///") and "at revision 004 to" in made.stdout
+    assert made.stdout.startswith("Backed up sqlite:///") and "at revision 006 to" in made.stdout
     assert made.stderr == ""
     listed = run_here("db", "backups", "--database-url", sqlite_url, env=env)
     [line] = listed.stdout.splitlines()
     path = line.split()[-1]
-    assert " 004 " in line and "manual" in line
+    assert " 006 " in line and "manual" in line
 
     execute(sqlite_url, "DELETE FROM tasks")
     refused = run_cli("db", "restore", path, "--database-url", sqlite_url, env=env, input="")
@@ -1175,7 +1175,7 @@ def test_backup_commands_end_to_end(sqlite_url, run_here, run_cli, tmp_path):
     restored = run_here("db", "restore", path, "--yes", "--database-url", sqlite_url, env=env)
     assert restored.returncode == 0, restored.stderr
     assert "Saved the state it replaced to" in restored.stdout
-    assert "Restored; the database is at 004." in restored.stdout
+    assert "Restored; the database is at 006." in restored.stdout
     assert every_table(sqlite_url) == before
 
 
@@ -1187,7 +1187,7 @@ def test_upgrade_command_in_staging_says_where_the_backup_went(sqlite_url, run_h
     assert "Backed up first, at 002: " in done.stdout
     undone = run_here("db", "downgrade", "003", "--env", "staging", "--database-url", sqlite_url,
                      env={"BACKUP_DIR": str(tmp_path / "b")})
-    assert "Backed up first, at 004: " in undone.stdout
+    assert "Backed up first, at 006: " in undone.stdout
 
 
 def test_restore_command_names_a_file_without_sidecar(sqlite_url, run_here, tmp_path):

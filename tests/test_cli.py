@@ -76,7 +76,7 @@ def test_an_emptied_version_table_over_tables_is_unversioned_not_empty(cli, sqli
     """Not "empty database, pending 001...": upgrading would fail on "table users already
     exists", and staging would not even back it up first."""
     cli("db", "upgrade")
-    execute(sqlite_url, "INSERT INTO agents (name) VALUES ('kept')")
+    execute(sqlite_url, "INSERT INTO users (email, name) VALUES ('kept@example.com', 'Kept')")
     if emptied_by == "hand":
         execute(sqlite_url, "DELETE FROM alembic_version")
     else:

@@ -75,7 +75,7 @@ def test_create_on_a_database_ahead_says_deploy_or_stamp_as_upgrade_does(run_her
         line = one_error_line(result.stderr)
         assert result.returncode == 2
         assert "the database is at revision 999, which this code does not know" in line
-        assert "deploy the code that has 999" in line and "orchestrator db stamp 004" in line
+        assert "deploy the code that has 999" in line and "orchestrator db stamp 006" in line
         assert "db upgrade` first" not in line
 
 
@@ -94,7 +94,7 @@ def test_upgrade_to_a_revision_behind_the_database_is_an_error_naming_downgrade(
         with pytest.raises(UnknownRevisionError, match="older than the database's revision"):
             manager.upgrade(target)
         assert manager.get_current_revision() == "002"
-        assert manager.plan_upgrade("002") == [] and manager.plan_upgrade() == ["003", "004"]
+        assert manager.plan_upgrade("002") == [] and manager.plan_upgrade() == ["003", "004", "005", "006"]
 
 
 def test_sql_ranges_go_the_way_their_command_says(run_here, sqlite_url):
@@ -186,7 +186,7 @@ def test_a_declined_downgrade_is_one_error_line_and_changes_nothing(sqlite_url):
     assert "Downgrade the production database? [y/N]" in err
     assert err.splitlines()[-1] == "Error: not confirmed; nothing was changed"
     assert "Aborted" not in err and "Undid" not in out
-    assert MigrationManager(sqlite_url).get_current_revision() == "004"
+    assert MigrationManager(sqlite_url).get_current_revision() == "006"
 
 
 def test_end_of_input_or_ctrl_c_at_the_question_is_a_no_on_a_line_of_its_own(sqlite_url):
@@ -246,7 +246,7 @@ def test_upgrade_reports_the_wait_for_another_migrator_apart(db_url):
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
     summary = out.splitlines()[-1]
-    found = re.fullmatch(r"Applied 001, 002, 003, 004 in (\d+\.\d\d)s, after waiting "
+    found = re.fullmatch(r"Applied 001, 002, 003, 004, 005, 006 in (\d+\.\d\d)s, after waiting "
                          r"(\d+\.\d\d)s for another migrator\.", summary)
     assert found, summary
     # It waited at least as long as the lock was held after it said it waits.
@@ -255,7 +255,7 @@ def test_upgrade_reports_the_wait_for_another_migrator_apart(db_url):
     MigrationManager(db_url).downgrade("003")
     alone = orchestrator("db", "upgrade", "--database-url", db_url)
     out, _ = alone.communicate(timeout=120)
-    assert re.fullmatch(r"Applied 004 in \d+\.\d\ds\.", out.splitlines()[-1]), out
+    assert re.fullmatch(r"Applied 004, 005, 006 in \d+\.\d\ds\.", out.splitlines()[-1]), out
 
 
 def waiter_while_another_migrates(db_url: str, args: tuple[str, ...], version: str):
@@ -313,9 +313,9 @@ def test_a_manager_whose_target_was_passed_while_it_waited_applies_nothing(db_ur
         with MigrationManager(db_url, notify=lambda _: waiting()) as manager:
             return manager.upgrade("002"), manager.lock_wait
 
-    applied, waited = while_waiting(db_url, upgrade, "004")
+    applied, waited = while_waiting(db_url, upgrade, "006")
     assert applied == [] and waited > 0
-    assert MigrationManager(db_url).get_current_revision() == "004"
+    assert MigrationManager(db_url).get_current_revision() == "006"
 
     def downgrade(waiting):
         with MigrationManager(db_url, notify=lambda _: waiting()) as manager:
@@ -342,23 +342,24 @@ def test_start_up_that_waited_for_another_replica_says_who_migrated(sqlite_url, 
             assert manager.progress is mine  # handed back as it was
             return report
 
-    report = while_waiting(sqlite_url, start, "004")
+    report = while_waiting(sqlite_url, start, "006")
     assert report.applied == [] and report.status.up_to_date
-    assert "another process migrated the database to 004 while this one waited" in caplog.text
+    assert "another process migrated the database to 006 while this one waited" in caplog.text
     assert "applied" not in caplog.text
 
 
 def test_a_relative_downgrade_undoes_only_what_it_listed(db_url):
-    """`db downgrade -1` listed 004; another migrator undid 004 while it waited: it must not
-    go on to undo 003, which nobody was shown."""
+    """`db downgrade -1` listed 006; another migrator undid 006 while it waited: it must not
+    go on to undo 005, which nobody was shown."""
     MigrationManager(db_url).upgrade()
-    code, out, err = waiter_while_another_migrates(db_url, ("db", "downgrade", "-1"), "003")
+    code, out, err = waiter_while_another_migrates(db_url, ("db", "downgrade", "-1"), "005")
     assert code == 0, err
     assert out.splitlines()[:2] == [
-        f"Downgrading {out.split()[1]} from 004 to 003; this undoes:",
-        "  004  Add api_tokens: the bearer tokens that authenticate API requests."]
+        f"Downgrading {out.split()[1]} from 006 to 005; this undoes:",
+        "  006  Agents get owners (contract): every agent has an owner, enforced by the "
+        "database."]
     assert out.splitlines()[-1].startswith("Nothing to do: another migrator already did it")
-    assert MigrationManager(db_url).get_current_revision() == "003"
+    assert MigrationManager(db_url).get_current_revision() == "005"
 
 
 # -- exit codes of their own ----------------------------------------------------------------------
@@ -424,7 +425,7 @@ def test_every_usage_error_is_one_line_beginning_error(run_here, args, reason):
 def test_downgrade_names_each_revision_once_and_its_backup_before_the_result(
     run_here, sqlite_url, tmp_path
 ):
-    MigrationManager(sqlite_url).upgrade()
+    MigrationManager(sqlite_url).upgrade("004")
     result = run_here("db", "downgrade", "002", "--env", "staging", "--database-url", sqlite_url,
                       env={"BACKUP_DIR": str(tmp_path / "b")})
     assert result.returncode == 0, result.stderr
@@ -443,7 +444,7 @@ def test_downgrade_names_each_revision_once_and_its_backup_before_the_result(
 
 def test_upgrade_says_where_it_backed_up_before_its_steps(run_here, sqlite_url, tmp_path):
     MigrationManager(sqlite_url).upgrade("002")
-    result = run_here("db", "upgrade", "--env", "staging", "--database-url", sqlite_url,
+    result = run_here("db", "upgrade", "004", "--env", "staging", "--database-url", sqlite_url,
                       env={"BACKUP_DIR": str(tmp_path / "b")})
     lines = result.stdout.splitlines()
     assert lines[0] == f"Upgrading {sqlite_url} from 002 to 004:"
@@ -477,10 +478,10 @@ def serve_until_started(url: str, environment: str) -> str:
 def test_serve_logs_each_migration_step_once(sqlite_url):
     log = serve_until_started(sqlite_url, "development")
     assert "Application startup complete" in log, log
-    for revision in ("001", "002", "003", "004"):
-        assert len(re.findall(rf"\b{revision}\b", log)) == (1 if revision != "004" else 2), log
+    for revision in ("001", "002", "003", "004", "005", "006"):
+        assert len(re.findall(rf"\b{revision}\b", log)) == (1 if revision != "006" else 2), log
         assert re.search(rf"orchestrator.startup: applied {revision} in \d+\.\d\ds\n", log)
-    assert "orchestrator.startup: migrated the database from base to 004" in log
+    assert "orchestrator.startup: migrated the database from base to 006" in log
     assert "Running upgrade" not in log and "Initial schema" not in log
 
 
@@ -602,10 +603,10 @@ def test_every_reporting_command_prints_the_json_its_documentation_describes(
 def test_history_json_says_what_each_revision_is(run_here, sqlite_url):
     MigrationManager(sqlite_url).upgrade("002")
     document = json.loads(run_here("db", "history", "--json", "--database-url", sqlite_url).stdout)
-    assert (document["current"], document["head"]) == ("002", "004")
+    assert (document["current"], document["head"]) == ("002", "006")
     assert [(r["revision"], r["state"], r["is_head"]) for r in document["revisions"]] == [
         ("001", "applied", False), ("002", "applied", False), ("003", "pending", False),
-        ("004", "pending", True)]
+        ("004", "pending", False), ("005", "pending", False), ("006", "pending", True)]
     assert document["revisions"][1]["last_step"]["direction"] == "upgrade"
     assert document["revisions"][2]["last_step"] is None
     assert [step["revision"] for step in document["steps"]] == ["001", "002"]
@@ -630,7 +631,7 @@ def test_show_describes_a_revision_and_what_the_database_recorded(run_here, sqli
     assert lines[4].startswith("recorded: upgrade ok ") and lines[5].startswith("          downgrade ok")
     assert "    Add the indexes that task queries use." in lines
     head = run_here("db", "show", "head", "--database-url", sqlite_url).stdout.splitlines()
-    assert head[0] == "revision: 004 (head)" and head[4] == "recorded: none"
+    assert head[0] == "revision: 006 (head)" and head[4] == "recorded: none"
     relative = run_here("db", "show", "-1", "--database-url", sqlite_url).stdout
     assert relative.startswith("revision: 001\n")  # counted from the database's 002
     applied = json.loads(run_here("db", "show", "002", "--json", "--database-url", sqlite_url).stdout)
@@ -725,7 +726,7 @@ def test_bash_completes_commands_options_and_revisions():
     assert bash_completes(script, ["orchestrator", "--env", "''"]) == [
         "development", "staging", "production"]
     assert bash_completes(script, ["orchestrator", "db", "downgrade", "00"]) == [
-        "001", "002", "003", "004"]
+        "001", "002", "003", "004", "005", "006"]
     assert bash_completes(script, ["orchestrator", "db", "show", "he"]) == ["head"]
 
 

@@ -205,7 +205,7 @@ def test_status_and_history_commands_report_edited_scripts(sqlite_url: str, run_
     assert changed["revision"] == "002" and changed["applied_checksum"] == "feed"
     listing = run_here("db", "history", "--database-url", sqlite_url)
     assert "002  [applied, EDITED since applied]" in listing.stdout
-    assert listing.stdout.splitlines()[-1].startswith("004  [applied, head]")
+    assert listing.stdout.splitlines()[-1].startswith("006  [applied, head]")
     refused = run_here("db", "upgrade", "--env", "staging", "--database-url", sqlite_url)
     assert refused.returncode == 0  # at head: nothing to apply, nothing refused
 

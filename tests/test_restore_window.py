@@ -133,7 +133,7 @@ def test_a_session_in_the_way_that_this_role_may_not_end_is_waited_for_then_the_
     said: list[str] = []
     with MigrationManager(url, backup_dir=tmp_path / "b", notify=said.append) as manager:
         info = manager.backup()
-        execute(url, "INSERT INTO agents (name) VALUES ('after the backup')")
+        execute(url, "INSERT INTO agents (name, owner_id) VALUES ('after the backup', 1)")
         before = content_hash(url)
         superuser = create_engine(superuser_url, poolclass=NullPool)
         try:
@@ -175,7 +175,7 @@ def test_the_restore_goes_on_once_that_session_has_left_and_touches_no_setting(
 
     with MigrationManager(url, backup_dir=tmp_path / "b", notify=told) as manager:
         info = manager.backup()
-        execute(url, "INSERT INTO agents (name) VALUES ('after the backup')")
+        execute(url, "INSERT INTO agents (name, owner_id) VALUES ('after the backup', 1)")
         # A reader in an open transaction: the restore may lock the tables against writers
         # beside it, but cannot drop them until it has gone.
         session.execute(text("SELECT count(*) FROM agents"))

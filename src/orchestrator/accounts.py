@@ -3,8 +3,13 @@
 A token is random and shown once, when it is made; the database keeps only its SHA-256, so a
 copy of the `api_tokens` table cannot be used to call the API. Tokens are long and random, so
 an unsalted hash is enough (there is nothing to guess) and lets a request find its token with
-one indexed lookup. Shared by the API and the `orchestrator users create` command; nothing here
+one indexed lookup. Shared by the API and the `orchestrator users` commands; nothing here
 prints or commits: the caller owns the transaction.
+
+Users are admins or members (`users.is_admin`): admins create, list, promote and demote users.
+A token's `last_used_at` is written at most once per `LAST_USED_RESOLUTION` (the look-up reads
+it, and only a stale one is written), so that busy clients do not turn every request into a
+write.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Select, bindparam, select
+from sqlalchemy import Select, Update, bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from orchestrator.models import ApiToken, User
@@ -35,6 +40,8 @@ EMAIL_MAX_LENGTH = 320
 # engines of Python, pydantic (Rust) and JSON Schema.
 EMAIL_PATTERN = r"^[^@\x00-\x20]+@[^@\x00-\x20]+\.[^@\x00-\x20]+$"
 _EMAIL = re.compile(EMAIL_PATTERN)
+# How stale a token's `last_used_at` may get before a request writes it again.
+LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
 
 
 class AccountError(ValueError):
@@ -43,6 +50,14 @@ class AccountError(ValueError):
 
 class DuplicateEmailError(AccountError):
     """Another user already has this email."""
+
+
+class UnknownUserError(AccountError):
+    """No user has this email."""
+
+
+class LastAdminError(AccountError):
+    """The change would leave no admin to manage users."""
 
 
 def generate_token() -> str:
@@ -63,12 +78,14 @@ def normalize_email(email: str) -> str:
     return value
 
 
-def create_user(session: Session, email: str, name: str) -> tuple[User, str]:
+def create_user(
+    session: Session, email: str, name: str, *, admin: bool = False
+) -> tuple[User, str]:
     """Add a user with a first token; returns the user and the token (its only showing)."""
     email = normalize_email(email)
     if session.scalar(select(User.id).where(User.email == email)) is not None:
         raise DuplicateEmailError(f"a user with email {email} already exists")
-    user = User(email=email, name=name)
+    user = User(email=email, name=name, is_admin=admin)
     session.add(user)
     try:
         session.flush()
@@ -94,15 +111,59 @@ def issue_token(session: Session, user_id: int, name: str) -> tuple[ApiToken, st
     return row, token
 
 
+def user_by_email(session: Session, email: str, *, lock: bool = False) -> User:
+    """The user with this email; UnknownUserError when there is none."""
+    email = normalize_email(email)
+    statement = select(User).where(User.email == email)
+    user = session.scalar(statement.with_for_update() if lock else statement)
+    if user is None:
+        raise UnknownUserError(
+            f"no user has email {email}; `orchestrator users create` makes one"
+        )
+    return user
+
+
+def set_admin(session: Session, user: User, admin: bool) -> None:
+    """Promote or demote `user`; LastAdminError when demoting the only admin."""
+    if user.is_admin and not admin:
+        require_other_admin(session, user.id, "demoted")
+    user.is_admin = admin
+
+
+def require_other_admin(session: Session, user_id: int, action: str) -> None:
+    """LastAdminError unless an admin other than `user_id` exists (their rows are locked, so
+    that two admins cannot demote each other at the same time)."""
+    others = session.scalars(
+        select(User.id).where(User.is_admin, User.id != user_id).with_for_update()
+    ).first()
+    if others is None:
+        raise LastAdminError(
+            f"user {user_id} is the only admin and cannot be {action}; promote another user "
+            "first (`orchestrator users promote EMAIL`)"
+        )
+
+
 @dataclass(frozen=True)
 class Caller:
-    """The user a token belongs to, as read when the request began."""
+    """The user a token belongs to, as read when the request began, and the token's row."""
 
     id: int
     email: str
     name: str
+    is_admin: bool
     created_at: dt.datetime
     updated_at: dt.datetime
+    token_id: int
+    token_last_used_at: dt.datetime | None
+
+
+def token_use_is_stale(last_used_at: dt.datetime | None) -> bool:
+    """Whether a request should record the use of a token last used at `last_used_at`."""
+    if last_used_at is None:
+        return True
+    if last_used_at.tzinfo is None:  # SQLite keeps UTC without a zone
+        last_used_at = last_used_at.replace(tzinfo=dt.UTC)
+    return dt.datetime.now(dt.UTC) - last_used_at >= LAST_USED_RESOLUTION
 
 
 def caller_for_token(connection: Connection, token: str) -> Caller | None:
@@ -111,12 +172,41 @@ def caller_for_token(connection: Connection, token: str) -> Caller | None:
     return Caller(*row) if row is not None else None
 
 
+def record_token_use(connection: Connection, token_id: int) -> None:
+    """Set the token's `last_used_at` to now, unless another request just did."""
+    cutoff = dt.datetime.now(dt.UTC) - LAST_USED_RESOLUTION
+    connection.execute(_touch_token(), {"token_id": token_id, "cutoff": cutoff})
+
+
 @cache
 def _caller_by_token_hash() -> Select:
     # Built once, and plain rows rather than ORM objects: every request runs it.
     users, tokens = User.__table__, ApiToken.__table__
     return (
-        select(users.c.id, users.c.email, users.c.name, users.c.created_at, users.c.updated_at)
+        select(
+            users.c.id,
+            users.c.email,
+            users.c.name,
+            users.c.is_admin,
+            users.c.created_at,
+            users.c.updated_at,
+            tokens.c.id,
+            tokens.c.last_used_at,
+        )
         .join(tokens, tokens.c.user_id == users.c.id)
         .where(tokens.c.token_hash == bindparam("token_hash"))
+    )
+
+
+@cache
+def _touch_token() -> Update:
+    tokens = ApiToken.__table__
+    return (
+        update(tokens)
+        .where(
+            tokens.c.id == bindparam("token_id"),
+            or_(tokens.c.last_used_at.is_(None), tokens.c.last_used_at < bindparam("cutoff")),
+        )
+        # updated_at keeps meaning "the token was changed"
+        .values(last_used_at=func.current_timestamp(), updated_at=tokens.c.updated_at)
     )

@@ -7,6 +7,7 @@ one line, by `main()`; `--verbose` adds the traceback.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -211,8 +212,10 @@ def cli() -> None:
 @common_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Server processes (uvicorn workers), each applying the start-up checks.")
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int) -> None:
+def serve(ctx: click.Context, host: str, port: int, workers: int) -> None:
     """Serve the API (development migrates its database first)."""
     import logging
 
@@ -231,7 +234,16 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
     # is handed the result rather than applying the policy (and logging it) a second time.
     with _manager(ctx) as manager:
         report = prepare_database(settings, manager)
-    uvicorn.run(create_app(settings, startup=report), host=host, port=port, log_level="info")
+    if workers == 1:
+        uvicorn.run(create_app(settings, startup=report), host=host, port=port, log_level="info")
+        return
+    # Each worker process builds the app from the environment and applies the start-up policy
+    # in its lifespan: the database is at head by now, and were it not, the migration lock
+    # lets one worker migrate while the others wait and then find nothing to do.
+    os.environ["ENVIRONMENT"] = settings.environment.value
+    os.environ["DATABASE_URL"] = settings.database_url
+    uvicorn.run("orchestrator.api.app:create_app", factory=True, host=host, port=port,
+                workers=workers, log_level="info")
 
 
 @cli.group()
@@ -974,30 +986,99 @@ def users() -> None:
 @common_options
 @click.option("--email", required=True, help="The user's email address (unique).")
 @click.option("--name", required=True, help="The user's name.")
+@click.option("--admin", is_flag=True, help="Make the user an admin (the first user always is).")
 @click.pass_context
-def users_create(ctx: click.Context, email: str, name: str) -> None:
+def users_create(ctx: click.Context, email: str, name: str, admin: bool) -> None:
     """Create a user and print their first API token (shown only this once)."""
+    from sqlalchemy import select
+
+    from orchestrator.accounts import create_user
+    from orchestrator.models import User
+
+    if not name.strip() or len(name.strip()) > 200:
+        raise _BadInput("--name: give a name of 1 to 200 characters")
+    with _user_session(ctx) as session:
+        # With no admin yet, nobody could manage users through the API.
+        first = session.scalar(select(User.id).where(User.is_admin).limit(1)) is None
+        user, token = create_user(session, email, name.strip(), admin=admin or first)
+        session.commit()
+    role = "an admin" if user.is_admin else "a member"
+    click.echo(
+        f"Created user {user.id} <{user.email}>, {role}. Their API token, shown only this once:"
+    )
+    click.echo(token)
+
+
+@users.command("promote")
+@common_options
+@click.argument("email")
+@click.pass_context
+def users_promote(ctx: click.Context, email: str) -> None:
+    """Make a user an admin."""
+    _set_role(ctx, email, admin=True)
+
+
+@users.command("demote")
+@common_options
+@click.argument("email")
+@click.pass_context
+def users_demote(ctx: click.Context, email: str) -> None:
+    """Make an admin a member again (not the last admin)."""
+    _set_role(ctx, email, admin=False)
+
+
+@users.command("token")
+@common_options
+@click.argument("email")
+@click.option("--name", "token_name", default="issued by orchestrator users token",
+              show_default=True, help="What the token is for.")
+@click.pass_context
+def users_token(ctx: click.Context, email: str, token_name: str) -> None:
+    """Issue a new API token for an existing user and print it (shown only this once)."""
+    from orchestrator.accounts import issue_token, user_by_email
+
+    if not token_name.strip() or len(token_name.strip()) > 200:
+        raise _BadInput("--name: give a name of 1 to 200 characters")
+    with _user_session(ctx) as session:
+        user = user_by_email(session, email)
+        row, token = issue_token(session, user.id, token_name.strip())
+        session.commit()
+    click.echo(f"Issued token {row.id} for user {user.id} <{user.email}>, shown only this once:")
+    click.echo(token)
+
+
+def _set_role(ctx: click.Context, email: str, *, admin: bool) -> None:
+    from orchestrator.accounts import set_admin, user_by_email
+
+    with _user_session(ctx) as session:
+        user = user_by_email(session, email, lock=True)
+        was = user.is_admin
+        set_admin(session, user, admin)
+        session.commit()
+    role = "an admin" if admin else "a member"
+    click.echo(f"User {user.id} <{user.email}> {'was already' if was == admin else 'is now'} {role}.")
+
+
+@contextlib.contextmanager
+def _user_session(ctx: click.Context):
+    """A session on the command's database, which must be at head; account errors are bad
+    input (one line, exit 2)."""
     from sqlalchemy.orm import Session
 
-    from orchestrator.accounts import AccountError, create_user
+    from orchestrator.accounts import AccountError
     from orchestrator.db import create_engine
 
     manager = _manager(ctx)
     _require_head(manager)
-    if not name.strip() or len(name.strip()) > 200:
-        raise _BadInput("--name: give a name of 1 to 200 characters")
     engine = create_engine(manager.database_url)
     try:
         with Session(engine, expire_on_commit=False) as session:
             try:
-                user, token = create_user(session, email, name.strip())
+                yield session
             except AccountError as exc:
                 raise _BadInput(str(exc)) from None
-            session.commit()
     finally:
         engine.dispose()
-    click.echo(f"Created user {user.id} <{user.email}>. Their API token, shown only this once:")
-    click.echo(token)
 
 
 def _require_head(manager: MigrationManager) -> None:

@@ -10,6 +10,7 @@ import datetime as dt
 import enum
 
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    false,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -67,6 +69,8 @@ class User(TimestampMixin, Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)
     name: Mapped[str] = mapped_column(String(200))
+    # Admins create, list, promote and demote users; members see only themselves.
+    is_admin: Mapped[bool] = mapped_column(Boolean, server_default=false())
 
     projects: Mapped[list[Project]] = relationship(back_populates="owner")
 
@@ -90,6 +94,9 @@ class Agent(TimestampMixin, Base):
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    # The user the agent works for: only they see and change it, and it claims only tasks of
+    # their projects. Deleting the user deletes their agents.
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(20), server_default=AgentStatus.idle.value)
 
@@ -143,3 +150,6 @@ class ApiToken(TimestampMixin, Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     # The token's first characters, so that a user can tell their tokens apart.
     prefix: Mapped[str] = mapped_column(String(16))
+    # When a request last used the token, to the minute at best: written at most once a minute
+    # per token (see orchestrator.accounts), so that requests do not all write.
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

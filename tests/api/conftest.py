@@ -82,16 +82,21 @@ def make_user(api_db: str) -> Iterator[Callable[..., ApiUser]]:
     engine = create_engine(api_db)
     numbers = itertools.count(1)
 
-    def make(email: str | None = None, name: str = "Test User") -> ApiUser:
+    def make(email: str | None = None, name: str = "Test User", admin: bool = False) -> ApiUser:
         with Session(engine, expire_on_commit=False) as session:
             user, token = accounts.create_user(
-                session, email or f"user{next(numbers)}@example.com", name
+                session, email or f"user{next(numbers)}@example.com", name, admin=admin
             )
             session.commit()
         return ApiUser(user.id, user.email, token)
 
     yield make
     engine.dispose()
+
+
+@pytest.fixture
+def admin(make_user) -> ApiUser:
+    return make_user("root@example.com", "Root", admin=True)
 
 
 @pytest.fixture

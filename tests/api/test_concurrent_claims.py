@@ -25,7 +25,7 @@ def _seed(url: str, owner_id: int) -> tuple[list[int], dict[int, tuple]]:
     start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     engine = create_engine(url)
     with Session(engine) as session:
-        agents = [Agent(name=f"agent {i}") for i in range(CLAIMERS)]
+        agents = [Agent(owner_id=owner_id, name=f"agent {i}") for i in range(CLAIMERS)]
         projects = [Project(owner_id=owner_id, name=f"p{i}") for i in range(2)]
         session.add_all(agents + projects)
         session.flush()

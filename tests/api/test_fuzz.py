@@ -49,7 +49,7 @@ class Caller:
         with Session(engine) as session:
             user, token = accounts.create_user(session, f"fuzz{self.made}@example.com", "Fuzz")
             project = Project(owner_id=user.id, name="fuzzed")
-            session.add_all([project, Agent(name="fuzz agent")])
+            session.add_all([project, Agent(owner_id=user.id, name="fuzz agent")])
             session.flush()
             session.add_all(
                 Task(project_id=project.id, title=f"task {i}", priority_level=1 + i % 5)

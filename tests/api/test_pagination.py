@@ -70,17 +70,17 @@ def test_a_cursor_walks_the_tasks_in_their_order(client, alice, tasks):
     assert _walk(client, alice, "/api/v1/tasks", 2, priority_level=1, status="pending") == pending_1
 
 
-def test_a_cursor_walks_every_other_list(client, alice, make_user, project):
+def test_a_cursor_walks_every_other_list(client, admin, make_user):
     for i in range(4):
         make_user()
-        client.post("/api/v1/projects", json={"name": f"p{i}"}, headers=alice.headers)
-        client.post("/api/v1/agents", json={"name": f"a{i}"}, headers=alice.headers)
-        client.post("/api/v1/users/me/tokens", json={"name": f"t{i}"}, headers=alice.headers)
+        client.post("/api/v1/projects", json={"name": f"p{i}"}, headers=admin.headers)
+        client.post("/api/v1/agents", json={"name": f"a{i}"}, headers=admin.headers)
+        client.post("/api/v1/users/me/tokens", json={"name": f"t{i}"}, headers=admin.headers)
     for path in ("/api/v1/users", "/api/v1/projects", "/api/v1/agents", "/api/v1/users/me/tokens"):
-        everything = _all(client, alice, path)
+        everything = _all(client, admin, path)
         assert len(everything) >= 4
         assert [item["id"] for item in everything] == sorted(item["id"] for item in everything)
-        assert _walk(client, alice, path, 2) == everything
+        assert _walk(client, admin, path, 2) == everything
 
 
 def test_a_cursor_is_stable_under_inserts_and_deletes(client, alice, project, tasks):

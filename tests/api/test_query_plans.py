@@ -68,7 +68,7 @@ def planned(plan_db: str):
         session.add_all(users)
         session.flush()
         projects = [Project(owner_id=user.id, name="p") for user in users for _ in range(5)]
-        agents = [Agent(name=f"a{i}") for i in range(10)]
+        agents = [Agent(owner_id=users[i % 2].id, name=f"a{i}") for i in range(10)]
         session.add_all(projects + agents)
         session.flush()
         statuses = ["pending", "in_progress", "done", "done", "done", "failed"]
@@ -134,12 +134,13 @@ def test_task_lists_use_the_003_indexes(planned, filters, expected):
     assert not _full_scan_of_tasks(plan), plan
 
 
+@pytest.mark.parametrize("by_token", [False, True])
 @pytest.mark.parametrize("by_project", [False, True])
-def test_the_claim_finds_its_task_through_an_index(planned, by_project):
+def test_the_claim_finds_its_task_through_an_index(planned, by_project, by_token):
     engine, ids = planned
-    statement = claim_statement(engine.dialect.name, by_project)
+    statement = claim_statement(engine.dialect.name, by_project, by_token)
     plan = _plan(engine, statement, {"claimer": ids["agent"], "owner": ids["owner"],
-                                     "project": ids["project"]})
+                                     "token_hash": "0" * 64, "project": ids["project"]})
     assert any(index in plan for index in INDEXES_003), plan
     assert not _full_scan_of_tasks(plan), plan
     if not by_project:

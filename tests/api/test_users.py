@@ -1,24 +1,25 @@
-"""Users: created with a first token, unique by email, changed and deleted only by themselves."""
+"""Users: created by admins with a first token, unique by email, changed and deleted by
+themselves or an admin."""
 
 from __future__ import annotations
 
 import pytest
 
 
-def test_creating_a_user_returns_their_first_token(client, alice):
+def test_creating_a_user_returns_their_first_token(client, admin):
     response = client.post(
-        "/api/v1/users", json={"email": "Carol@Example.com", "name": "Carol"}, headers=alice.headers
+        "/api/v1/users", json={"email": "Carol@Example.com", "name": "Carol"}, headers=admin.headers
     )
     assert response.status_code == 201
     body = response.json()
-    assert body["email"] == "carol@example.com"
+    assert (body["email"], body["is_admin"]) == ("carol@example.com", False)
     carol = {"Authorization": f"Bearer {body['token']}"}
     assert client.get("/api/v1/users/me", headers=carol).json()["id"] == body["id"]
 
 
-def test_a_duplicate_email_is_409_whatever_its_case(client, alice):
+def test_a_duplicate_email_is_409_whatever_its_case(client, admin, alice):
     response = client.post(
-        "/api/v1/users", json={"email": "ALICE@example.com", "name": "Again"}, headers=alice.headers
+        "/api/v1/users", json={"email": "ALICE@example.com", "name": "Again"}, headers=admin.headers
     )
     assert response.status_code == 409
     assert "alice@example.com already exists" in response.json()["detail"]
@@ -42,7 +43,7 @@ def test_invalid_input_is_422_naming_the_field(client, alice, body, field):
 
 
 def test_users_are_listed_by_id_a_page_at_a_time(client, make_user):
-    users = [make_user() for _ in range(5)]
+    users = [make_user(admin=i == 0) for i in range(5)]
     headers = users[0].headers
     first = client.get("/api/v1/users?limit=2", headers=headers).json()
     assert [u["id"] for u in first["items"]] == [users[0].id, users[1].id]
@@ -72,7 +73,8 @@ def test_a_user_cannot_change_or_delete_another(client, alice, bob):
     url = f"/api/v1/users/{bob.id}"
     assert client.patch(url, json={"name": "B"}, headers=alice.headers).status_code == 403
     assert client.delete(f"/api/v1/users/{bob.id}", headers=alice.headers).status_code == 403
-    assert client.get(f"/api/v1/users/{bob.id}", headers=alice.headers).json()["name"] == "Bob"
+    assert client.get(url, headers=alice.headers).status_code == 403
+    assert client.get(url, headers=bob.headers).json()["name"] == "Bob"
 
 
 def test_unknown_user_ids_are_404(client, alice):
@@ -89,3 +91,4 @@ def test_deleting_yourself_removes_your_projects_and_tokens(client, alice, bob):
     assert client.delete(f"/api/v1/users/{alice.id}", headers=alice.headers).status_code == 204
     assert client.get("/api/v1/users/me", headers=alice.headers).status_code == 401
     assert client.get(f"/api/v1/users/{alice.id}", headers=bob.headers).status_code == 404
+    assert client.get("/api/v1/users/me", headers=bob.headers).status_code == 200

@@ -15,6 +15,8 @@ The engines are made in the app's lifespan (`open_database`) and kept on `app.st
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -22,11 +24,17 @@ from typing import Annotated, Any
 import sqlalchemy.exc
 from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from orchestrator.accounts import Caller, caller_for_token
+from orchestrator.accounts import (
+    Caller,
+    caller_for_token,
+    record_token_use,
+    token_use_is_stale,
+)
 from orchestrator.api.errors import NOT_READY, RETRY_AFTER, database_problem
 from orchestrator.api.schemas import MAX_ID, Problem
 from orchestrator.db import create_engine
@@ -50,6 +58,10 @@ class Database:
     writer: Engine
     # Token look-ups: the reader, in autocommit on PostgreSQL.
     auth: Engine
+    # Recording a token's use (once a minute at most): `auth` on PostgreSQL. On SQLite a
+    # connection of its own that never waits for the file's write lock: a request whose
+    # token's use cannot be recorded at once leaves it to a later one.
+    touch: Engine
 
     @property
     def is_sqlite(self) -> bool:
@@ -59,13 +71,15 @@ class Database:
         """Close every pooled connection."""
         self.reader.dispose()
         self.writer.dispose()
+        self.touch.dispose()
 
 
 def open_database(database_url: str) -> Database:
     """The API's engines for `database_url` (nothing connects until the first request)."""
     reader = create_engine(database_url, pool_size=_POOL_SIZE, max_overflow=_MAX_OVERFLOW)
     if reader.dialect.name != "sqlite":
-        return Database(reader, reader, reader.execution_options(isolation_level="AUTOCOMMIT"))
+        auth = reader.execution_options(isolation_level="AUTOCOMMIT")
+        return Database(reader, reader, auth, auth)
     writer = create_engine(
         database_url,
         pool_size=1,
@@ -73,7 +87,16 @@ def open_database(database_url: str) -> Database:
         pool_timeout=_SQLITE_WRITER_TIMEOUT,
         execution_options={"sqlite_begin": "BEGIN IMMEDIATE"},
     )
-    return Database(reader, writer, reader)
+    touch = create_engine(
+        database_url, pool_size=1, max_overflow=0, pool_timeout=0,
+        execution_options={"sqlite_begin": "BEGIN IMMEDIATE"},
+    )
+    event.listen(touch, "connect", _never_wait)
+    return Database(reader, writer, reader, touch)
+
+
+def _never_wait(dbapi_connection, _record) -> None:
+    dbapi_connection.execute("PRAGMA busy_timeout=0")
 
 
 async def get_session(request: Request) -> AsyncIterator[Session]:
@@ -120,6 +143,8 @@ def authenticate(db: Database, credentials: HTTPAuthorizationCredentials | None)
         with db.auth.connect() as connection:
             caller = caller_for_token(connection, credentials.credentials)
             connection.commit()
+        if caller is not None:
+            record_use_if_stale(db, caller.token_id, caller.token_last_used_at)
     except (sqlalchemy.exc.DBAPIError, sqlalchemy.exc.TimeoutError) as exc:
         # Unreachable, busy, or not migrated yet (no api_tokens table): a 503, not a 500.
         problem = database_problem(exc)
@@ -134,6 +159,20 @@ def authenticate(db: Database, credentials: HTTPAuthorizationCredentials | None)
 
 
 CurrentUser = Annotated[Caller, Depends(get_current_user)]
+
+
+def record_use_if_stale(db: Database, token_id: int, last_used_at: dt.datetime | None) -> None:
+    """Record that a request used the token, unless one did within the last minute.
+
+    Best effort: when it cannot be written at once (SQLite's write lock is taken, another
+    request is recording a use, the database is busy) a later request records it. It never
+    fails the request, which may already have claimed a task.
+    """
+    if not token_use_is_stale(last_used_at):
+        return
+    with contextlib.suppress(sqlalchemy.exc.DBAPIError, sqlalchemy.exc.TimeoutError):
+        with db.touch.begin() as connection:
+            record_token_use(connection, token_id)
 
 
 def _unauthorized(detail: str) -> HTTPException:

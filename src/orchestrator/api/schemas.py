@@ -143,17 +143,27 @@ class Page(BaseModel, Generic[T]):
 class UserCreate(_Input):
     email: Email
     name: Name
+    is_admin: bool = Field(default=False, description="Make the user an admin.")
 
 
 class UserUpdate(_Update):
     email: Email = _unchanged()
     name: Name = _unchanged()
+    is_admin: bool = Field(
+        default=None,
+        json_schema_extra=_no_default,
+        description="Promote (true) or demote (false); admins only.",
+    )
 
 
 class UserRead(_Output):
     id: int
     email: str
     name: str
+    is_admin: bool = Field(
+        description="Admins create, list, promote and demote users; members see only "
+        "themselves."
+    )
     created_at: Timestamp
     updated_at: Timestamp
 
@@ -167,6 +177,9 @@ class TokenRead(_Output):
     name: str
     prefix: str = Field(description="The token's first characters, to tell tokens apart.")
     created_at: Timestamp
+    last_used_at: Timestamp | None = Field(
+        description="When a request last used the token (to the minute); null if never."
+    )
 
 
 class NewToken(TokenRead):
@@ -214,6 +227,7 @@ class AgentUpdate(_Update):
 
 class AgentRead(_Output):
     id: int
+    owner_id: int = Field(description="The user the agent works for (who registered it).")
     name: str
     status: AgentStatus
     created_at: Timestamp

@@ -1,7 +1,8 @@
 """Agents, and claiming work for them.
 
-Agents have no owner in the schema: every user sees the same agents. A claim hands an agent the
-most urgent pending task of the caller's own projects (lowest priority level, then oldest),
+An agent belongs to the user who registered it (`owner_id`): only they see, change, delete or
+claim with it; another user's agent answers 404, as an unknown one does. A claim hands an agent
+the most urgent pending task of its owner's projects (lowest priority level, then oldest),
 marks it in_progress and returns it, in one statement:
 
 - PostgreSQL: the candidate row is picked with `FOR UPDATE SKIP LOCKED`, so concurrent claimers
@@ -20,14 +21,16 @@ claim comes back empty, when the agent and project are looked at to say why (404
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import Update, bindparam, delete, exists, func, select, update
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from orchestrator.accounts import hash_token
 from orchestrator.api.deps import (
     API_PROBLEMS,
     BODY_PROBLEMS,
@@ -37,13 +40,13 @@ from orchestrator.api.deps import (
     IdPath,
     SessionDep,
     authenticate,
+    record_use_if_stale,
     not_found,
     problems,
     save,
 )
 from orchestrator.api.pagination import PageDep, page_of
 from orchestrator.api.routes.projects import own_project
-from orchestrator.api.routes.tasks import owned_project_ids
 from orchestrator.api.schemas import (
     MAX_ID,
     AgentCreate,
@@ -54,24 +57,38 @@ from orchestrator.api.schemas import (
     TaskRead,
     TaskStatus,
 )
-from orchestrator.models import Agent, Task
+from orchestrator.models import Agent, ApiToken, Project, Task
 
 router = APIRouter(prefix="/agents", tags=["agents"], responses=API_PROBLEMS)
 
 
-@lru_cache(maxsize=4)
-def claim_statement(dialect: str, by_project: bool = False) -> Update:
+@lru_cache(maxsize=8)
+def claim_statement(dialect: str, by_project: bool = False, by_token: bool = False) -> Update:
     """UPDATE ... RETURNING that marks the next pending task in_progress for an agent.
 
-    Takes the parameters `claimer` (the agent's id), `owner` (the user's id) and, when
-    `by_project`, `project`. Built once per shape and reused: agents claim in a loop, and
-    building and hashing the statement would cost more than running it.
+    Takes the parameters `claimer` (the agent's id), `owner` (the calling user's id, who must
+    own the agent) and, when `by_project`, `project`. With `by_token`, `token_hash` replaces
+    `owner`: the caller is found by their token's hash in the same statement, which also
+    returns the token's `token_id` and `token_last_used_at` (the token check and the claim in
+    one round trip; an unknown token claims nothing). Built once per shape and reused: agents
+    claim in a loop, and building and hashing the statement would cost more than running it.
     """
-    tasks, agents = Task.__table__, Agent.__table__
-    # The agent must exist and not be offline; checked here rather than by a query of its own,
-    # so that a successful claim is one statement.
+    tasks, agents, tokens = Task.__table__, Agent.__table__, ApiToken.__table__
+    if by_token:
+        caller = (
+            select(tokens.c.user_id, tokens.c.id, tokens.c.last_used_at)
+            .where(tokens.c.token_hash == bindparam("token_hash"))
+            .cte("caller")
+        )
+        owner = select(caller.c.user_id).scalar_subquery()
+    else:
+        owner = bindparam("owner")
+    # The agent must be the caller's and not offline; checked here rather than by a query of
+    # its own, so that a successful claim is one statement.
     claimer = select(agents.c.id).where(
-        agents.c.id == bindparam("claimer"), agents.c.status != AgentStatus.offline.value
+        agents.c.id == bindparam("claimer"),
+        agents.c.owner_id == owner,
+        agents.c.status != AgentStatus.offline.value,
     )
     if dialect == "postgresql":
         claimer = claimer.with_for_update(read=True)
@@ -80,7 +97,7 @@ def claim_statement(dialect: str, by_project: bool = False) -> Update:
         select(tasks.c.id)
         .where(
             tasks.c.status == TaskStatus.pending.value,
-            tasks.c.project_id.in_(owned_project_ids(bindparam("owner"))),
+            tasks.c.project_id.in_(select(Project.id).where(Project.owner_id == owner)),
             exists(select(claimer_cte.c.id)),
         )
         .order_by(tasks.c.priority_level, tasks.c.created_at, tasks.c.id)
@@ -90,6 +107,12 @@ def claim_statement(dialect: str, by_project: bool = False) -> Update:
         candidate = candidate.where(tasks.c.project_id == bindparam("project"))
     if dialect == "postgresql":
         candidate = candidate.with_for_update(of=tasks, skip_locked=True)
+    returned = list(tasks.c)
+    if by_token:
+        returned += [
+            select(caller.c.id).scalar_subquery().label("token_id"),
+            select(caller.c.last_used_at).scalar_subquery().label("token_last_used_at"),
+        ]
     return (
         update(tasks)
         .where(
@@ -97,40 +120,40 @@ def claim_statement(dialect: str, by_project: bool = False) -> Update:
             tasks.c.status == TaskStatus.pending.value,
         )
         .values(status=TaskStatus.in_progress.value, agent_id=bindparam("claimer"))
-        .returning(*tasks.c)
+        .returning(*returned)
     )
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, responses=BODY_PROBLEMS)
-def create_agent(body: AgentCreate, session: SessionDep, _: CurrentUser) -> AgentRead:
-    """Register an agent."""
-    agent = Agent(name=body.name, status=body.status.value)
+def create_agent(body: AgentCreate, session: SessionDep, user: CurrentUser) -> AgentRead:
+    """Register an agent, owned by you."""
+    agent = Agent(owner_id=user.id, name=body.name, status=body.status.value)
     session.add(agent)
     session.commit()
     return AgentRead.model_validate(agent)
 
 
 @router.get("")
-def list_agents(session: SessionDep, _: CurrentUser, page: PageDep) -> Page[AgentRead]:
-    """All agents, by id."""
-    statement = select(Agent).order_by(Agent.id)
+def list_agents(session: SessionDep, user: CurrentUser, page: PageDep) -> Page[AgentRead]:
+    """Your agents, by id."""
+    statement = select(Agent).where(Agent.owner_id == user.id).order_by(Agent.id)
     return page_of(session, statement, page, AgentRead, order=(Agent.id,), name="agents")
 
 
 @router.get("/{agent_id}", responses=problems(404))
-def read_agent(agent_id: IdPath, session: SessionDep, _: CurrentUser) -> AgentRead:
-    """One agent."""
-    return AgentRead.model_validate(_agent(session, agent_id))
+def read_agent(agent_id: IdPath, session: SessionDep, user: CurrentUser) -> AgentRead:
+    """One of your agents."""
+    return AgentRead.model_validate(own_agent(session, user.id, agent_id))
 
 
 @router.patch("/{agent_id}", responses={**BODY_PROBLEMS, **problems(404, 409)})
 def update_agent(
-    agent_id: IdPath, body: AgentUpdate, session: SessionDep, _: CurrentUser
+    agent_id: IdPath, body: AgentUpdate, session: SessionDep, user: CurrentUser
 ) -> AgentRead:
-    """Rename an agent or set its status; an agent that holds tasks cannot go offline."""
+    """Rename your agent or set its status; an agent that holds tasks cannot go offline."""
     changes = body.changes()
     going_offline = changes.get("status") == AgentStatus.offline.value
-    agent = _agent(session, agent_id, lock=going_offline)
+    agent = own_agent(session, user.id, agent_id, lock=going_offline)
     if going_offline and agent.status != AgentStatus.offline.value:
         _require_no_work(session, agent_id, "go offline")
     for name, value in changes.items():
@@ -140,9 +163,9 @@ def update_agent(
 
 
 @router.delete("/{agent_id}", status_code=status.HTTP_204_NO_CONTENT, responses=problems(404, 409))
-def delete_agent(agent_id: IdPath, session: SessionDep, _: CurrentUser) -> Response:
-    """Remove an agent that is not working on a task."""
-    _agent(session, agent_id, lock=True)
+def delete_agent(agent_id: IdPath, session: SessionDep, user: CurrentUser) -> Response:
+    """Remove your agent, when it is not working on a task."""
+    own_agent(session, user.id, agent_id, lock=True)
     _require_no_work(session, agent_id, "be deleted")
     # The database sets agent_id to null on the tasks it did.
     session.execute(delete(Agent).where(Agent.id == agent_id))
@@ -184,27 +207,63 @@ def _require_no_work(session: Session, agent_id: int, action: str) -> None:
 async def claim(
     request: Request,
     agent_id: IdPath,
-    session: SessionDep,
     credentials: BearerToken,
     project_id: Annotated[
         int | None, Query(ge=1, le=MAX_ID, description="Claim only from this project.")
     ] = None,
 ) -> TaskRead:
-    """Give the agent your most urgent pending task (priority level, then age): 204 if none."""
+    """Give your agent your most urgent pending task (priority level, then age): 204 if none."""
     # Agents call this in a loop, so all of its database work, the token check included, makes
-    # one trip to the thread pool: the `CurrentUser` dependency and a plain `def` route would
-    # take three, each costing more CPU than the claim's own query.
+    # one trip to the thread pool: the `CurrentUser` and `SessionDep` dependencies and a plain
+    # `def` route would take three, each costing more CPU than the claim's own query.
     db = request.app.state.db
-    return await run_in_threadpool(_claim, db, session, credentials, agent_id, project_id)
+    return await run_in_threadpool(_claim, db, credentials, agent_id, project_id)
 
 
 def _claim(
+    db: Database,
+    credentials: HTTPAuthorizationCredentials | None,
+    agent_id: int,
+    project_id: int | None,
+) -> Response:
+    if not db.is_sqlite and credentials is not None and credentials.scheme.lower() == "bearer":
+        # PostgreSQL: the token check and the claim in one autocommit statement, on the token
+        # look-up engine (no session, no BEGIN/COMMIT round trips).
+        sql, constants = _compiled_claim_by_token(db.auth, project_id is not None)
+        parameters = {
+            **constants,
+            "claimer": agent_id,
+            "token_hash": hash_token(credentials.credentials),
+            "project": project_id,
+        }
+        with db.auth.connect() as connection:
+            row = connection.exec_driver_sql(sql, parameters).first()
+        if row is not None:
+            record_use_if_stale(db, row.token_id, row.token_last_used_at)
+            return _task_response(row)
+    # Nothing claimed yet (or SQLite): check the token, claim, and say why when nothing is left.
+    with Session(db.writer, expire_on_commit=False) as session:
+        return _claim_in_session(db, session, credentials, agent_id, project_id)
+
+
+@lru_cache(maxsize=2)
+def _compiled_claim_by_token(engine: Engine, by_project: bool) -> tuple[str, dict[str, Any]]:
+    """The claim-by-token statement as SQL text and its constant parameters, compiled once:
+    SQLAlchemy would otherwise work out the statement's cache key on every claim, which costs
+    more CPU than anything else the claim does in this process."""
+    compiled = claim_statement("postgresql", by_project, by_token=True).compile(
+        dialect=engine.dialect
+    )
+    return str(compiled), dict(compiled.params)
+
+
+def _claim_in_session(
     db: Database,
     session: Session,
     credentials: HTTPAuthorizationCredentials | None,
     agent_id: int,
     project_id: int | None,
-) -> TaskRead | Response:
+) -> Response:
     user = authenticate(db, credentials)
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
@@ -215,9 +274,9 @@ def _claim(
     row = session.execute(statement, parameters).first()
     if row is not None:
         session.commit()
-        return TaskRead.model_validate(dict(row._mapping))
+        return _task_response(row)
     # Nothing was claimed: say why when it is not simply an empty queue.
-    agent = _agent(session, agent_id)
+    agent = own_agent(session, user.id, agent_id)
     if agent.status == AgentStatus.offline.value:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
@@ -229,9 +288,16 @@ def _claim(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-def _agent(session: Session, agent_id: int, *, lock: bool = False) -> Agent:
-    """The agent; with `lock`, its row locked until the transaction ends (claims wait)."""
+def _task_response(row) -> Response:
+    # Serialised here, once: returning the model would have FastAPI validate it again.
+    task = TaskRead.model_validate(row._mapping)
+    return Response(task.model_dump_json(), media_type="application/json")
+
+
+def own_agent(session: Session, owner_id: int, agent_id: int, *, lock: bool = False) -> Agent:
+    """The user's agent; 404 when it is unknown or someone else's. With `lock`, its row locked
+    until the transaction ends (claims wait)."""
     agent = session.get(Agent, agent_id, with_for_update=lock or None)
-    if agent is None:
+    if agent is None or agent.owner_id != owner_id:
         raise not_found("agent", agent_id)
     return agent

@@ -101,9 +101,11 @@ def check_move(task: Task, new: TaskStatus) -> None:
     raise _conflict(task, f"cannot move from {current.value} to {new.value}")
 
 
-def check_update(session: Session, task: Task, sent: dict[str, object]) -> dict[str, object]:
+def check_update(
+    session: Session, task: Task, sent: dict[str, object], owner_id: int
+) -> dict[str, object]:
     """The changes to make to `task` for an update that sent `sent`; 409 (or 404 for an
-    unknown agent) when they would break one of the invariants."""
+    agent that is unknown or not the user's) when they would break one of the invariants."""
     # A field sent with its present value is no change: retrying "done" on a done task is fine.
     changes = {name: value for name, value in sent.items() if value != getattr(task, name)}
     if not changes:
@@ -128,17 +130,18 @@ def check_update(session: Session, task: Task, sent: dict[str, object]) -> dict[
                                   "let the agent claim it (POST /api/v1/agents/{id}/claim); to "
                                   'release it send {"status": "pending"}')
         if "agent_id" in changes or current is not TaskStatus.in_progress:
-            require_working_agent(session, int(agent_id))
+            require_working_agent(session, int(agent_id), owner_id)
     elif "agent_id" in changes:
         raise _conflict(task, f"ends with the agent that held it ({task.agent_id}); send the "
                               f"status {new.value} without another agent_id")
     return changes
 
 
-def require_working_agent(session: Session, agent_id: int) -> Agent:
-    """The agent `agent_id`, share-locked; 404 if unknown, 409 if it cannot work (offline)."""
+def require_working_agent(session: Session, agent_id: int, owner_id: int) -> Agent:
+    """The user's agent `agent_id`, share-locked; 404 if unknown or another user's, 409 if it
+    cannot work (offline)."""
     agent = session.scalar(lock_for_share(select(Agent).where(Agent.id == agent_id)))
-    if agent is None:
+    if agent is None or agent.owner_id != owner_id:
         raise not_found("agent", agent_id)
     if agent.status == AgentStatus.offline.value:
         raise HTTPException(
@@ -224,7 +227,7 @@ def update_task(
     "pending"}` releases a task from its agent; a done or failed task no longer changes.
     """
     task = own_task(session, user, task_id, for_update=True)
-    changes = check_update(session, task, body.changes())
+    changes = check_update(session, task, body.changes(), user.id)
     if not changes:
         return TaskRead.model_validate(task)  # the session's end rolls back (and unlocks)
     for name, value in changes.items():
