@@ -506,6 +506,36 @@ def test_the_statements_of_a_do_block_are_judged_as_plain_sql(tmp_path):
     ''') == [("MIG018", 11)]
 
 
+def test_a_do_blocks_variables_are_values_so_its_batches_are_key_ranges(tmp_path):
+    """The batched backfill of 005/006 rendered offline: each UPDATE takes one key range
+    between two of the block's variables; an open range is still every row."""
+    assert found(tmp_path / "batched", '''
+        with op.get_context().autocommit_block():
+            op.execute("""
+                DO $$
+                DECLARE _low bigint; _last bigint;
+                BEGIN
+                    SELECT min(id), max(id) INTO _low, _last FROM widgets;
+                    WHILE _low <= _last LOOP
+                        UPDATE widgets SET size = 1
+                        WHERE widgets.id >= _low AND widgets.id < _low + 5000 AND size IS NULL;
+                        COMMIT;
+                        _low := _low + 5000;
+                    END LOOP;
+                END $$
+            """)
+    ''') == []
+    assert found(tmp_path / "open", '''
+        op.execute("""
+            DO $$
+            DECLARE _low bigint := 0;
+            BEGIN
+                UPDATE widgets SET size = 1 WHERE id >= _low;
+            END $$
+        """)
+    ''') == [("MIG021", 9)]
+
+
 def test_a_script_asking_is_offline_mode_renders_as_with_sql_also_inside_an_env(tmp_path):
     from alembic import context
     from alembic.config import Config

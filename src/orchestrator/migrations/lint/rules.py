@@ -530,14 +530,16 @@ def _conjuncts(where: object) -> list[object]:
 
 
 def _value(node: object) -> bool:
-    """A constant, a bound parameter, an array of those (possibly cast), or a scalar subquery:
-    one value, or a list of them, given to the statement."""
+    """A constant, a bound parameter, arithmetic on those, an array of those (possibly cast),
+    or a scalar subquery: one value, or a list of them, given to the statement."""
     if isinstance(node, ast.TypeCast):
         node = node.arg
     if isinstance(node, ast.A_ArrayExpr):
         return all(_value(e) for e in node.elements or ())
     if isinstance(node, ast.SubLink):
         return node.subLinkType.name == "EXPR_SUBLINK"
+    if isinstance(node, ast.A_Expr) and node.kind.name == "AEXPR_OP":  # `:low + 5000`
+        return all(_value(side) for side in (node.lexpr, node.rexpr) if side is not None)
     return isinstance(node, (ast.A_Const, ast.ParamRef))
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pglast import ast, parse_plpgsql, parse_sql
+from pglast.parser import scan
 from pglast.enums import AlterTableType, ConstrType, ObjectType
 from pglast.parser import ParseError
 
@@ -52,12 +53,45 @@ def _do_statements(node: ast.DoStmt) -> list[ast.Node] | None:
     except ParseError:
         return None
     statements: list[ast.Node] = []
+    variables = _variables(tree)
     for query in _plpgsql_queries(tree):
         try:
-            statements += parse(query)
+            statements += parse(_as_parameters(query, variables))
         except ParseError:
             continue  # a statement over the block's own variables, or a dynamic one
     return statements
+
+
+def _variables(tree: Any) -> set[str]:
+    """The names of a PL/pgSQL block's variables (`DECLARE _low bigint;`), lower case."""
+    found: set[str] = set()
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            if key == "PLpgSQL_var":
+                found.add(value["refname"].lower())
+            else:
+                found |= _variables(value)
+    elif isinstance(tree, list):
+        for item in tree:
+            found |= _variables(item)
+    return found
+
+
+def _as_parameters(query: str, variables: set[str]) -> str:
+    """`query` with the block's variables written as bound parameters (`$1`), which is what they
+    are to the statement: `WHERE id >= _low AND id < _low + 5000` is one batch's key range. A
+    bare name that is also a column is the variable (PL/pgSQL refuses the ambiguity), so any
+    unqualified identifier with a variable's name is one."""
+    tokens = scan(query)
+    parts, last = [], 0
+    for i, token in enumerate(tokens):
+        qualified = (i > 0 and tokens[i - 1].name == "ASCII_46") or (
+            i + 1 < len(tokens) and tokens[i + 1].name == "ASCII_46")
+        if (token.name == "IDENT" and not qualified
+                and query[token.start:token.end + 1].lower() in variables):
+            parts += [query[last:token.start], "$1"]
+            last = token.end + 1
+    return "".join(parts) + query[last:]
 
 
 def _plpgsql_queries(tree: Any) -> list[str]:
