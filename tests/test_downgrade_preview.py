@@ -31,9 +31,10 @@ def backups(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def development(db_url: str, backups: Path):
-    """A database at head with rows, managed as development does: no automatic backup."""
+    """A database at 004 with rows, managed as development does: no automatic backup (at 004,
+    so that what each revision drops is what these tests name; 005 and 006 add to it)."""
     with MigrationManager(db_url, backup_dir=backups, backup_before_migrate=False) as manager:
-        manager.upgrade()
+        manager.upgrade("004")
         seed_rows(db_url)
         yield manager
 

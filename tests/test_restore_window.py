@@ -140,7 +140,8 @@ def test_a_session_in_the_way_that_this_role_may_not_end_is_waited_for_then_the_
             # A superuser's write, not committed yet: not ours to end, and in the way.
             with superuser.connect() as session:
                 pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
-                session.execute(text("INSERT INTO agents (name) VALUES ('the superuser')"))
+                session.execute(text(
+                    "INSERT INTO agents (name, owner_id) VALUES ('the superuser', 1)"))
                 with pytest.raises(BackupError, match=rf"^.* pid {pid} held a lock the restore "
                                                       rf"needs for more than 1s \(another role's "
                                                       rf"session, which this one may not end\); "
@@ -201,7 +202,7 @@ def test_when_the_restore_loses_its_session_nothing_is_restored_and_nothing_is_l
         manager.upgrade()
         seed_rows(postgres_url)
         info = manager.backup()
-        execute(postgres_url, "INSERT INTO agents (name) VALUES ('after the backup')")
+        execute(postgres_url, "INSERT INTO agents (name, owner_id) VALUES ('after the backup', 1)")
         before = content_hash(postgres_url)
         admin = create_engine(require_postgres(), isolation_level="AUTOCOMMIT")
 
@@ -253,7 +254,7 @@ def test_a_restore_killed_midway_leaves_the_database_as_it_was_and_writable(
             break
         time.sleep(0.05)
     assert content_hash(url) == before
-    execute(url, "INSERT INTO agents (name) VALUES ('writable')")
+    execute(url, "INSERT INTO agents (name, owner_id) VALUES ('writable', 1)")
     status = MigrationManager(url).status()
     assert status.up_to_date and not status.read_only
 
@@ -304,7 +305,7 @@ def test_an_archive_cut_short_fails_midway_and_changes_nothing(postgres_url, tmp
         info = manager.backup()
         cut = tmp_path / "cut.dump"
         cut.write_bytes(info.path.read_bytes()[:-5])
-        execute(postgres_url, "INSERT INTO agents (name) VALUES ('after the backup')")
+        execute(postgres_url, "INSERT INTO agents (name, owner_id) VALUES ('after the backup', 1)")
         before = content_hash(postgres_url)
         with pytest.raises(BackupError, match=r"^pg_restore failed for .*: pg_restore: error: "
                                               r"could not read from input file: end of file; "
@@ -342,7 +343,8 @@ def test_a_table_made_while_the_restore_waits_for_its_locks_is_locked_and_kept(
         try:
             with superuser.connect() as session:
                 # A superuser's write in progress: the restore's locks wait for it.
-                session.execute(text("INSERT INTO agents (name) VALUES ('the superuser')"))
+                session.execute(text(
+                    "INSERT INTO agents (name, owner_id) VALUES ('the superuser', 1)"))
                 restoring = threading.Thread(
                     target=lambda: reports.append(manager.restore(info.path)))
                 restoring.start()
