@@ -6,6 +6,7 @@ that the database rehearsed for is left exactly as it was.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,6 +24,7 @@ from orchestrator.migrations import MigrationManager
 from orchestrator.migrations.rehearse import rehearse, render_text
 from orchestrator.migrations.rehearse import copies
 from orchestrator.migrations.rehearse.locks import MODES, blocks, conflicts
+from tests.conftest import require_postgres, scratch_postgres_database
 from tests.fixtures import add_revision, command_runner, copy_scripts
 from tests.schema import content_hash, execute, scalar, seed_rows, snapshot
 
@@ -304,6 +306,26 @@ def test_from_backup_rehearses_on_the_backup_without_reading_the_database(url, t
         rehearsal = rehearse(manager, from_backup=backup.path)
     assert rehearsal.from_revision == "003" and rehearsal.steps
     assert rehearsal.copy.source == f"backup {backup.path}"
+
+
+def test_a_backup_of_another_database_is_named_in_the_report_and_nothing_says_copying_it(
+        url, tmp_path):
+    # A backup made on a replica is fine to rehearse on, but one of the wrong database (an empty
+    # staging one) would pass on no rows: the report names the database it was taken of, and
+    # the note says the backup is restored, not that the database is copied.
+    scripts = copy_scripts(tmp_path)
+    with contextlib.ExitStack() as stack:
+        other = (f"sqlite:///{tmp_path / 'staging.db'}" if url.startswith("sqlite")
+                 else stack.enter_context(scratch_postgres_database(require_postgres())))
+        with manager_at(other, scripts, "003") as staging:
+            backup = staging.backup(tmp_path / ("staging.db.bak" if staging.dialect == "sqlite"
+                                                else "staging.dump"))
+        notes = []
+        with manager_at(url, scripts, "003") as manager:
+            rehearsal = rehearse(manager, from_backup=backup.path, notify=notes.append)
+    assert rehearsal.copy.source.startswith(f"backup {backup.path} of ")
+    assert other.rsplit("/", 1)[1] in rehearsal.copy.source
+    assert notes[0] == f"Restoring {backup.path} to rehearse on it…"
 
 
 def test_nothing_pending_makes_no_copy(url, tmp_path):

@@ -49,7 +49,8 @@ def rehearse(
             rehearsal.to_revision = status.current
             copies.remove_stale(manager.database_url)
             return rehearsal
-    say(f"Copying {manager.masked_url} to rehearse on it…")
+    say(f"Copying {manager.masked_url} to rehearse on it…" if from_backup is None
+        else f"Restoring {from_backup} to rehearse on it…")
     with copies.scratch_copy(manager.database_url, from_backup=from_backup, keep=keep) as copy:
         rehearsal.copy = CopyInfo(copy.name, copy.source, copy.seconds, keep)
         _migrate_copy(manager, copy.url, target, rehearsal, allow_changed, say, observe)

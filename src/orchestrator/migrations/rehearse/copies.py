@@ -99,8 +99,7 @@ def _sqlite_copy(database_url: str, from_backup: Path | None, keep: bool) -> Ite
     try:
         if from_backup is not None:
             shutil.copyfile(from_backup, path)
-            described, revision = f"backup {from_backup}", backup.inspect_backup(
-                from_backup).revision
+            described, revision = _from_backup(database_url, from_backup)
         else:
             info = backup.create(database_url, backup_dir=folder, output=path,
                                  reason="rehearsal")
@@ -138,9 +137,22 @@ def _postgres_copy(database_url: str, from_backup: Path | None,
             described, revision = "pg_dump of the database", dump.revision
         else:
             backup.load_into_empty(url, from_backup)
-            described = f"backup {from_backup}"
-            revision = backup.inspect_backup(from_backup).revision
+            described, revision = _from_backup(database_url, from_backup)
         yield Copy(url, name, described, time.perf_counter() - started, revision)
+
+
+def _from_backup(database_url: str, path: Path) -> tuple[str, str | None]:
+    """What the copy was made from, and its revision.
+
+    A backup of another database (a replica's, or by mistake an empty staging one's) is
+    rehearsed on, but named: a pass on someone else's rows must not read as this one's.
+    """
+    info = backup.inspect_backup(path)
+    described = f"backup {path}"
+    if info.database is not None and not backup.same_database(
+            info.database, backup.database_identity(database_url)):
+        described += f" of {info.database}"
+    return described, info.revision
 
 
 def _admin(database_url: str):
