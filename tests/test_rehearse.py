@@ -132,8 +132,12 @@ def test_a_plain_index_holds_sharelock_blocking_writes_and_the_database_is_untou
     assert rehearsal.problems()[0].startswith(f"{revision} held {lock.mode} on {lock.relation}")
     report = render_text(rehearsal)
     assert "Verdict: FAIL" in report and "ix_tasks_title" in report
+    # A failing verdict does not read as the rule it broke ("... for at most 0s").
+    assert "Verdict: FAIL:" in report.splitlines() and "at most" not in report
     rehearsal.max_blocking_s = 3600
-    assert rehearsal.exit_code == 0 and "Verdict: PASS" in render_text(rehearsal)
+    assert rehearsal.exit_code == 0 and ("Verdict: PASS (every step ran; nothing blocked writes "
+                                         "on a table with rows for more than 3600s)"
+                                         in render_text(rehearsal).splitlines())
 
 
 def test_003s_concurrent_builds_take_share_update_exclusive_locks_that_block_nothing(

@@ -180,8 +180,10 @@ def render_text(rehearsal: Rehearsal, limit: int = 8) -> str:
         lines.append("Nothing to rehearse: no pending migration.")
         return "\n".join(lines)
     problems = r.problems()
-    lines.append(f"Verdict: {'PASS' if not problems else 'FAIL'} (writes blocked on a table "
-                 f"with rows for at most {r.max_blocking_s:g}s)")
+    # A pass says what it checked; a fail says what broke (each problem names the limit).
+    lines.append("Verdict: FAIL:" if problems else
+                 "Verdict: PASS (every step ran; nothing blocked writes on a table with rows "
+                 f"for more than {r.max_blocking_s:g}s)")
     lines += [f"  - {problem}" for problem in problems]
     worst = _worst(r)
     if worst:
