@@ -512,6 +512,31 @@ def test_a_missing_sqlite_file_is_an_error_naming_it(run_here, unique_sqlite_url
     assert not Path(path).exists()
 
 
+def test_a_target_behind_the_database_or_the_backup_says_so_and_advises_no_downgrade(
+        run_here, unique_sqlite_url, tmp_path):
+    # `db rehearse` rehearses upgrades: a target already passed is not a cue to downgrade the
+    # production database, least of all when it is the backup that is past it.
+    with MigrationManager(unique_sqlite_url) as manager:
+        manager.upgrade("004")
+        ahead = manager.backup(tmp_path / "at-004.db").path
+        manager.downgrade("002")
+    behind = run_here("db", "rehearse", "001", "--database-url", unique_sqlite_url)
+    assert behind.returncode == 2
+    assert behind.stderr.splitlines()[-1] == (
+        "Error: cannot rehearse up to 001: the database is already at 002, past it; "
+        "`db rehearse` rehearses upgrades (to see what a downgrade would undo: "
+        "`orchestrator db downgrade 001 --dry-run`)")
+    from_backup = run_here("db", "rehearse", "003", "--from-backup", str(ahead),
+                           "--database-url", unique_sqlite_url)
+    assert from_backup.returncode == 2
+    assert from_backup.stderr.splitlines()[-1] == (
+        f"Error: cannot rehearse up to 003 on {ahead}: the backup is already at 004, past it; "
+        "pick an older backup (`orchestrator db backups`) or a later revision")
+    assert "downgrade" not in from_backup.stderr
+    assert not list(Path(tempfile.gettempdir()).glob(
+        f"{copies.FOLDER_PREFIX}{Path(unique_sqlite_url).stem}-*"))
+
+
 @pytest.mark.postgres
 def test_a_role_that_cannot_create_databases_gets_a_one_line_error(postgres_url, tmp_path,
                                                                    run_here):
