@@ -224,6 +224,11 @@ def test_keep_leaves_the_copy_and_later_rehearsals_do_not_remove_it(url, tmp_pat
         try:
             assert rehearsal.copy.kept and copy_exists(manager, rehearsal.copy.name)
             assert "kept" in render_text(rehearsal)
+            # Nothing sweeps a kept copy: the report says how to remove it when done.
+            remove = (f"rm -r {Path(rehearsal.copy.name).parent}" if manager.dialect == "sqlite"
+                      else f'DROP DATABASE "{rehearsal.copy.name}"')
+            assert (f"  kept: remove it when done (`{remove}`); nothing sweeps a kept copy"
+                    in render_text(rehearsal).splitlines())
             copies.remove_stale(url)
             assert copy_exists(manager, rehearsal.copy.name)
             copy_url = (f"sqlite:///{rehearsal.copy.name}" if manager.dialect == "sqlite"

@@ -6,6 +6,7 @@ Nothing here prints: `render_text` returns the text, `Rehearsal.as_dict` the JSO
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 from orchestrator.migrations.rehearse.locks import MODES, NONE, SEVERITY, WRITES
@@ -176,6 +177,10 @@ def render_text(rehearsal: Rehearsal, limit: int = 8) -> str:
         fate = "kept" if r.copy.kept else "dropped"
         lines.append(f"  on a copy {r.copy.name} ({r.copy.source}, {r.copy.seconds:.2f}s; "
                      f"{fate})")
+        if r.copy.kept:
+            remove = (f"rm -r {PurePath(r.copy.name).parent}" if r.engine == "sqlite"
+                      else f'DROP DATABASE "{r.copy.name}"')
+            lines.append(f"  kept: remove it when done (`{remove}`); nothing sweeps a kept copy")
     if not r.steps:
         lines.append("Nothing to rehearse: no pending migration.")
         return "\n".join(lines)
