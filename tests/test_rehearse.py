@@ -567,6 +567,34 @@ def test_a_role_that_cannot_create_databases_gets_a_one_line_error(postgres_url,
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.postgres
+def test_a_copy_that_cannot_be_created_for_another_reason_is_not_blamed_on_createdb(
+        postgres_url, tmp_path, monkeypatch, run_here):
+    # A name already taken (or a full disk, or no free connection): CREATEDB is not the cure.
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    scripts = copy_scripts(tmp_path)
+    manager_at(postgres_url, scripts, "003").close()
+    fixed = uuid.uuid4()
+    monkeypatch.setattr(copies.uuid, "uuid4", lambda: fixed)
+    taken = (f"{copies.DATABASE_PREFIX}{copies._slug(make_url(postgres_url).database)}_"
+             f"{fixed.hex[:8]}")
+    engine = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{taken}"')
+        result = run_here("db", "rehearse", "--database-url", postgres_url)
+    finally:
+        copies.drop_database(postgres_url, taken)
+        engine.dispose()
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.splitlines()[-1].startswith(
+        f"Error: cannot create the rehearsal copy {taken} beside ")
+    assert "already exists" in result.stderr and "CREATEDB" not in result.stderr
+
+
 def test_stale_means_made_here_by_a_process_that_is_gone_and_not_kept():
     import socket
 

@@ -182,10 +182,15 @@ def _create_database(database_url: str, name: str, keep: bool) -> None:
                 f'COMMENT ON DATABASE "{name}" IS {_literal(json.dumps(_owner(keep)))}')
     except DBAPIError as exc:
         reason = str(exc.orig).strip().splitlines()[0]
+        # Only a refusal is cured by CREATEDB; a name taken, a full disk or no free
+        # connection is not.
+        advice = ("the role needs CREATEDB (`ALTER ROLE … CREATEDB`), or rehearse as a role "
+                  "that has it" if getattr(exc.orig, "sqlstate", None) == "42501" else
+                  "the server needs room and a free connection for a copy of the database; "
+                  "try again once it has them")
         raise RehearsalCopyError(
             f"cannot create the rehearsal copy {name} beside {mask_url(database_url)}: "
-            f"{reason}; the role needs CREATEDB (`ALTER ROLE … CREATEDB`), or rehearse as a "
-            "role that has it") from None
+            f"{reason}; {advice}") from None
     finally:
         engine.dispose()
 
