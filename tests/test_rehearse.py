@@ -6,6 +6,7 @@ that the database rehearsed for is left exactly as it was.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,6 +24,7 @@ from orchestrator.migrations import MigrationManager
 from orchestrator.migrations.rehearse import rehearse, render_text
 from orchestrator.migrations.rehearse import copies
 from orchestrator.migrations.rehearse.locks import MODES, blocks, conflicts
+from tests.conftest import require_postgres, scratch_postgres_database
 from tests.fixtures import add_revision, command_runner, copy_scripts
 from tests.schema import content_hash, execute, scalar, seed_rows, snapshot
 
@@ -130,8 +132,12 @@ def test_a_plain_index_holds_sharelock_blocking_writes_and_the_database_is_untou
     assert rehearsal.problems()[0].startswith(f"{revision} held {lock.mode} on {lock.relation}")
     report = render_text(rehearsal)
     assert "Verdict: FAIL" in report and "ix_tasks_title" in report
+    # A failing verdict does not read as the rule it broke ("... for at most 0s").
+    assert "Verdict: FAIL:" in report.splitlines() and "at most" not in report
     rehearsal.max_blocking_s = 3600
-    assert rehearsal.exit_code == 0 and "Verdict: PASS" in render_text(rehearsal)
+    assert rehearsal.exit_code == 0 and ("Verdict: PASS (every step ran; nothing blocked writes "
+                                         "on a table with rows for more than 3600s)"
+                                         in render_text(rehearsal).splitlines())
 
 
 def test_003s_concurrent_builds_take_share_update_exclusive_locks_that_block_nothing(
@@ -218,6 +224,11 @@ def test_keep_leaves_the_copy_and_later_rehearsals_do_not_remove_it(url, tmp_pat
         try:
             assert rehearsal.copy.kept and copy_exists(manager, rehearsal.copy.name)
             assert "kept" in render_text(rehearsal)
+            # Nothing sweeps a kept copy: the report says how to remove it when done.
+            remove = (f"rm -r {Path(rehearsal.copy.name).parent}" if manager.dialect == "sqlite"
+                      else f'DROP DATABASE "{rehearsal.copy.name}"')
+            assert (f"  kept: remove it when done (`{remove}`); nothing sweeps a kept copy"
+                    in render_text(rehearsal).splitlines())
             copies.remove_stale(url)
             assert copy_exists(manager, rehearsal.copy.name)
             copy_url = (f"sqlite:///{rehearsal.copy.name}" if manager.dialect == "sqlite"
@@ -304,6 +315,26 @@ def test_from_backup_rehearses_on_the_backup_without_reading_the_database(url, t
         rehearsal = rehearse(manager, from_backup=backup.path)
     assert rehearsal.from_revision == "003" and rehearsal.steps
     assert rehearsal.copy.source == f"backup {backup.path}"
+
+
+def test_a_backup_of_another_database_is_named_in_the_report_and_nothing_says_copying_it(
+        url, tmp_path):
+    # A backup made on a replica is fine to rehearse on, but one of the wrong database (an empty
+    # staging one) would pass on no rows: the report names the database it was taken of, and
+    # the note says the backup is restored, not that the database is copied.
+    scripts = copy_scripts(tmp_path)
+    with contextlib.ExitStack() as stack:
+        other = (f"sqlite:///{tmp_path / 'staging.db'}" if url.startswith("sqlite")
+                 else stack.enter_context(scratch_postgres_database(require_postgres())))
+        with manager_at(other, scripts, "003") as staging:
+            backup = staging.backup(tmp_path / ("staging.db.bak" if staging.dialect == "sqlite"
+                                                else "staging.dump"))
+        notes = []
+        with manager_at(url, scripts, "003") as manager:
+            rehearsal = rehearse(manager, from_backup=backup.path, notify=notes.append)
+    assert rehearsal.copy.source.startswith(f"backup {backup.path} of ")
+    assert other.rsplit("/", 1)[1] in rehearsal.copy.source
+    assert notes[0] == f"Restoring {backup.path} to rehearse on it…"
 
 
 def test_nothing_pending_makes_no_copy(url, tmp_path):
@@ -486,6 +517,31 @@ def test_a_missing_sqlite_file_is_an_error_naming_it(run_here, unique_sqlite_url
     assert not Path(path).exists()
 
 
+def test_a_target_behind_the_database_or_the_backup_says_so_and_advises_no_downgrade(
+        run_here, unique_sqlite_url, tmp_path):
+    # `db rehearse` rehearses upgrades: a target already passed is not a cue to downgrade the
+    # production database, least of all when it is the backup that is past it.
+    with MigrationManager(unique_sqlite_url) as manager:
+        manager.upgrade("004")
+        ahead = manager.backup(tmp_path / "at-004.db").path
+        manager.downgrade("002")
+    behind = run_here("db", "rehearse", "001", "--database-url", unique_sqlite_url)
+    assert behind.returncode == 2
+    assert behind.stderr.splitlines()[-1] == (
+        "Error: cannot rehearse up to 001: the database is already at 002, past it; "
+        "`db rehearse` rehearses upgrades (to see what a downgrade would undo: "
+        "`orchestrator db downgrade 001 --dry-run`)")
+    from_backup = run_here("db", "rehearse", "003", "--from-backup", str(ahead),
+                           "--database-url", unique_sqlite_url)
+    assert from_backup.returncode == 2
+    assert from_backup.stderr.splitlines()[-1] == (
+        f"Error: cannot rehearse up to 003 on {ahead}: the backup is already at 004, past it; "
+        "pick an older backup (`orchestrator db backups`) or a later revision")
+    assert "downgrade" not in from_backup.stderr
+    assert not list(Path(tempfile.gettempdir()).glob(
+        f"{copies.FOLDER_PREFIX}{Path(unique_sqlite_url).stem}-*"))
+
+
 @pytest.mark.postgres
 def test_a_role_that_cannot_create_databases_gets_a_one_line_error(postgres_url, tmp_path,
                                                                    run_here):
@@ -509,6 +565,34 @@ def test_a_role_that_cannot_create_databases_gets_a_one_line_error(postgres_url,
     assert "cannot create the rehearsal copy" in result.stderr and "CREATEDB" in result.stderr
     assert result.stderr.splitlines()[-1].startswith("Error: cannot create the rehearsal copy")
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.postgres
+def test_a_copy_that_cannot_be_created_for_another_reason_is_not_blamed_on_createdb(
+        postgres_url, tmp_path, monkeypatch, run_here):
+    # A name already taken (or a full disk, or no free connection): CREATEDB is not the cure.
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    scripts = copy_scripts(tmp_path)
+    manager_at(postgres_url, scripts, "003").close()
+    fixed = uuid.uuid4()
+    monkeypatch.setattr(copies.uuid, "uuid4", lambda: fixed)
+    taken = (f"{copies.DATABASE_PREFIX}{copies._slug(make_url(postgres_url).database)}_"
+             f"{fixed.hex[:8]}")
+    engine = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{taken}"')
+        result = run_here("db", "rehearse", "--database-url", postgres_url)
+    finally:
+        copies.drop_database(postgres_url, taken)
+        engine.dispose()
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.splitlines()[-1].startswith(
+        f"Error: cannot create the rehearsal copy {taken} beside ")
+    assert "already exists" in result.stderr and "CREATEDB" not in result.stderr
 
 
 def test_stale_means_made_here_by_a_process_that_is_gone_and_not_kept():

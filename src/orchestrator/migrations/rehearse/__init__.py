@@ -43,21 +43,26 @@ def rehearse(
     rehearsal = Rehearsal(manager.masked_url, manager.dialect, None, None, max_blocking)
     if from_backup is None:
         status = manager.require_known_database()
-        plan = manager.plan_upgrade(target)
+        plan = _plan(manager, target, "the database", "", (
+            "`db rehearse` rehearses upgrades (to see what a downgrade would undo: "
+            f"`orchestrator db downgrade {target} --dry-run`)"))
         rehearsal.from_revision = status.current
         if not plan:
             rehearsal.to_revision = status.current
             copies.remove_stale(manager.database_url)
             return rehearsal
-    say(f"Copying {manager.masked_url} to rehearse on it…")
+    say(f"Copying {manager.masked_url} to rehearse on it…" if from_backup is None
+        else f"Restoring {from_backup} to rehearse on it…")
     with copies.scratch_copy(manager.database_url, from_backup=from_backup, keep=keep) as copy:
         rehearsal.copy = CopyInfo(copy.name, copy.source, copy.seconds, keep)
-        _migrate_copy(manager, copy.url, target, rehearsal, allow_changed, say, observe)
+        _migrate_copy(manager, copy.url, target, rehearsal, allow_changed, say, observe,
+                      from_backup)
     return rehearsal
 
 
 def _migrate_copy(manager: MigrationManager, url: str, target: str, rehearsal: Rehearsal,
-                  allow_changed: bool, say: Callable[[str], None], observe: bool) -> None:
+                  allow_changed: bool, say: Callable[[str], None], observe: bool,
+                  from_backup: Path | None = None) -> None:
     from orchestrator.migrations.errors import DatabaseLockTimeout, MigrationFailedError
     from orchestrator.migrations.manager import MigrationManager
     from orchestrator.migrations.rehearse import observe as watch
@@ -67,7 +72,10 @@ def _migrate_copy(manager: MigrationManager, url: str, target: str, rehearsal: R
                           script_location=manager.script_location,
                           environment=manager.environment) as copy:
         status = copy.require_known_database()
-        plan = copy.plan_upgrade(target)
+        # A backup can be past a target (the database was checked against it already).
+        plan = (_plan(copy, target, "the backup", f" on {from_backup}",
+                      "pick an older backup (`orchestrator db backups`) or a later revision")
+                if from_backup is not None else copy.plan_upgrade(target))
         rehearsal.from_revision = status.current
         rehearsal.to_revision = plan[-1] if plan else status.current
         if not plan:
@@ -95,6 +103,21 @@ def _migrate_copy(manager: MigrationManager, url: str, target: str, rehearsal: R
         rehearsal.not_run = [revision for revision in plan if revision not in done]
         if copy.dialect == "postgresql" and observe:
             _add_predictions(copy, plan, rehearsal)
+
+
+def _plan(manager: MigrationManager, target: str, what: str, where: str,
+          advice: str) -> list[str]:
+    """`plan_upgrade`, refusing a target already passed in rehearsal's words, not upgrade's
+    (whose advice, to downgrade, is not what someone rehearsing an upgrade wants)."""
+    from orchestrator.migrations.errors import UnknownRevisionError
+    from orchestrator.migrations.manager import _PastTarget
+
+    try:
+        return manager.plan_upgrade(target)
+    except _PastTarget:
+        raise UnknownRevisionError(
+            f"cannot rehearse up to {target}{where}: {what} is already at "
+            f"{manager.get_current_revision()}, past it; {advice}") from None
 
 
 def _script_files(manager: MigrationManager, plan: list[str]) -> dict[str, str]:

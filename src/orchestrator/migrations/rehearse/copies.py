@@ -99,8 +99,7 @@ def _sqlite_copy(database_url: str, from_backup: Path | None, keep: bool) -> Ite
     try:
         if from_backup is not None:
             shutil.copyfile(from_backup, path)
-            described, revision = f"backup {from_backup}", backup.inspect_backup(
-                from_backup).revision
+            described, revision = _from_backup(database_url, from_backup)
         else:
             info = backup.create(database_url, backup_dir=folder, output=path,
                                  reason="rehearsal")
@@ -138,9 +137,22 @@ def _postgres_copy(database_url: str, from_backup: Path | None,
             described, revision = "pg_dump of the database", dump.revision
         else:
             backup.load_into_empty(url, from_backup)
-            described = f"backup {from_backup}"
-            revision = backup.inspect_backup(from_backup).revision
+            described, revision = _from_backup(database_url, from_backup)
         yield Copy(url, name, described, time.perf_counter() - started, revision)
+
+
+def _from_backup(database_url: str, path: Path) -> tuple[str, str | None]:
+    """What the copy was made from, and its revision.
+
+    A backup of another database (a replica's, or by mistake an empty staging one's) is
+    rehearsed on, but named: a pass on someone else's rows must not read as this one's.
+    """
+    info = backup.inspect_backup(path)
+    described = f"backup {path}"
+    if info.database is not None and not backup.same_database(
+            info.database, backup.database_identity(database_url)):
+        described += f" of {info.database}"
+    return described, info.revision
 
 
 def _admin(database_url: str):
@@ -170,10 +182,15 @@ def _create_database(database_url: str, name: str, keep: bool) -> None:
                 f'COMMENT ON DATABASE "{name}" IS {_literal(json.dumps(_owner(keep)))}')
     except DBAPIError as exc:
         reason = str(exc.orig).strip().splitlines()[0]
+        # Only a refusal is cured by CREATEDB; a name taken, a full disk or no free
+        # connection is not.
+        advice = ("the role needs CREATEDB (`ALTER ROLE … CREATEDB`), or rehearse as a role "
+                  "that has it" if getattr(exc.orig, "sqlstate", None) == "42501" else
+                  "the server needs room and a free connection for a copy of the database; "
+                  "try again once it has them")
         raise RehearsalCopyError(
             f"cannot create the rehearsal copy {name} beside {mask_url(database_url)}: "
-            f"{reason}; the role needs CREATEDB (`ALTER ROLE … CREATEDB`), or rehearse as a "
-            "role that has it") from None
+            f"{reason}; {advice}") from None
     finally:
         engine.dispose()
 

@@ -6,6 +6,7 @@ Nothing here prints: `render_text` returns the text, `Rehearsal.as_dict` the JSO
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 from orchestrator.migrations.rehearse.locks import MODES, NONE, SEVERITY, WRITES
@@ -176,12 +177,18 @@ def render_text(rehearsal: Rehearsal, limit: int = 8) -> str:
         fate = "kept" if r.copy.kept else "dropped"
         lines.append(f"  on a copy {r.copy.name} ({r.copy.source}, {r.copy.seconds:.2f}s; "
                      f"{fate})")
+        if r.copy.kept:
+            remove = (f"rm -r {PurePath(r.copy.name).parent}" if r.engine == "sqlite"
+                      else f'DROP DATABASE "{r.copy.name}"')
+            lines.append(f"  kept: remove it when done (`{remove}`); nothing sweeps a kept copy")
     if not r.steps:
         lines.append("Nothing to rehearse: no pending migration.")
         return "\n".join(lines)
     problems = r.problems()
-    lines.append(f"Verdict: {'PASS' if not problems else 'FAIL'} (writes blocked on a table "
-                 f"with rows for at most {r.max_blocking_s:g}s)")
+    # A pass says what it checked; a fail says what broke (each problem names the limit).
+    lines.append("Verdict: FAIL:" if problems else
+                 "Verdict: PASS (every step ran; nothing blocked writes on a table with rows "
+                 f"for more than {r.max_blocking_s:g}s)")
     lines += [f"  - {problem}" for problem in problems]
     worst = _worst(r)
     if worst:
