@@ -761,3 +761,39 @@ def test_a_waiters_other_errors_pass_through(postgres_url):
             with lock.advisory_lock(connection, 30, still_needed=still_needed):
                 pass  # pragma: no cover - never held
     engine.dispose()
+
+
+@pytest.mark.postgres
+def test_the_backup_before_a_migration_survives_an_idle_in_transaction_timeout(
+    postgres_url, tmp_path
+):
+    """The backup's snapshot is held by a transaction that sits idle while pg_dump runs: a
+    managed server's idle_in_transaction_session_timeout must not end it (here pg_dump is kept
+    waiting for a table lock for longer than the timeout)."""
+    at_002_with_tasks(postgres_url)
+    engine = create_engine(postgres_url, poolclass=NullPool)
+    blocker = engine.connect()
+    blocker.execute(text("LOCK TABLE agents IN ACCESS EXCLUSIVE MODE"))
+    name = make_url(postgres_url).database
+    # Sessions that start from now on get it; the blocker's is older.
+    query(postgres_url, f"ALTER DATABASE \"{name}\" SET idle_in_transaction_session_timeout "
+                        "= '200ms'")
+
+    def release_once_pg_dump_waited() -> None:
+        wait_for(lambda: query(postgres_url, (
+            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = 'pg_dump' AND wait_event_type = 'Lock' "
+            "AND now() - query_start > interval '1 second'")), "pg_dump waiting a second")
+        blocker.rollback()
+
+    releaser = in_background(release_once_pg_dump_waited)
+    try:
+        with MigrationManager(postgres_url, backup_before_migrate=True,
+                              backup_dir=tmp_path) as manager:
+            assert manager.upgrade() == ["003", "004"]
+            assert manager.last_backup is not None and manager.last_backup.revision == "002"
+    finally:
+        releaser.join(60)
+        blocker.close()
+        engine.dispose()
+    assert_applied_exactly_once(postgres_url)
