@@ -780,11 +780,13 @@ def test_the_backup_before_a_migration_survives_an_idle_in_transaction_timeout(
                         "= '200ms'")
 
     def release_once_pg_dump_waited() -> None:
-        wait_for(lambda: query(postgres_url, (
-            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
-            "AND application_name = 'pg_dump' AND wait_event_type = 'Lock' "
-            "AND now() - query_start > interval '1 second'")), "pg_dump waiting a second")
-        blocker.rollback()
+        try:
+            wait_for(lambda: query(postgres_url, (
+                "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name = 'pg_dump' AND wait_event_type = 'Lock' "
+                "AND now() - query_start > interval '1 second'")), "pg_dump waiting a second")
+        finally:
+            blocker.rollback()  # never leave the upgrade waiting behind it
 
     releaser = in_background(release_once_pg_dump_waited)
     try:
