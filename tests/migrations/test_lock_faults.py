@@ -692,3 +692,112 @@ def test_the_watch_stops_the_running_statement_once_the_lock_is_lost(monkeypatch
     assert watch.lost == "gone"
     with pytest.raises(MigrationLockLost, match=r"lost the migration lock \(gone\)"):
         watch.refuse_if_lost()
+
+
+# -- PostgreSQL: a waiter's session ---------------------------------------------------------
+
+_SESSION_OF = ("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+               "AND application_name LIKE 'orchestrator-migrate % pid {pid}'")
+
+
+@pytest.mark.postgres
+def test_a_waiters_session_ended_is_named_exit_3_and_retries_wait_again(postgres_url):
+    """A DBA (a pooler, a restart) ends the session of a migrator waiting for the lock: exit 3
+    saying nothing was done, not "unexpected"; with --retries it reconnects and waits again."""
+    at_002_with_tasks(postgres_url)
+    with writer_in_the_way(postgres_url) as writer:
+        first = upgrade(postgres_url)
+        wait_for(lambda: query(postgres_url, _BUILDING), "003 building an index", first)
+        waiter = upgrade(postgres_url)
+        patient = upgrade(postgres_url, "--retries", "2")
+        for process in (waiter, patient):
+            assert "waiting for the migration lock" in process.stderr.readline()
+            end_session(postgres_url, _SESSION_OF.format(pid=process.pid))()
+        assert waiter.wait(timeout=60) == 3, waiter.communicate()
+        line = one_error_line(waiter.communicate()[1])
+        assert line.startswith("Error: the database ended the session waiting for the "
+                               "migration lock ("), line
+        assert "nothing was done" in line and "Error: unexpected" not in line
+        said = patient.stderr.readline()
+        assert "waiting for the migration lock" in said and "(retry 1 of 2 in 0.5s)" in said, said
+        writer.rollback()
+    assert first.wait(timeout=120) == 0, first.communicate()
+    assert patient.wait(timeout=60) == 0, patient.communicate()
+    assert "another migrator already did it" in patient.communicate()[0]
+    assert_applied_exactly_once(postgres_url)
+
+
+def _end_own_session(connection) -> None:
+    pid = connection.connection.driver_connection.info.backend_pid
+    with contextlib.suppress(Exception):  # the session may be the one ending itself
+        connection.connection.driver_connection.execute(f"SELECT pg_terminate_backend({pid})")
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("when", ["before a try", "while sleeping on the socket"])
+def test_a_waiter_whose_session_ends_raises_connection_lost(postgres_url, when):
+    """Ended as a statement runs (SQLAlchemy sees it) or while waiting for a notification (only
+    the driver does): either way the waiter's loss is named."""
+    engine = create_engine(postgres_url)
+    with migration_lock_free(postgres_url), engine.connect() as connection:
+        hooks = {"still_needed": lambda: True, "notify": lambda _message: None}
+        hook = "still_needed" if when == "before a try" else "notify"
+        hooks[hook] = lambda *_: _end_own_session(connection) or True
+        with pytest.raises(ConnectionLostError, match="the database ended the session waiting "
+                           "for the migration lock") as raised:
+            with lock.advisory_lock(connection, 30, **hooks):
+                pass  # pragma: no cover - never held
+    engine.dispose()
+    assert raised.value.exit_code == 3 and "nothing was done" in str(raised.value)
+
+
+@pytest.mark.postgres
+def test_a_waiters_other_errors_pass_through(postgres_url):
+    engine = create_engine(postgres_url)
+
+    def still_needed() -> bool:
+        raise RuntimeError("boom")
+
+    with migration_lock_free(postgres_url), engine.connect() as connection:
+        with pytest.raises(RuntimeError, match="boom"):
+            with lock.advisory_lock(connection, 30, still_needed=still_needed):
+                pass  # pragma: no cover - never held
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_the_backup_before_a_migration_survives_an_idle_in_transaction_timeout(
+    postgres_url, tmp_path
+):
+    """The backup's snapshot is held by a transaction that sits idle while pg_dump runs: a
+    managed server's idle_in_transaction_session_timeout must not end it (here pg_dump is kept
+    waiting for a table lock for longer than the timeout)."""
+    at_002_with_tasks(postgres_url)
+    engine = create_engine(postgres_url, poolclass=NullPool)
+    blocker = engine.connect()
+    blocker.execute(text("LOCK TABLE agents IN ACCESS EXCLUSIVE MODE"))
+    name = make_url(postgres_url).database
+    # Sessions that start from now on get it; the blocker's is older.
+    query(postgres_url, f"ALTER DATABASE \"{name}\" SET idle_in_transaction_session_timeout "
+                        "= '200ms'")
+
+    def release_once_pg_dump_waited() -> None:
+        try:
+            wait_for(lambda: query(postgres_url, (
+                "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name = 'pg_dump' AND wait_event_type = 'Lock' "
+                "AND now() - query_start > interval '1 second'")), "pg_dump waiting a second")
+        finally:
+            blocker.rollback()  # never leave the upgrade waiting behind it
+
+    releaser = in_background(release_once_pg_dump_waited)
+    try:
+        with MigrationManager(postgres_url, backup_before_migrate=True,
+                              backup_dir=tmp_path) as manager:
+            assert manager.upgrade() == ["003", "004"]
+            assert manager.last_backup is not None and manager.last_backup.revision == "002"
+    finally:
+        releaser.join(60)
+        blocker.close()
+        engine.dispose()
+    assert_applied_exactly_once(postgres_url)

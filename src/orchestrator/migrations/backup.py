@@ -1237,9 +1237,17 @@ def _engine(database_url: str):
 
     from orchestrator.db import create_engine
 
+    from sqlalchemy import event
+
+    from orchestrator.migrations.lock import protect_new_session
+
     # Our sessions write during a restore, while other new sessions are read-only by default.
     connect_args = {"connect_timeout": 10, "options": _READ_WRITE}
-    return create_engine(database_url, poolclass=NullPool, connect_args=connect_args)
+    engine = create_engine(database_url, poolclass=NullPool, connect_args=connect_args)
+    # A backup's snapshot is held by a transaction that sits idle while pg_dump runs: a
+    # managed server's idle timeouts must not end it.
+    event.listen(engine, "connect", protect_new_session)
+    return engine
 
 
 def _tool(name: str) -> str:

@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from orchestrator.migrations.errors import (
+    ConnectionLostError,
     DatabaseUnreachableError,
     MigrationLockLost,
     MigrationLockTimeout,
@@ -248,6 +249,15 @@ def advisory_lock(
     held = False
     try:
         held = _wait(try_acquire, wait_for_release, describe_holder, timeout, notify, still_needed)
+    except Exception as exc:
+        if not _session_ended(connection, exc):
+            raise
+        # A waiter's session ended (a DBA, a pooler, a restart): nothing was done yet.
+        raise ConnectionLostError(
+            f"the database ended the session waiting for the migration lock ({_describe(exc)}); "
+            "nothing was done; run the command again (`--retries N` reconnects and waits "
+            "again by itself)"
+        ) from exc
     finally:
         if listening and not held:
             # A pooled connection must not go on collecting notifications; closing it costs
@@ -333,6 +343,21 @@ def migrating(connection, timeout: float) -> Iterator[bool]:
         except DBAPIError:
             # The session is gone, and the key with it.
             connection.invalidate()
+
+
+def _session_ended(connection, exc: BaseException) -> bool:
+    """Whether `exc` came from the connection's session ending, as SQLAlchemy saw it (a
+    statement) or as the driver did (waiting for a notification on its socket)."""
+    if getattr(exc, "connection_invalidated", False) or connection.invalidated:
+        return True
+    return bool(connection.connection.driver_connection.closed)
+
+
+def _describe(exc: BaseException) -> str:
+    """The driver's error as `Type: first line`."""
+    original = getattr(exc, "orig", None) or exc
+    reason = (str(original).strip() or "no message").splitlines()[0]
+    return f"{type(original).__name__}: {reason}"
 
 
 def _lost_session(driver_connection) -> str | None:
