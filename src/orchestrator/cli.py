@@ -1232,6 +1232,11 @@ def _print_status(
         click.echo("state:    tables exist but no revision is recorded (see `db stamp`)")
     elif status.up_to_date:
         click.echo("state:    up to date")
+    elif not status.pending and status.interrupted is not None:
+        # Nothing to upgrade (a downgrade from head was interrupted and rolled back): the
+        # step's own line says what completes it.
+        click.echo(f"state:    a step did not finish; {status.interrupted.remedy} "
+                   "(see INTERRUPTED above)")
     else:
         click.echo(f"pending:  {', '.join(status.pending)}")
         click.echo("state:    migrations pending; run `orchestrator db upgrade`")
