@@ -208,3 +208,24 @@ def test_an_interrupted_downgrade_at_head_is_not_told_to_upgrade(sqlite_url, mon
     assert not any(line.startswith("pending:") for line in lines)
     assert lines[-1] == ("state:    a step did not finish; run the same `orchestrator db "
                          "downgrade` again to complete it (see INTERRUPTED above)")
+
+
+def test_ctrl_c_while_the_command_loads_is_interrupted_not_a_traceback(monkeypatch, capsys):
+    """An operator's Ctrl-C a second after starting `db downgrade` (pydantic still importing)
+    printed a 30-line traceback."""
+    import sys
+
+    from orchestrator import cli
+
+    class Interrupting:
+        def find_spec(self, name, path=None, target=None):
+            if name == "orchestrator.settings":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "orchestrator.settings", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["db", "status"])
+    assert exited.value.code == 130
+    assert capsys.readouterr().err == "Interrupted.\n"

@@ -1253,8 +1253,12 @@ def _print_status(
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; the one place that turns errors into a message and an exit code."""
     _complete_if_asked()
-    from orchestrator.migrations.errors import MigrationError
-    from orchestrator.settings import SettingsError
+    try:
+        from orchestrator.migrations.errors import MigrationError
+        from orchestrator.settings import SettingsError
+    except KeyboardInterrupt:  # Ctrl-C while the CLI loads (a second or so): nothing was done
+        click.echo("Interrupted.", err=True)
+        sys.exit(INTERRUPTED_EXIT)
 
     ctx_meta: dict[str, Any] = {}
     try:
