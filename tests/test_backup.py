@@ -984,8 +984,11 @@ def test_the_password_goes_through_the_environment_and_is_never_shown(postgres_u
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(subprocess, "Popen", popen)
             manager.restore(info.path, progress=look_at_children)
-    [(restore_args, restore_env)] = [(a, e) for a, e in started if "pg_restore" in a[0]
-                                     and "--list" not in a]
+    # The archive read through first (no connection), then run.
+    [(check_args, check_env), (restore_args, restore_env)] = [
+        (a, e) for a, e in started if "pg_restore" in a[0] and "--list" not in a]
+    assert check_args[1] == f"--file={os.devnull}" and check_env is None
+    assert not any(secret in arg for arg in check_args for secret in secrets)
     assert restore_env is None and "PGPASSWORD" not in os.environ
     assert not any(secret in arg for arg in restore_args for secret in secrets)
     # The restore's safety dump, as it was started.

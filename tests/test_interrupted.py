@@ -158,6 +158,7 @@ def test_a_step_still_running_is_not_called_interrupted(sqlite_url, tmp_path):
         assert (step.revision, step.running) == (revision, True)
         assert "another process holds the migration lock and may still be running it" in (
             step.describe())
+        assert step.remedy == "wait for the process that holds the migration lock"
     finally:
         process.kill()
         process.wait()
@@ -179,3 +180,52 @@ def test_an_interrupt_is_recorded_as_such_not_as_a_failure_of_the_script(db_url,
         last = manager.applied_history()[-1]
         assert (last.revision, last.success, last.error) == (revision, False, "interrupted")
         assert manager.status().interrupted.revision == revision
+
+
+def test_an_interrupted_downgrade_at_head_is_not_told_to_upgrade(sqlite_url, monkeypatch,
+                                                                 capsys):
+    """Ctrl-C during `db downgrade 001` from head (an operator's trial, 1,000,000 tasks on
+    SQLite): the run was rolled back, the database is still at head and nothing is pending.
+    `db status` said "pending: " (nothing) and "migrations pending; run `orchestrator db
+    upgrade`" (which does nothing) under the line that says to run the downgrade again."""
+    from orchestrator.db import create_engine
+    from orchestrator.migrations import history
+
+    with MigrationManager(sqlite_url) as manager:
+        manager.upgrade()
+    engine = create_engine(sqlite_url)
+    try:
+        with engine.connect() as connection:
+            history.record(connection, revision="002", direction=history.DOWNGRADE,
+                           duration=0.0, success=False, error=history.INTERRUPTED)
+            connection.commit()
+    finally:
+        engine.dispose()
+    status = command_runner(monkeypatch, capsys)("db", "status", "--database-url", sqlite_url)
+    assert status.returncode == 0
+    lines = status.stdout.splitlines()
+    assert "run the same `orchestrator db downgrade` again to complete it" in lines[3]
+    assert not any(line.startswith("pending:") for line in lines)
+    assert lines[-1] == ("state:    a step did not finish; run the same `orchestrator db "
+                         "downgrade` again to complete it (see INTERRUPTED above)")
+
+
+def test_ctrl_c_while_the_command_loads_is_interrupted_not_a_traceback(monkeypatch, capsys):
+    """An operator's Ctrl-C a second after starting `db downgrade` (pydantic still importing)
+    printed a 30-line traceback."""
+    import sys
+
+    from orchestrator import cli
+
+    class Interrupting:
+        def find_spec(self, name, path=None, target=None):
+            if name == "orchestrator.settings":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "orchestrator.settings", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["db", "status"])
+    assert exited.value.code == 130
+    assert capsys.readouterr().err == "Interrupted.\n"

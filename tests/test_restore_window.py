@@ -18,11 +18,12 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 from orchestrator.db import create_engine
 from orchestrator.migrations import MigrationManager, backup
-from orchestrator.migrations.backup import BackupError
+from orchestrator.migrations.backup import BackupError, NotABackupError
 from tests.conftest import require_postgres
 from tests.fixtures import Writer
 from tests.schema import content_hash, execute, scalar, seed_rows
@@ -296,21 +297,45 @@ def test_a_restored_database_with_tables_and_no_revision_says_so(postgres_url, t
     assert again.safety_backup.revision is None and again.unversioned
 
 
-def test_an_archive_cut_short_fails_midway_and_changes_nothing(postgres_url, tmp_path):
-    """Its table of contents reads, its last data block does not: the restore fails after it
-    has dropped and made tables, in its transaction, which is rolled back."""
+def test_an_archive_cut_short_is_refused_before_any_session_is_ended(postgres_url, tmp_path):
+    """Its table of contents reads, its last data block does not: it is refused before the
+    window opens, as a damaged SQLite backup is (an operator's trial: a truncated archive of
+    1,000,000 tasks ended every session, locked every table and took a 9 s safety dump, only
+    then to fail)."""
+    with MigrationManager(postgres_url, backup_dir=tmp_path / "b") as manager:
+        manager.upgrade()
+        seed_rows(postgres_url)
+        cut = tmp_path / "cut.dump"
+        cut.write_bytes(manager.backup(output=tmp_path / "whole.dump").path.read_bytes()[:-5])
+        engine = create_engine(postgres_url, poolclass=NullPool)
+        try:
+            with engine.connect() as bystander:
+                with pytest.raises(NotABackupError, match=r"^pg_restore failed for .*: "
+                                   r"could not read from input file: end of file; pick another "
+                                   r"backup$"):
+                    manager.restore(cut)
+                assert bystander.execute(text("SELECT 1")).scalar() == 1  # not ended
+        finally:
+            engine.dispose()
+    assert list((tmp_path / "b").glob("*before-restore*")) == []
+
+
+def test_an_archive_cut_short_after_its_check_fails_midway_and_changes_nothing(postgres_url,
+                                                                               tmp_path):
+    """Cut after it was checked (`checked=`): the restore fails after it has dropped and made
+    tables, in its transaction, which is rolled back."""
     with MigrationManager(postgres_url, backup_dir=tmp_path / "b") as manager:
         manager.upgrade()
         seed_rows(postgres_url)
         info = manager.backup()
-        cut = tmp_path / "cut.dump"
-        cut.write_bytes(info.path.read_bytes()[:-5])
+        checked = backup.restorable(postgres_url, info.path)
+        info.path.write_bytes(info.path.read_bytes()[:-5])
         execute(postgres_url, "INSERT INTO agents (name, owner_id) VALUES ('after the backup', 1)")
         before = content_hash(postgres_url)
         with pytest.raises(BackupError, match=r"^pg_restore failed for .*: pg_restore: error: "
                                               r"could not read from input file: end of file; "
                                               r"nothing was restored: the database is as it was"):
-            manager.restore(cut)
+            backup.restore(postgres_url, info.path, checked=checked, safety_dir=tmp_path / "s")
     assert content_hash(postgres_url) == before
 
 
@@ -349,8 +374,11 @@ def test_a_table_made_while_the_restore_waits_for_its_locks_is_locked_and_kept(
                     target=lambda: reports.append(manager.restore(info.path)))
                 restoring.start()
                 for _ in range(600):
-                    if scalar(url, RESTORE_SESSIONS + " AND wait_event_type = 'Lock'"):
-                        break
+                    try:
+                        if scalar(url, RESTORE_SESSIONS + " AND wait_event_type = 'Lock'"):
+                            break
+                    except OperationalError:  # this poll was open as the restore ended sessions
+                        pass
                     time.sleep(0.05)
                 execute(url, "CREATE TABLE made_meanwhile (note text)",
                         "INSERT INTO made_meanwhile VALUES ('kept')")

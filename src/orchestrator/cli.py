@@ -1313,6 +1313,11 @@ def _print_status(
         click.echo("state:    tables exist but no revision is recorded (see `db stamp`)")
     elif status.up_to_date:
         click.echo("state:    up to date")
+    elif not status.pending and status.interrupted is not None:
+        # Nothing to upgrade (a downgrade from head was interrupted and rolled back): the
+        # step's own line says what completes it.
+        click.echo(f"state:    a step did not finish; {status.interrupted.remedy} "
+                   "(see INTERRUPTED above)")
     else:
         click.echo(f"pending:  {', '.join(status.pending)}")
         click.echo("state:    migrations pending; run `orchestrator db upgrade`")
@@ -1329,8 +1334,12 @@ def _print_status(
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; the one place that turns errors into a message and an exit code."""
     _complete_if_asked()
-    from orchestrator.migrations.errors import MigrationError
-    from orchestrator.settings import SettingsError
+    try:
+        from orchestrator.migrations.errors import MigrationError
+        from orchestrator.settings import SettingsError
+    except KeyboardInterrupt:  # Ctrl-C while the CLI loads (a second or so): nothing was done
+        click.echo("Interrupted.", err=True)
+        sys.exit(INTERRUPTED_EXIT)
 
     ctx_meta: dict[str, Any] = {}
     try:

@@ -94,10 +94,17 @@ class InterruptedStep:
             return (f"{self.direction} of {self.revision} started at {started} and has not "
                     "finished: another process holds the migration lock and may still be "
                     "running it")
+        return (f"{self.direction} of {self.revision} started at {started} and did not finish "
+                f"(interrupted); {self.remedy}")
+
+    @property
+    def remedy(self) -> str:
+        """What to do about it: wait for the process running it, or the command completing it."""
+        if self.running:
+            return "wait for the process that holds the migration lock"
         command = ("`orchestrator db upgrade`" if self.direction == "upgrade"
                    else "the same `orchestrator db downgrade` again")
-        return (f"{self.direction} of {self.revision} started at {started} and did not finish "
-                f"(interrupted); run {command} to complete it")
+        return f"run {command} to complete it"
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "started_at": self.started_at.isoformat()}
