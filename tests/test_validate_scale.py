@@ -21,10 +21,12 @@ from orchestrator.migrations.validate import (
     schema_snapshot,
     validate,
 )
-from tests.fixtures import add_revision, copy_scripts
+from tests.fixtures import add_revision, copy_scripts, revisions_after
 from tests.fixtures.long_chain import add_revisions, long_chain, long_chain_metadata
 
 ALL_CODES = [rule.code for rule in RULES]
+# The project's chain: its head, and the revision before it.
+*_, BEFORE_HEAD, HEAD = revisions_after("000")
 LINT_CODES = [code for code in ALL_CODES if code >= "MIG009"]
 
 
@@ -34,7 +36,7 @@ def check(url: str, scripts, **options):
 
 
 def test_a_long_chain_passes_strict_validation_with_every_rule(db_url, tmp_path):
-    scripts = long_chain(tmp_path, 25)
+    scripts = long_chain(tmp_path, 25, through=None)  # 005 and 006 too, as the models are
     MigrationManager(db_url, script_location=str(scripts)).upgrade()
     report = check(db_url, scripts, strict=True)
     assert report.findings == [] and report.skipped == []
@@ -169,10 +171,10 @@ def test_since_keeps_the_chain_rules_and_the_models_on_every_revision(sqlite_url
 
 
 def test_since_the_head_checks_no_revision_and_says_so(sqlite_url, tmp_path):
-    report = validate(sqlite_url, since="004", rules=["MIG008"])
+    report = validate(sqlite_url, since=HEAD, rules=["MIG008"])
     assert report.passed == ["MIG008"]
-    assert report.since.describe().startswith("since 004: MIG008 checked 0 revisions (none) and "
-                                              "skipped 4 (001-004)")
+    assert report.since.describe().startswith(f"since {HEAD}: MIG008 checked 0 revisions (none) "
+                                              f"and skipped {int(HEAD)} (001-{HEAD})")
 
 
 def test_since_beside_a_database_these_scripts_do_not_describe(sqlite_url, tmp_path):
@@ -258,11 +260,11 @@ def run_here(monkeypatch, capsys):
 
 def test_validate_since_prints_what_it_left_out(sqlite_url, run_here):
     MigrationManager(sqlite_url).upgrade()
-    result = run_here("db", "validate", "--since", "003", "--database-url", sqlite_url)
+    result = run_here("db", "validate", "--since", BEFORE_HEAD, "--database-url", sqlite_url)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert ("narrowed since 003: MIG008, " in result.stdout
-            and "checked 1 revision (004) and skipped 3 (001-003): they are 003 and older"
-            in result.stdout)
+    assert (f"narrowed since {BEFORE_HEAD}: MIG008, " in result.stdout
+            and f"checked 1 revision ({HEAD}) and skipped {int(BEFORE_HEAD)} "
+                f"(001-{BEFORE_HEAD}): they are {BEFORE_HEAD} and older" in result.stdout)
 
 
 def test_validate_with_a_bad_since_or_git_ref_is_one_line_and_exit_2(sqlite_url, run_here):
@@ -287,8 +289,8 @@ def test_validate_since_git_head_in_the_checkout(sqlite_url, run_here):
     import json
 
     document = json.loads(result.stdout)
-    assert document["since_git"] == {"ref": "HEAD", "revision": "004"}
-    assert document["since"]["not_checked"][-1] == "004"
+    assert document["since_git"] == {"ref": "HEAD", "revision": HEAD}
+    assert document["since"]["not_checked"][-1] == HEAD
 
 
 def test_validate_prints_a_line_per_rule_when_not_on_a_terminal(sqlite_url, run_here):
