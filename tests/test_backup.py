@@ -392,6 +392,20 @@ def test_restore_puts_a_backup_in_place_of_a_database_too_damaged_to_read(sqlite
     assert any(line.split()[2:4] == ["?", "damaged"] for line in listed.stdout.splitlines())
 
 
+def test_damage_that_sqlite_reports_as_a_finding_is_named(tmp_path):
+    """`quick_check` answers some damage with rows rather than an error (here two indexes
+    share a page): that answer is the damage, not "readable"."""
+    path = tmp_path / "shared-page.db"
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.executescript("CREATE TABLE t (a); INSERT INTO t VALUES (1), (2);"
+                             "CREATE INDEX i ON t (a); CREATE TABLE u (a); CREATE INDEX j ON u (a)")
+    [root] = connection.execute("SELECT rootpage FROM sqlite_master WHERE name = 'j'").fetchone()
+    connection.execute("PRAGMA writable_schema = ON")
+    connection.execute("UPDATE sqlite_master SET rootpage = ? WHERE name = 'i'", (root,))
+    connection.close()
+    assert "2nd reference to page" in backup.sqlite_damage(f"sqlite:///{path}")
+
+
 def test_restoring_over_a_damaged_wal_database_replays_nothing_of_it(sqlite_url, tmp_path):
     """The damaged file's write-ahead log, still open in another connection (a running API),
     must not be replayed into the restored file; it is kept with the damaged copy."""

@@ -605,13 +605,11 @@ def _check_archive_data(database_url: str, path: Path) -> None:
 
 
 def _archive_listing(database_url: str, path: Path) -> str:
-    """The archive's table of contents; an archive pg_restore cannot read is not a backup."""
+    """The archive's table of contents (a restore has read the whole archive first, so a
+    failure here is pg_restore's own one-line BackupError)."""
     command = [_tool("pg_restore"), "--list", str(path)]
-    try:
-        with _libpq(database_url) as (_, env):
-            return _run_tool(command, env, database_url, capture=True)
-    except BackupError as exc:
-        raise NotABackupError(f"{exc}; pick another backup") from None
+    with _libpq(database_url) as (_, env):
+        return _run_tool(command, env, database_url, capture=True)
 
 
 def restore(
