@@ -244,9 +244,12 @@ def _fill_sqlite(connection: sqlite3.Connection, rows: int) -> None:
         "INSERT INTO projects (id, owner_id, name) WITH RECURSIVE n(i) AS "
         "(SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100) SELECT i, 1, 'project ' || i FROM n"
     )
+    # From 005 on, an agent has an owner (the one user).
+    owned = any(row[1] == "owner_id" for row in connection.execute("PRAGMA table_info(agents)"))
     connection.execute(
-        "INSERT INTO agents (id, name) WITH RECURSIVE n(i) AS "
-        "(SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50) SELECT i, 'agent ' || i FROM n"
+        f"INSERT INTO agents (id, name{', owner_id' if owned else ''}) WITH RECURSIVE n(i) AS "
+        "(SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50) "
+        f"SELECT i, 'agent ' || i{', 1' if owned else ''} FROM n"
     )
     # Realistic spread: 100 projects, two thirds of tasks assigned, four statuses, distinct
     # creation times, a description of about 100 bytes.
@@ -396,8 +399,13 @@ def fill_postgres(url: str, rows: int) -> None:
                 "INSERT INTO projects (id, owner_id, name) "
                 "SELECT i, 1, 'project ' || i FROM generate_series(1, 100) i"
             )
+            # From 005 on, an agent has an owner (the one user).
+            owned = connection.execute(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = 'agents' AND column_name = 'owner_id'").fetchone() is not None
             connection.execute(
-                "INSERT INTO agents (id, name) SELECT i, 'agent ' || i FROM generate_series(1, 50) i"
+                f"INSERT INTO agents (id, name{', owner_id' if owned else ''}) "
+                f"SELECT i, 'agent ' || i{', 1' if owned else ''} FROM generate_series(1, 50) i"
             )
             connection.execute(
                 "INSERT INTO tasks (project_id, agent_id, title, description, status, "

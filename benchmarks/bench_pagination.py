@@ -46,13 +46,13 @@ def run(options) -> dict[str, Any]:
     metrics: list[dict[str, Any]] = []
     notes = [] if admin_url else [skip["skipped"] + "; PostgreSQL not measured"]
     if admin_url:
-        with postgres_tasks_template(admin_url, rows, "004", "orch_bench_pages") as name:
+        with postgres_tasks_template(admin_url, rows, "head", "orch_bench_pages") as name:
             from benchmarks import database_url
 
             metrics += _measure("postgresql", database_url(admin_url, name), rows, repeats,
                                 options.smoke)
     path = options.workdir / "pages.db"
-    copy_file(sqlite_tasks_db(rows, "004"), path)
+    copy_file(sqlite_tasks_db(rows, "head"), path)
     metrics += _measure("sqlite", sqlite_url(path), rows, repeats, options.smoke)
     return result(
         TITLE,
