@@ -119,7 +119,8 @@ def scratch_postgres_database(admin_url: str, template: str | None = None) -> It
     """A new database on the server of `admin_url` (a copy of `template`), dropped afterwards."""
     name = f"orch_test_{uuid.uuid4().hex[:12]}"
     copy = f' TEMPLATE "{template}"' if template else ""
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    # Pre-ping: a test may restart the server (opt-in) between the create and the drop.
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"{copy}'))
     try:
