@@ -680,6 +680,7 @@ def stamp(ctx: click.Context, revision: str, yes: bool) -> None:
 def rebase(ctx: click.Context, onto: str | None, keep: str | None, dry_run: bool,
            yes: bool) -> None:
     """Renumber this branch's migrations after the other line's (two branches added 005)."""
+    from orchestrator.migrations import forks
     from orchestrator.migrations import rebase as rebasing
     from orchestrator.migrations.errors import DatabaseUnreachableError
 
@@ -688,8 +689,8 @@ def rebase(ctx: click.Context, onto: str | None, keep: str | None, dry_run: bool
                                "give one of them", ctx=ctx)
     manager = _manager(ctx)
     versions = Path(manager.script.versions)
-    if dry_run and (versions / rebasing.JOURNAL).exists():
-        raise rebasing.RebaseError(rebasing.INTERRUPTED.format(folder=_relative(str(versions))))
+    if dry_run and (versions / forks.JOURNAL).exists():
+        raise rebasing.RebaseError(forks.INTERRUPTED.format(folder=_relative(str(versions))))
     finished = rebasing.resume(versions)
     if finished:
         click.echo("Finished the renames of an interrupted `db rebase`: "

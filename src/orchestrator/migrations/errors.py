@@ -13,6 +13,10 @@ class MigrationError(Exception):
     exit_code = 2
 
 
+class IrreversibleMigrationError(MigrationError):
+    """A downgrade would cross a revision that declares itself irreversible."""
+
+
 class UnknownRevisionError(MigrationError):
     """A revision asked for on the command line does not exist in the scripts."""
 

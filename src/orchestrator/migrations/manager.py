@@ -36,6 +36,7 @@ from orchestrator.migrations.errors import (
     DatabaseUnreachableError,
     EmptyMigrationError,
     ForkedChainError,
+    IrreversibleMigrationError,
     MigrationError,
     MigrationFailedError,
     MigrationLockLost,
@@ -468,8 +469,6 @@ class MigrationManager:
         plan = list(reversed(self._between(resolved, status.current)))
         for revision in plan:
             if getattr(self._script_for(revision).module, "irreversible", False) is True:
-                from orchestrator.migrations.validate import IrreversibleMigrationError
-
                 raise IrreversibleMigrationError(
                     f"cannot downgrade past {revision}: the migration declares itself "
                     "irreversible (`irreversible = True`), its data cannot be brought back; "

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.migrations.errors import MigrationError
-from orchestrator.migrations.forks import INTERRUPTED, JOURNAL, ScriptRef, describe, read_refs
+from orchestrator.migrations.forks import JOURNAL, ScriptRef, describe, read_refs
 
 _DEFAULT_BRANCHES = ("main", "master")
 _DOC_FIELDS = re.compile(rb"^(?P<key>[ \t]*(?:Revision ID|Revises):)(?P<value>[^\r\n]*)",

@@ -18,7 +18,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -26,7 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.migrations import forks, lint
 from orchestrator.migrations.environment import SCRIPT_DIRECTORY
-from orchestrator.migrations.errors import MigrationError
+from orchestrator.migrations.errors import (  # noqa: F401 - re-exported
+    IrreversibleMigrationError,
+    MigrationError,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy import MetaData
@@ -37,10 +40,6 @@ ERROR, WARNING = "error", "warning"
 # Tables that are bookkeeping, not schema.
 _BOOKKEEPING = frozenset({"alembic_version", "migration_history"})
 _DIALECTS = frozenset({"sqlite", "postgresql"})
-
-
-class IrreversibleMigrationError(MigrationError):
-    """A downgrade would cross a revision that declares itself irreversible."""
 
 
 class Skip(Exception):
