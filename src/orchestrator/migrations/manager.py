@@ -262,7 +262,6 @@ class MigrationManager:
         self._lock_held = False
         # Whether the migration lock is still held (see lock.Watch), while it is.
         self._watch = lock.Watch()
-        self._backup_for_loss = False
 
     @classmethod
     def from_settings(cls, settings, **kwargs: Any) -> MigrationManager:
@@ -768,14 +767,17 @@ class MigrationManager:
         is something to lose."""
         return self.backup_before_migrate and self.get_current_revision() is not None
 
-    def _backup_before(self, action: str, take: Callable[[], BackupInfo]) -> BackupInfo:
-        """Take the automatic backup before an upgrade or downgrade: without it, no change."""
+    def _backup_before(
+        self, action: str, for_loss: bool, take: Callable[[], BackupInfo]
+    ) -> BackupInfo:
+        """Take the automatic backup before an upgrade or downgrade: without it, no change.
+        `for_loss`: taken because data would be lost, not because the setting asks for it."""
         from orchestrator.migrations.backup import BackupError
 
         try:
             self.last_backup = take()
         except BackupError as exc:
-            if self._backup_for_loss:
+            if for_loss:
                 raise type(exc)(
                     f"{exc} (no {action} that destroys data without a backup taken before it;"
                     " make room for it, or set BACKUP_DIR to a writable folder)"
@@ -1063,6 +1065,13 @@ class MigrationManager:
         file after its last check and still commit (see lock.py). A step holds the database's
         write lock from its first statement to its commit, so taking that lock once waits for
         it (with a backup first, the command's own transaction takes it instead)."""
+        self._begin_writing(connection, action)
+        connection.rollback()
+
+    @staticmethod
+    def _begin_writing(connection: Connection, action: str) -> None:
+        """SQLite: begin a transaction holding the database's write lock, waiting for it up to
+        the busy timeout."""
         from sqlalchemy.exc import OperationalError
 
         try:
@@ -1075,7 +1084,6 @@ class MigrationManager:
                 f"{db.SQLITE_BUSY_TIMEOUT:g}s; retry later, stop what holds it, or pass "
                 "--retries"
             ) from None
-        connection.rollback()
 
     @contextlib.contextmanager
     def _migrating(self, connection: Connection, run: _Run) -> Iterator[bool]:
@@ -1152,17 +1160,17 @@ class MigrationManager:
         with self._connect(create=True) as connection, self._migrating(connection, run) as waited:
             whole = self._wants_backup()
             # Taken because data would be lost, not because the setting asks for it.
-            self._backup_for_loss = backup_first and not whole
+            for_loss = backup_first and not whole
             whole = whole or backup_first
             if whole and self.dialect != "sqlite":
                 backup = self._backup_before(
-                    action, lambda: self._backup(f"before-{action}", None, None))
+                    action, for_loss, lambda: self._backup(f"before-{action}", None, None))
                 whole = False
             history.ensure_table(connection)
             connection.commit()
             with contextlib.ExitStack() as held:
                 if whole:
-                    backup = self._begin_with_backup(connection, held, action)
+                    backup = self._begin_with_backup(connection, held, action, for_loss)
                 else:
                     run.on_start = recorder.step_started
                     if self.dialect == "sqlite":
@@ -1269,29 +1277,18 @@ class MigrationManager:
         )
 
     def _begin_with_backup(
-        self, connection: Connection, held: contextlib.ExitStack, action: str
+        self, connection: Connection, held: contextlib.ExitStack, action: str, for_loss: bool
     ) -> BackupInfo:
         """SQLite: begin the transaction the whole command runs in, with the write lock taken
         first, and back the database up under it."""
-        from sqlalchemy.exc import OperationalError
-
         from orchestrator.migrations import backup
 
         path = sqlite_path(self.database_url)
         # Opened before the lock is taken, closed after it is let go (see backup._backup_sqlite).
         data = held.enter_context(open(path, "rb"))
-        try:
-            connection.execution_options(sqlite_begin="BEGIN IMMEDIATE").begin()
-            wal = connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        except OperationalError as exc:
-            connection.rollback()
-            raise DatabaseLockTimeout(
-                f"the {action} gave up waiting for the database's write lock "
-                f"({exc.orig}): another connection kept a transaction open on it for more "
-                f"than {db.SQLITE_BUSY_TIMEOUT:g}s; retry later, stop what holds it, or pass "
-                "--retries"
-            ) from None
-        info = self._backup_before(action, lambda: backup.create_held(
+        self._begin_writing(connection, action)
+        wal = connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        info = self._backup_before(action, for_loss, lambda: backup.create_held(
             self.database_url, data, wal, backup_dir=self.backup_dir,
             reason=f"before-{action}", progress=self.backup_progress))
         backup.prune(self.database_url, self.backup_dir, self.backup_keep)
