@@ -881,9 +881,15 @@ class MigrationManager:
                 # committed its first revision between our two reads. Read the version again
                 # rather than report an "unversioned" database.
                 rows = self._version_rows(connection) or []
-            # An empty version table over tables is no more a revision than a missing one.
-            unversioned = not rows and bool(
-                self._table_names(connection) - {VERSION_TABLE, "migration_history"})
+            unversioned = False
+            if not rows:
+                # An empty version table over tables is no more a revision than a missing one.
+                # Tables first, then the version again: another migrator may commit its first
+                # revision (tables and version row together) between our statements, each of
+                # which sees its own snapshot (READ COMMITTED).
+                tables = self._table_names(connection) - {VERSION_TABLE, "migration_history"}
+                rows = self._version_rows(connection) or []
+                unversioned = not rows and bool(tables)
             interrupted = self._interrupted_step(connection) if with_history else None
             read_only = with_history and self._read_only(connection)
         if len(rows) > 1:
