@@ -146,7 +146,7 @@ def _ours(folder: Path, repeats: int) -> tuple[set[str], float]:
     for _ in range(repeats):
         started = time.perf_counter()
         with MigrationManager(OFFLINE_POSTGRES, script_location=str(folder)) as manager:
-            findings = lint(manager.script, manager._chain)
+            findings = lint(manager.script, manager.chain.revisions)
         times.append(time.perf_counter() - started)
         codes = {f.code for f in findings if f.revision != "001"}
     return codes, median(times)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sys
 import time
 import traceback
@@ -142,13 +141,12 @@ class _Duration(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-_RELATIVE = re.compile(r"^[+-]\d+$")
-
-
 def _revision_argument(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """REVISION takes -1 (so unknown options reach it): anything else that looks like an option
     is one this command does not have."""
-    if value is not None and value.startswith("-") and not _RELATIVE.match(value.split(":")[0]):
+    from orchestrator.migrations.chain import is_relative
+
+    if value is not None and value.startswith("-") and not is_relative(value.split(":")[0]):
         raise click.NoSuchOption(value, ctx=ctx)
     return value
 
@@ -361,8 +359,10 @@ def upgrade(
             _note(f"Not upgrading: the rehearsal failed ({rehearsal.problems()[0]}).")
             ctx.exit(1)
     if sql:
-        start, _, end = revision.rpartition(":")
-        click.echo(manager.sql(end or "head", start=start or None, direction="upgrade"), nl=False)
+        from orchestrator.migrations.chain import split_range
+
+        start, end = split_range(revision)
+        click.echo(manager.sql(end or "head", start=start, direction="upgrade"), nl=False)
         return
     plan = manager.plan_upgrade(revision)
     current = manager.get_current_revision()
@@ -406,7 +406,9 @@ def downgrade(
                                "--dry-run or --json", ctx=ctx)
     manager = _manager(ctx, lock_timeout=lock_timeout)
     if sql:
-        start, _, end = revision.rpartition(":")
+        from orchestrator.migrations.chain import split_range
+
+        start, end = split_range(revision)
         start = start or manager.get_current_revision() or "head"
         click.echo(manager.sql(end, start=start, direction="downgrade"), nl=False)
         return

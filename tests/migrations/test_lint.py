@@ -21,7 +21,7 @@ CASES = cases()
 
 def lint_folder(folder: Path):
     with MigrationManager(OFFLINE, script_location=str(folder)) as manager:
-        return lint(manager.script, manager._chain)
+        return lint(manager.script, manager.chain.revisions)
 
 
 # -- the corpus -----------------------------------------------------------------------------------
@@ -550,7 +550,7 @@ def test_a_script_asking_is_offline_mode_renders_as_with_sql_also_inside_an_env(
     with MigrationManager(OFFLINE, script_location=str(folder)) as manager:
         outer = EnvironmentContext(Config(), manager.script, as_sql=True)
         with outer:
-            assert lint(manager.script, manager._chain) == []
+            assert lint(manager.script, manager.chain.revisions) == []
             assert context.is_offline_mode()  # the caller's environment is left in place
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator import db
 from orchestrator.db import backend_name, create_engine, mask_url, normalize_url, sqlite_path
 from orchestrator.migrations import lock
+from orchestrator.migrations.chain import Chain, end_or_base, is_relative
 from orchestrator.migrations.environment import (
     FILE_TEMPLATE,
     SCRIPT_DIRECTORY,
@@ -65,7 +66,6 @@ _TABLE_NAMES_SQL = {
     "sqlite": "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite~_%' "
     "ESCAPE '~'",
 }
-_RELATIVE = re.compile(r"^([+-])(\d+)$")
 # What SQLite calls a file it cannot read as a database.
 _SQLITE_DAMAGE = ("SQLITE_NOTADB", "SQLITE_CORRUPT")
 # Conflicts that running again resolves: deadlock_detected, serialization_failure, and SQLite's
@@ -299,7 +299,7 @@ class MigrationManager:
 
     def _reload_scripts(self) -> None:
         self.__dict__.pop("script", None)
-        self.__dict__.pop("_chain", None)
+        self.__dict__.pop("chain", None)
         self.__dict__.pop("_heads", None)
 
     @cached_property
@@ -338,10 +338,11 @@ class MigrationManager:
         return heads
 
     @cached_property
-    def _chain(self) -> tuple[str, ...]:
-        """Every revision id, oldest first (the chain is linear: one head is enforced)."""
+    def chain(self) -> Chain:
+        """The scripts' revisions, oldest first (migrations/chain.py), once they are known
+        to form one line (one head is enforced)."""
         self.get_head_revision()
-        return tuple(reversed([rev.revision for rev in self.script.walk_revisions()]))
+        return Chain.from_scripts(self.script)
 
     def close(self) -> None:
         """Release pooled connections."""
@@ -416,16 +417,16 @@ class MigrationManager:
         head = self.get_head_revision()
         current, exists, unversioned, interrupted, read_only = self._read_database(
             with_history=True)
-        if current is not None and current not in self._chain:
+        if current is not None and current not in self.chain:
             return MigrationStatus(current, head, (), exists, ahead=True, interrupted=interrupted,
                                    read_only=read_only)
-        return MigrationStatus(current, head, self._between(current, head), exists, unversioned,
+        return MigrationStatus(current, head, self.chain.upgrade_steps(current, head), exists, unversioned,
                                interrupted=interrupted, read_only=read_only)
 
     def history(self) -> list[RevisionInfo]:
         """Every script, oldest first, marked applied up to the database's revision."""
         current = self.get_current_revision()
-        applied = set(self._chain[: self._position(current)]) if current in self._chain else set()
+        applied = set(self.chain.applied(current)) if current in self.chain else set()
         head = self.get_head_revision()
         return [
             RevisionInfo(
@@ -436,36 +437,36 @@ class MigrationManager:
                 applied=rev.revision in applied,
                 is_head=rev.revision == head,
             )
-            for rev in (self._script_for(r) for r in self._chain)
+            for rev in (self._script_for(r) for r in self.chain)
         ]
 
     def resolve(self, target: str) -> str | None:
         """The revision id `target` names (None for base): an id, a unique prefix, head, base,
         or +N/-N counted from the database's revision."""
-        current = self.get_current_revision() if _RELATIVE.match(target) else None
-        return self._resolve(target, current)
+        current = self.get_current_revision() if is_relative(target) else None
+        return self.chain.resolve(target, current)
 
     def plan_upgrade(self, target: str = "head") -> list[str]:
         """The revisions `upgrade(target)` would apply, in order."""
         status = self.require_known_database()
-        resolved = self._resolve(target, status.current)
-        if self._position(resolved) < self._position(status.current):
+        resolved = self.chain.resolve(target, status.current)
+        if self.chain.goes_down(status.current, resolved):
             raise _PastTarget(
                 f"cannot upgrade to {target}: it is older than the database's revision "
                 f"{status.current}; use `orchestrator db downgrade {target}`"
             )
-        return list(self._between(status.current, resolved))
+        return list(self.chain.upgrade_steps(status.current, resolved))
 
     def plan_downgrade(self, target: str) -> list[str]:
         """The revisions `downgrade(target)` would undo, newest first."""
         status = self.require_known_database()
-        resolved = self._resolve(target, status.current)
-        if self._position(resolved) > self._position(status.current):
+        resolved = self.chain.resolve(target, status.current)
+        if self.chain.goes_down(resolved, status.current):
             raise _PastTarget(
                 f"cannot downgrade to {target}: it is newer than the database's revision "
                 f"{status.current or 'base'}; use `orchestrator db upgrade {target}`"
             )
-        plan = list(reversed(self._between(resolved, status.current)))
+        plan = list(self.chain.downgrade_steps(status.current, resolved))
         for revision in plan:
             if getattr(self._script_for(revision).module, "irreversible", False) is True:
                 raise IrreversibleMigrationError(
@@ -538,8 +539,8 @@ class MigrationManager:
 
         with self._migration_lock():
             # A relative revision (+1, -1) counts from the database's revision, as upgrade does.
-            current = self.get_current_revision() if _RELATIVE.match(revision) else None
-            resolved = self._resolve(revision, current)
+            current = self.get_current_revision() if is_relative(revision) else None
+            resolved = self.chain.resolve(revision, current)
             with self._connect(create=True) as connection:
                 started = time.perf_counter()
                 self.config.attributes["connection"] = connection
@@ -619,9 +620,8 @@ class MigrationManager:
         )
         # The same lock_timeout as an online run's (applied by hand, it must give up as fast).
         config.attributes["db_lock_timeout"] = self.db_lock_timeout
-        begin = self._resolve(start, None) if start else None
-        end = self._resolve(target, begin)
-        backwards = self._position(begin) > self._position(end)
+        begin, end = self.chain.resolve_range(start, target)
+        backwards = self.chain.goes_down(begin, end)
         if direction is not None and begin != end and backwards != (direction == "downgrade"):
             span = f"{end_or_base(begin)}:{end_or_base(end)}"
             actual = "downgrade" if backwards else "upgrade"
@@ -654,7 +654,7 @@ class MigrationManager:
         status = self.status()
         if status.ahead or not status.database_exists:
             return []
-        applied = self._chain[: self._position(status.current)]
+        applied = self.chain.applied(status.current)
         paths = {revision: self._script_path(revision) for revision in applied}
         # The status above already says the database exists: read the history directly
         # rather than through applied_history(), which would read the status again.
@@ -800,45 +800,6 @@ class MigrationManager:
                 "files), or if the change cannot alter the schema (a comment, a docstring) "
                 "run again with --allow-changed; `orchestrator db validate` shows details"
             )
-
-    def _position(self, revision: str | None) -> int:
-        """0 for base, n for the n-th revision of the chain."""
-        return 0 if revision is None else self._chain.index(revision) + 1
-
-    def _between(self, lower: str | None, upper: str | None) -> tuple[str, ...]:
-        return self._chain[self._position(lower) : self._position(upper)]
-
-    def _resolve(self, target: str, current: str | None) -> str | None:
-        """A revision id (or None for base) from an id, a unique prefix, head, base or +N/-N."""
-        if target in ("head", "heads"):
-            return self.get_head_revision()
-        if target == "base":
-            return None
-        relative = _RELATIVE.match(target)
-        if relative:
-            if current is not None and current not in self._chain:
-                raise UnknownRevisionError(
-                    f"{target} counts from the database's revision {current}, which these "
-                    "scripts do not have; give a revision id (`orchestrator db history`)"
-                )
-            step = int(relative.group(2)) * (1 if relative.group(1) == "+" else -1)
-            position = self._position(current) + step
-            if not 0 <= position <= len(self._chain):
-                raise UnknownRevisionError(
-                    f"{target} goes past the {'head' if step > 0 else 'base'} from "
-                    f"{current or 'base'}; see `orchestrator db history`"
-                )
-            return self._chain[position - 1] if position else None
-        matches = [rev for rev in self._chain if rev == target] or [
-            rev for rev in self._chain if rev.startswith(target)
-        ]
-        if len(matches) != 1:
-            known = ", ".join(self._chain) or "none"
-            raise UnknownRevisionError(
-                f"unknown revision {target!r} (known: {known}, head, base); "
-                "see `orchestrator db history`"
-            )
-        return matches[0]
 
     def require_known_database(self, status: MigrationStatus | None = None) -> MigrationStatus:
         """`status` (read now when not given); raises when the database is ahead of these scripts
@@ -1261,9 +1222,7 @@ class MigrationManager:
     ) -> ConnectionLostError:
         current = self._revision_now()
         if current is None:
-            position = self._position(failed)
-            current = (self._chain[position - 2] if position > 1 else "base") if upgrading \
-                else failed
+            current = end_or_base(self.chain.before(failed)) if upgrading else failed
             where = f"the database should be at {current} (it cannot be read now)"
         else:
             where = f"the database is at {current}"
@@ -1343,8 +1302,7 @@ class MigrationManager:
                 f"and {undone}: transient: run it again or use `--retries N`"
             )
         # Upgrading, the failed revision was not applied; downgrading, it was not undone.
-        position = self._position(failed)
-        last_good = (self._chain[position - 2] if position > 1 else None) if upgrading else failed
+        last_good = self.chain.before(failed) if upgrading else failed
         where = f"the database is at {last_good or 'base'}"
         if rolled_back:
             where = (
@@ -1359,10 +1317,6 @@ class MigrationManager:
             "fix the script and run the command again",
             revision=failed,
         )
-
-
-def end_or_base(revision: str | None) -> str:
-    return revision or "base"
 
 
 def alembic_config(

@@ -302,7 +302,7 @@ class Context:
 
     @cached_property
     def chain(self) -> tuple[str, ...]:
-        return self.manager._chain
+        return self.manager.chain.revisions
 
     @cached_property
     def since_position(self) -> int:
@@ -376,7 +376,7 @@ class Context:
             with contextlib.suppress(Skip):
                 status = self.live_status()
                 if not (status.ahead or status.unversioned):
-                    stops.add(self.manager._position(status.current))
+                    stops.add(self.manager.chain.position(status.current))
         return stops
 
     def steps_done(self, count: int) -> None:
@@ -489,7 +489,7 @@ def no_drift(ctx: Context) -> list[Finding]:
     if status.ahead or status.unversioned:
         raise Skip(f"the database is not at a revision these scripts know ({status.current})")
     scratch = ctx.scratch
-    position = ctx.manager._position(status.current)
+    position = ctx.manager.chain.position(status.current)
     if position > scratch.reached:
         raise Skip("the migrations do not reach the database's revision on a fresh database")
     live = schema_snapshot(ctx.database_url)
@@ -663,7 +663,7 @@ def newest_revision_on_git_ref(
 
     with MigrationManager(database_url, script_location=script_location) as manager:
         versions = Path(manager.script.versions).resolve()
-        chain = manager._chain
+        chain = manager.chain.revisions
 
     def git(*args: str) -> subprocess.CompletedProcess:
         try:

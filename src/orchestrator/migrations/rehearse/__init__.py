@@ -134,9 +134,8 @@ def _add_predictions(manager: MigrationManager, plan: list[str], rehearsal: Rehe
     """The linter's findings beside the statements they are about (same revision, same line)."""
     from orchestrator.migrations.lint import lint
 
-    chain = [info.revision for info in manager.history()]
     try:
-        findings = lint(manager.script, chain[: chain.index(plan[-1]) + 1])
+        findings = lint(manager.script, manager.chain.applied(plan[-1]))
     except Exception:  # pragma: no cover - a linter bug must not hide the measurements
         return
     for step in rehearsal.steps:
