@@ -48,6 +48,7 @@ from urllib.parse import quote
 from sqlalchemy.engine import URL, make_url
 
 from orchestrator.db import backend_name, is_secret_parameter, mask_url, sqlite_path
+from orchestrator.migrations import version
 from orchestrator.migrations.errors import MigrationError
 
 # Progress callback: (bytes done, bytes in total or None when unknown).
@@ -441,13 +442,7 @@ def _fsync(path: Path) -> None:
 
 
 def _sqlite_revision(connection: sqlite3.Connection) -> str | None:
-    has_version = connection.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
-    ).fetchone()
-    if has_version is None:
-        return None
-    row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
-    return row[0] if row else None
+    return version.read_revision(version.dbapi_rows(connection), "sqlite")
 
 
 def _copy_file(data, path: Path, progress: Progress | None) -> None:
@@ -488,11 +483,7 @@ def _backup_postgres(database_url: str, path: Path, progress: Progress | None) -
             # pg_dump adopts this transaction's snapshot, so the dump and the revision read
             # here are the same state of the database, whatever runs meanwhile.
             snapshot = connection.execute(text("SELECT pg_export_snapshot()")).scalar_one()
-            revision = None
-            if connection.execute(text("SELECT to_regclass('alembic_version')")).scalar():
-                revision = connection.execute(
-                    text("SELECT version_num FROM alembic_version")
-                ).scalar()
+            revision = version.read_revision(version.sqlalchemy_rows(connection), "postgresql")
             with _libpq(database_url) as (conninfo, env):
                 command = [pg_dump, "--format=custom", "--no-password", f"--snapshot={snapshot}",
                            f"--file={path}", f"--dbname={conninfo}"]
@@ -816,20 +807,14 @@ def _restore_postgres_safely(
 
 def _postgres_revision(database_url: str) -> tuple[str | None, bool]:
     """(the revision, whether it has tables but none) of a PostgreSQL database."""
-    from sqlalchemy import text
-
     engine = _engine(database_url)
     try:
         with engine.connect() as connection:
-            tables = {name for (name,) in connection.execute(text(
-                "SELECT tablename FROM pg_catalog.pg_tables WHERE schemaname = current_schema()"))}
-            revision = None
-            if "alembic_version" in tables:
-                revision = connection.execute(
-                    text("SELECT version_num FROM alembic_version")).scalar()
+            tables = version.table_names(connection, "postgresql")
+            revision = version.read_revision(version.sqlalchemy_rows(connection), "postgresql")
     finally:
         engine.dispose()
-    return revision, revision is None and bool(tables - {"alembic_version", "migration_history"})
+    return revision, revision is None and bool(tables - version.BOOKKEEPING_TABLES)
 
 
 # -- the exclusive window on PostgreSQL ---------------------------------------------------
@@ -1026,10 +1011,7 @@ class _Window:
 
     def dump(self, path: Path) -> str | None:
         """The safety backup: pg_dump at the window's snapshot. Returns its revision."""
-        revision = None
-        if self.session.execute("SELECT to_regclass('alembic_version')").fetchone()[0]:
-            revision = self.session.execute("SELECT version_num FROM alembic_version").fetchone()
-            revision = revision[0] if revision else None
+        revision = version.read_revision(version.dbapi_rows(self.session), "postgresql")
         command = [_tool("pg_dump"), "--format=custom", "--no-password",
                    f"--snapshot={self.snapshot}", f"--file={path}", f"--dbname={self._conninfo}"]
         _run_tool(command, self._env, self.database_url)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator import db
 from orchestrator.db import backend_name, create_engine, mask_url, normalize_url, sqlite_path
-from orchestrator.migrations import lock
+from orchestrator.migrations import lock, version
 from orchestrator.migrations.chain import Chain, end_or_base, is_relative
 from orchestrator.migrations.environment import (
     FILE_TEMPLATE,
@@ -47,6 +47,7 @@ from orchestrator.migrations.errors import (
     UnknownRevisionError,
     UnversionedDatabaseError,
 )
+from orchestrator.migrations.version import BOOKKEEPING_TABLES, SELECT_VERSION_SQL, VERSION_TABLE
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -59,13 +60,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-VERSION_TABLE = "alembic_version"
-# The tables of the connection's default schema, as SQLAlchemy's inspector lists them.
-_TABLE_NAMES_SQL = {
-    "postgresql": "SELECT tablename FROM pg_catalog.pg_tables WHERE schemaname = current_schema()",
-    "sqlite": "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite~_%' "
-    "ESCAPE '~'",
-}
 # What SQLite calls a file it cannot read as a database.
 _SQLITE_DAMAGE = ("SQLITE_NOTADB", "SQLITE_CORRUPT")
 # Conflicts that running again resolves: deadlock_detected, serialization_failure, and SQLite's
@@ -848,7 +842,7 @@ class MigrationManager:
                 # Tables first, then the version again: another migrator may commit its first
                 # revision (tables and version row together) between our statements, each of
                 # which sees its own snapshot (READ COMMITTED).
-                tables = self._table_names(connection) - {VERSION_TABLE, "migration_history"}
+                tables = self._table_names(connection) - BOOKKEEPING_TABLES
                 rows = self._version_rows(connection) or []
                 unversioned = not rows and bool(tables)
             interrupted = self._interrupted_step(connection) if with_history else None
@@ -862,9 +856,7 @@ class MigrationManager:
         return (rows[0][0] if rows else None), True, unversioned, interrupted, read_only
 
     def _table_names(self, connection: Connection) -> set[str]:
-        # What the inspector's get_table_names() asks, without compiling its reflection query:
-        # 4 ms of CPU on PostgreSQL, paid by every replica starting at once.
-        return {name for (name,) in connection.exec_driver_sql(_TABLE_NAMES_SQL[self.dialect])}
+        return version.table_names(connection, self.dialect)
 
     def _interrupted_step(self, connection: Connection) -> InterruptedStep | None:
         """The newest recorded step, if it started and did not finish."""
@@ -918,7 +910,7 @@ class MigrationManager:
         from sqlalchemy import text
 
         try:
-            return list(connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all())
+            return list(connection.execute(text(SELECT_VERSION_SQL)).all())
         except Exception as exc:
             if not _is_missing_table(exc):
                 raise self._unreachable(exc) from exc
