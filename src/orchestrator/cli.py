@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from orchestrator.migrations import MigrationManager, MigrationStatus
     from orchestrator.settings import Settings
 
+# Environment's values (orchestrator.settings), spelled out: importing the settings here would
+# load pydantic for every command, `--help` included.
 ENVIRONMENTS = ("development", "staging", "production")
 CHECK_PENDING_EXIT = 1
 DECLINED_EXIT = 1
@@ -175,6 +177,16 @@ def _complete_revisions(
     items += [CompletionItem("head", help="the newest revision"),
               CompletionItem("base", help="before the first revision")]
     return [item for item in items if item.value.startswith(incomplete)]
+
+
+def _must_ask(manager: MigrationManager, yes: bool) -> bool:
+    """Whether a command that takes the database back asks first (production, without --yes)."""
+    return manager.environment.asks_before_downgrade and not yes
+
+
+def _refusal(what: str) -> str:
+    """What a command that must ask says when there is no terminal to ask on."""
+    return f"refusing to {what} without confirmation; run it on a terminal or pass --yes"
 
 
 def _confirm(question: str, refusal: str) -> None:
@@ -442,10 +454,8 @@ def downgrade(
         if as_json:
             _echo_json(document)
         return
-    if manager.environment == "production" and not yes:
-        _confirm("Downgrade the production database?",
-                 "refusing to downgrade production without confirmation; run it on a terminal "
-                 "or pass --yes")
+    if _must_ask(manager, yes):
+        _confirm("Downgrade the production database?", _refusal("downgrade production"))
     manager.backup_progress = _progress(ctx, "Backing up first")
     # The plan above listed each revision: the run reports only its outcome. It goes down to
     # the destination listed, not to REVISION again (-1 counted afresh after a wait for the
@@ -656,14 +666,13 @@ def create(ctx: click.Context, message: str, empty: bool) -> None:
 def stamp(ctx: click.Context, revision: str, yes: bool) -> None:
     """Record REVISION as the database's revision without running migrations."""
     manager = _manager(ctx)
-    if manager.environment == "production" and not yes:
+    if _must_ask(manager, yes):
         target = manager.resolve(revision) or "base"  # a wrong revision fails before the question
         current = manager.get_current_revision() or "none"
         click.echo(f"Stamping {manager.masked_url}: its recorded revision goes from {current} "
                    f"to {target}, and no migration runs.")
         _confirm("Change the production database's recorded revision?",
-                 "refusing to stamp production without confirmation; run it on a terminal "
-                 "or pass --yes")
+                 _refusal("stamp production"))
     manager.stamp(revision)
     click.echo(f"Stamped {manager.masked_url} at {manager.get_current_revision() or 'base'}.")
 
@@ -736,7 +745,7 @@ def _undo_moved(ctx: click.Context, manager: MigrationManager, plan, applied, dr
     click.echo(f"The database {manager.masked_url} applied {names} under the old "
                f"revision{'s' * (len(applied.scripts) != 1)}; once renumbered they are new "
                f"revisions, so it must go back to {fork} first.")
-    if manager.environment != "development":
+    if not manager.environment.is_disposable:
         raise rebasing.RebaseError(
             f"refusing to downgrade a {manager.environment} database from `db rebase`, and to "
             f"rename scripts it applied; go back to {fork} by hand: from a checkout of this "
@@ -748,8 +757,7 @@ def _undo_moved(ctx: click.Context, manager: MigrationManager, plan, applied, dr
         return
     if not yes:
         _confirm(f"Downgrade the database to {fork} now, with the scripts under their old ids?",
-                 "refusing to downgrade the database without confirmation; run it on a terminal "
-                 "or pass --yes")
+                 _refusal("downgrade the database"))
     with tempfile.TemporaryDirectory(prefix="orchestrator-rebase-") as folder:
         scripts = rebasing.old_line_scripts(plan, applied, Path(manager.script.dir),
                                             Path(folder) / "scripts")
@@ -824,8 +832,7 @@ def restore(ctx: click.Context, file: Path, yes: bool, other_database: bool) -> 
     click.echo("This replaces the database's whole content; until it is done no other "
                "connection can write to it.")
     if not yes:
-        _confirm("Replace the database's content with the backup?",
-                 "refusing to restore without confirmation; run it on a terminal or pass --yes")
+        _confirm("Replace the database's content with the backup?", _refusal("restore"))
     report = manager.restore(file, progress=_progress(ctx, "Restoring"),
                              other_database=other_database)
     if report.safety_backup is not None:

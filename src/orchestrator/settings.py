@@ -21,9 +21,48 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Environment(str, enum.Enum):
+    """Where the service runs, and the policy that follows from it, answered here only."""
+
     development = "development"
     staging = "staging"
     production = "production"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def auto_migrates(self) -> bool:
+        """Whether the API migrates its database at start-up (AUTO_MIGRATE's default)."""
+        return self is Environment.development
+
+    @property
+    def backs_up_before_migrating(self) -> bool:
+        """Whether each upgrade and downgrade is preceded by a backup (BACKUP_BEFORE_MIGRATE's
+        default)."""
+        return self is not Environment.development
+
+    @property
+    def asks_before_downgrade(self) -> bool:
+        """Whether a command that takes the database back (downgrade, stamp) asks first,
+        unless --yes."""
+        return self is Environment.production
+
+    @property
+    def refuses_edited_scripts(self) -> bool:
+        """Whether an upgrade refuses to run over applied scripts edited since they ran
+        (unless --allow-changed)."""
+        return self is not Environment.development
+
+    @property
+    def is_disposable(self) -> bool:
+        """Whether its database may be taken back by a tool on its own (`db rebase` undoing
+        a branch's migrations)."""
+        return self is Environment.development
+
+    @property
+    def needs_database_to_start(self) -> bool:
+        """Whether the API refuses to start while its database cannot be reached."""
+        return self is Environment.production
 
 
 DEFAULT_DATABASE_URLS = {
@@ -123,9 +162,9 @@ class Settings(BaseSettings):
                 )
             self.database_url = default
         if self.auto_migrate is None:
-            self.auto_migrate = self.environment is Environment.development
+            self.auto_migrate = self.environment.auto_migrates
         if self.backup_before_migrate is None:
-            self.backup_before_migrate = self.environment is not Environment.development
+            self.backup_before_migrate = self.environment.backs_up_before_migrating
         return self
 
 

@@ -48,6 +48,7 @@ from orchestrator.migrations.errors import (
     UnversionedDatabaseError,
 )
 from orchestrator.migrations.version import BOOKKEEPING_TABLES, SELECT_VERSION_SQL, VERSION_TABLE
+from orchestrator.settings import Environment
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -222,7 +223,7 @@ class MigrationManager:
         backup_before_migrate: bool = False,
         backup_dir: str | Path = "backups",
         backup_keep: int = 10,
-        environment: str = "development",
+        environment: Environment | str = Environment.development,
         backup_progress: Callable[[int, int | None], None] | None = None,
     ) -> None:
         self.database_url = normalize_url(database_url)
@@ -232,7 +233,7 @@ class MigrationManager:
         self.backup_dir = Path(backup_dir)
         self.backup_keep = backup_keep
         # Staging and production refuse to upgrade over applied scripts that were edited.
-        self.environment = environment
+        self.environment = Environment(environment)
         # Called with (bytes done, bytes in total or None) during long backups and restores.
         self.backup_progress = backup_progress
         # The backup taken by the last upgrade or downgrade, if any.
@@ -266,7 +267,7 @@ class MigrationManager:
             "backup_before_migrate": settings.backup_before_migrate,
             "backup_dir": settings.backup_dir,
             "backup_keep": settings.backup_keep,
-            "environment": settings.environment.value,
+            "environment": settings.environment,
         }
         return cls(settings.database_url, **{**options, **kwargs})
 
@@ -500,7 +501,7 @@ class MigrationManager:
             plan = planned() if held else []
             if not plan:
                 return []
-            if self.environment in ("staging", "production") and not allow_changed:
+            if self.environment.refuses_edited_scripts and not allow_changed:
                 self._refuse_changed_scripts()
             return self._run(command.upgrade, plan[-1], plan,
                              replan=lambda: self.plan_upgrade(plan[-1]))

@@ -29,7 +29,7 @@ class StartupReport:
 def prepare_database(settings, manager: MigrationManager) -> StartupReport:
     """Apply the start-up policy; raises when the service must not start."""
     report = StartupReport()
-    production = settings.environment.value == "production"
+    production = settings.environment.needs_database_to_start
     try:
         status = manager.status()
     except DatabaseUnreachableError as exc:
