@@ -171,3 +171,19 @@ def test_unknown_variables_that_look_like_settings_get_a_warning(monkeypatch, ca
         "ignoring environment variable ORCHESTRATOR_DATABASE_URL, which is not a setting: "
         "settings have no ORCHESTRATOR_ prefix; did you mean DATABASE_URL?",
     ]
+
+
+@pytest.mark.parametrize(("environment", "auto", "backs_up", "asks", "refuses", "disposable",
+                          "needs_db"), [
+    ("development", True, False, False, False, True, False),
+    ("staging", False, True, False, True, False, False),
+    ("production", False, True, True, True, False, True),
+])
+def test_each_environment_answers_its_policy_questions(environment, auto, backs_up, asks,
+                                                       refuses, disposable, needs_db):
+    policy = Environment(environment)
+    assert str(policy) == f"{policy}" == environment
+    assert (policy.auto_migrates, policy.backs_up_before_migrating, policy.asks_before_downgrade,
+            policy.refuses_edited_scripts, policy.is_disposable,
+            policy.needs_database_to_start) == (auto, backs_up, asks, refuses, disposable,
+                                                needs_db)

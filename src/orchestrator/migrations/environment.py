@@ -1,17 +1,21 @@
 """What `env.py` does, as importable, testable code.
 
 The same scripts and settings serve `alembic upgrade head` in a checkout, `orchestrator db
-upgrade`, the API's start-up and pytest-alembic. A caller that already holds a connection passes
-it in `config.attributes["connection"]` (Alembic's connection-sharing recipe); otherwise one is
-made from the database URL (the caller's, `sqlalchemy.url`, or the settings').
+upgrade`, the API's start-up and pytest-alembic. The manager hands each run its `RunOptions`
+(`config.attributes["run_options"]`): the database, the connection it lends, its callbacks and
+the table-lock timeout. Without them (the `alembic` command) the settings give what is needed.
+Code that holds a connection may also lend it as Alembic's connection-sharing recipe does,
+in `config.attributes["connection"]`; otherwise one is made from the database URL (the run
+options', `sqlalchemy.url`, or the settings').
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +35,42 @@ FILE_TEMPLATE = "%%(rev)s_%%(slug)s"
 UNMANAGED_TABLES = frozenset({"migration_history"})
 _NUMERIC_ID = re.compile(r"^\d+$")
 logger = logging.getLogger(__name__)
+# The key of the run options in `Config.attributes`: the one way the manager talks to env.py.
+RUN_OPTIONS = "run_options"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """What the manager tells `env.py` about one Alembic command. A field left None is taken
+    as the `alembic` command takes it: from `sqlalchemy.url` and the settings."""
+
+    # The database to migrate (before `sqlalchemy.url` and the settings').
+    database_url: str | None = None
+    # A connection the caller lends (its transaction stays the caller's), else None.
+    connection: Any = None
+    # Alembic's `on_version_apply`: called in each step's transaction once the step is done.
+    on_version_apply: Callable[..., None] | None = None
+    # Called with (step, connection) as each step is taken from the plan, before its
+    # transaction begins.
+    on_step_start: Callable[[Any, Any], None] | None = None
+    # How long a statement waits for a table lock (DB_LOCK_TIMEOUT's format).
+    db_lock_timeout: str | float | None = None
+
+
+def run_options(config: Config) -> RunOptions:
+    """The options `config` carries (all defaults when the caller set none)."""
+    return config.attributes.get(RUN_OPTIONS) or RunOptions()
+
+
+@contextlib.contextmanager
+def running_with(config: Config, **changes: Any) -> Iterator[None]:
+    """`config`'s run options with `changes`, for the commands run inside; then as they were."""
+    before = config.attributes.get(RUN_OPTIONS)
+    config.attributes[RUN_OPTIONS] = dataclasses.replace(run_options(config), **changes)
+    try:
+        yield
+    finally:
+        config.attributes[RUN_OPTIONS] = before
 
 
 def next_revision_id(script: ScriptDirectory) -> str:
@@ -40,8 +80,8 @@ def next_revision_id(script: ScriptDirectory) -> str:
 
 
 def database_url(config: Config) -> str:
-    """The URL to migrate: the caller's, then `sqlalchemy.url`, then the settings'."""
-    url = config.attributes.get("database_url") or config.get_main_option("sqlalchemy.url")
+    """The URL to migrate: the run options', then `sqlalchemy.url`, then the settings'."""
+    url = run_options(config).database_url or config.get_main_option("sqlalchemy.url")
     if url:
         return url
     from orchestrator.settings import get_settings
@@ -78,7 +118,7 @@ def _configure_options(context: EnvironmentContext) -> dict[str, Any]:
         "transaction_per_migration": True,
         "compare_type": True,
         "process_revision_directives": _number_revisions,
-        "on_version_apply": config.attributes.get("on_version_apply"),
+        "on_version_apply": run_options(config).on_version_apply,
     }
 
 
@@ -115,7 +155,7 @@ def _run_online(context: EnvironmentContext) -> None:
     from sqlalchemy.engine import Engine
 
     config = context.config
-    connection = config.attributes.get("connection")
+    connection = run_options(config).connection or config.attributes.get("connection")
     if isinstance(connection, Engine):
         # pytest-alembic hands over an engine rather than a connection.
         with connection.connect() as own_connection:
@@ -230,7 +270,7 @@ def _migrate(context: EnvironmentContext, connection, owned: bool) -> None:
             # cannot be upgraded while the API writes.
             connection.execution_options(sqlite_begin="BEGIN IMMEDIATE")
     unmanaged = None
-    on_start = context.config.attributes.get("on_step_start")
+    on_start = run_options(context.config).on_step_start
     if options["on_version_apply"] is None and not context.config.attributes.get("managed"):
         # Plain `alembic upgrade` (or pytest-alembic): the history is written here instead.
         unmanaged = _UnmanagedHistory(context)
@@ -254,7 +294,15 @@ def watch_steps(migration_context: Any, on_start: Any) -> None:
     transaction begins.
 
     The plan is the command's function that `MigrationContext.run_migrations` iterates
-    (`_migrations_fn`, not public API: without it, steps are known only once they end).
+    (`_migrations_fn`), wrapped here. It is not public API, and is kept because no public hook
+    serves (Alembic 1.x): `on_version_apply` is called after a step, in its transaction;
+    `process_revision_directives` only serves `revision`/autogenerate; the `MigrationContext`
+    API offers no callback before a step. A step must be known as it starts: the history marks
+    it started (so a process killed mid-step leaves an "interrupted" row), and a failure is
+    recorded against the step that failed, which `on_version_apply` never sees. `fn` of
+    `EnvironmentContext` is public, but the `command.upgrade`/`downgrade`/`stamp` the manager
+    and the `alembic` command call build it themselves, from private `ScriptDirectory`
+    helpers. Should `_migrations_fn` go, steps are known only once they end (below: no-op).
     """
     plan = getattr(migration_context, "_migrations_fn", None)
     if plan is None:  # pragma: no cover - an Alembic without it
@@ -332,7 +380,7 @@ def lock_timeout(config: Config) -> str:
     PostgreSQL reads it: milliseconds with their unit."""
     from orchestrator.settings import get_settings, parse_duration
 
-    timeout = config.attributes.get("db_lock_timeout")
+    timeout = run_options(config).db_lock_timeout
     seconds = parse_duration(get_settings().db_lock_timeout if timeout is None else timeout)
     # PostgreSQL reads a bare number as milliseconds and rounds a fraction of one down to 0,
     # which would wait forever.

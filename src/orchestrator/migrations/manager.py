@@ -26,8 +26,11 @@ from orchestrator.migrations import lock, version
 from orchestrator.migrations.chain import Chain, end_or_base, is_relative
 from orchestrator.migrations.environment import (
     FILE_TEMPLATE,
+    RUN_OPTIONS,
     SCRIPT_DIRECTORY,
+    RunOptions,
     next_revision_id,
+    running_with,
 )
 from orchestrator.migrations.errors import (
     BrokenScriptError,
@@ -284,7 +287,8 @@ class MigrationManager:
     @cached_property
     def config(self) -> Config:
         """The Alembic configuration, the same that `alembic.ini` gives the `alembic` command."""
-        return alembic_config(self.database_url, script_location=self.script_location)
+        return alembic_config(self.database_url, script_location=self.script_location,
+                              db_lock_timeout=self.db_lock_timeout)
 
     @cached_property
     def script(self) -> ScriptDirectory:
@@ -538,11 +542,8 @@ class MigrationManager:
             resolved = self.chain.resolve(revision, current)
             with self._connect(create=True) as connection:
                 started = time.perf_counter()
-                self.config.attributes["connection"] = connection
-                try:
+                with running_with(self.config, connection=connection):
                     command.stamp(self.config, resolved or "base", purge=True)
-                finally:
-                    self.config.attributes.pop("connection", None)
                 history.ensure_table(connection)
                 history.record(
                     connection,
@@ -574,8 +575,7 @@ class MigrationManager:
 
         rev_id = next_revision_id(self.script)
         with self._connect(create=True) as connection:
-            self.config.attributes["connection"] = connection
-            try:
+            with running_with(self.config, connection=connection):
                 script = command.revision(
                     self.config,
                     message=message,
@@ -583,8 +583,6 @@ class MigrationManager:
                     rev_id=rev_id,
                     process_revision_directives=refuse_empty,
                 )
-            finally:
-                self.config.attributes.pop("connection", None)
         self._reload_scripts()
         if isinstance(script, list):  # Alembic returns a list when directives were filtered
             script = script[0] if script else None
@@ -610,11 +608,10 @@ class MigrationManager:
         from alembic import command
 
         output = io.StringIO()
-        config = alembic_config(
-            self.database_url, output_buffer=output, script_location=self.script_location
-        )
         # The same lock_timeout as an online run's (applied by hand, it must give up as fast).
-        config.attributes["db_lock_timeout"] = self.db_lock_timeout
+        config = alembic_config(self.database_url, output_buffer=output,
+                                script_location=self.script_location,
+                                db_lock_timeout=self.db_lock_timeout)
         begin, end = self.chain.resolve_range(start, target)
         backwards = self.chain.goes_down(begin, end)
         if direction is not None and begin != end and backwards != (direction == "downgrade"):
@@ -1115,7 +1112,6 @@ class MigrationManager:
         backup = None
         recorder = history.Recorder(action, self._script_path)
         run = _Run(self.progress, history=recorder)
-        attributes = self.config.attributes
         failure: BaseException | None = None
         with self._connect(create=True) as connection, self._migrating(connection, run) as waited:
             whole = self._wants_backup()
@@ -1143,14 +1139,10 @@ class MigrationManager:
                     if not plan:
                         connection.rollback()
                         return []
-                attributes.update(
-                    connection=connection,
-                    on_version_apply=run.record,
-                    on_step_start=run.start,
-                    db_lock_timeout=self.db_lock_timeout,
-                )
                 try:
-                    command_fn(self.config, destination)
+                    with running_with(self.config, connection=connection,
+                                      on_version_apply=run.record, on_step_start=run.start):
+                        command_fn(self.config, destination)
                 except BaseException as exc:
                     failure = exc
                     if whole:
@@ -1158,9 +1150,6 @@ class MigrationManager:
                 else:
                     if whole:
                         connection.commit()
-                finally:
-                    for key in ("connection", "on_version_apply", "on_step_start"):
-                        attributes.pop(key, None)
         if failure is not None:
             failed = plan[min(len(run.steps), len(plan) - 1)]
             upgrading = action == "upgrade"
@@ -1313,16 +1302,22 @@ class MigrationManager:
 
 
 def alembic_config(
-    database_url: str, output_buffer: Any = None, script_location: str = SCRIPT_DIRECTORY
+    database_url: str, output_buffer: Any = None, script_location: str = SCRIPT_DIRECTORY,
+    *, db_lock_timeout: str | float | None = None,
 ) -> Config:
-    """The Alembic `Config` used for every programmatic run; mirrors `alembic.ini`."""
+    """The Alembic `Config` used for every programmatic run; mirrors `alembic.ini`. Its run
+    options (environment.RunOptions) name the database and the table-lock timeout (None:
+    DB_LOCK_TIMEOUT's)."""
     from alembic.config import Config
 
     # quiet: nothing below the CLI prints; results are returned instead.
     config = Config(output_buffer=output_buffer, cmd_opts=argparse.Namespace(quiet=True))
     config.set_main_option("script_location", script_location)
     config.set_main_option("file_template", FILE_TEMPLATE)
-    config.attributes["database_url"] = database_url
+    config.attributes[RUN_OPTIONS] = RunOptions(database_url=database_url,
+                                                db_lock_timeout=db_lock_timeout)
+    # The manager takes the lock and records the history itself. Code that calls Alembic with
+    # this configuration but without the manager drops the flag (tests/migrations/test_lock.py).
     config.attributes["managed"] = True
     return config
 

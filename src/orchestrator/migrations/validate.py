@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.migrations import forks, lint
-from orchestrator.migrations.environment import SCRIPT_DIRECTORY
+from orchestrator.migrations.environment import SCRIPT_DIRECTORY, running_with
 from orchestrator.migrations.errors import (  # noqa: F401 - re-exported
     IrreversibleMigrationError,
     MigrationError,
@@ -1089,8 +1089,8 @@ class _Scratch:
         # Names a failed step as `db upgrade` and `db downgrade` would.
         self.manager = MigrationManager(url, script_location=ctx.script_location)
         self.script = ctx.manager.script
-        self.config = alembic_config(url, script_location=ctx.script_location)
-        self.config.attributes["db_lock_timeout"] = self.manager.db_lock_timeout
+        self.config = alembic_config(url, script_location=ctx.script_location,
+                                     db_lock_timeout=self.manager.db_lock_timeout)
         self.reader = ctx.schema_reader
         # snapshots[n]: the schema after the n-th revision (0: base), at the positions asked for.
         self.snapshots: dict[int, dict[str, dict]] = {}
@@ -1213,11 +1213,11 @@ class _Scratch:
             self.ctx.steps_done(1)
             applied(index)
 
-        attributes = self.config.attributes
-        attributes.update(connection=self.connection, on_version_apply=step_done)
         try:
-            with EnvironmentContext(self.config, self.script, fn=lambda _heads, _ctx: plan,
-                                    as_sql=False, starting_rev=None, destination_rev=None):
+            with running_with(self.config, connection=self.connection,
+                              on_version_apply=step_done), \
+                    EnvironmentContext(self.config, self.script, fn=lambda _heads, _ctx: plan,
+                                       as_sql=False, starting_rev=None, destination_rev=None):
                 self.script.run_env()
         except _Different:
             self._end_transaction()
@@ -1228,9 +1228,6 @@ class _Scratch:
             revision, upgrading = steps[min(done, len(steps) - 1)]
             raise _StepFailed(revision, upgrading,
                               self.manager.step_failure(exc, revision, upgrading)) from exc
-        finally:
-            attributes.pop("connection", None)
-            attributes.pop("on_version_apply", None)
 
     def _end_transaction(self) -> None:
         self.connection.rollback()  # nothing to do when Alembic already rolled the step back
