@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator.api.app import create_app
 from orchestrator.db import create_engine
-from orchestrator.migrations import MigrationFailedError, MigrationManager
+from orchestrator.migrations import MigrationManager
 from orchestrator.models import Agent, Project, Task
 from orchestrator.settings import Settings
 from tests.api.conformance import assert_conforms

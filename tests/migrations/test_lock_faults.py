@@ -35,7 +35,7 @@ from orchestrator.migrations import (
 from tests.fixtures import add_revision, cli_argv, copy_scripts, revisions_after
 from tests.migrations.test_lock import migrate_without_the_lock, orchestrator
 from tests.migrations.test_schema import TASK_INDEXES
-from tests.schema import scalar, seed_rows, snapshot
+from tests.schema import seed_rows, snapshot
 
 # Long enough that no step of these tests gives up on a table lock while a fault is arranged.
 _PATIENT = {"DB_LOCK_TIMEOUT": "120s"}
