@@ -280,9 +280,40 @@ def _pytest_alembic(scripts: str, url: str) -> dict[str, Any]:
     return {"seconds": seconds}
 
 
+def measure(engines: list[str], sizes: list[int], repeats: int) -> None:
+    """Some sizes on some engines only, medians and spreads printed (no docs written): the
+    growth from 150 to 300 without the whole run's half hour.
+
+        uv run python -m benchmarks.bench_validate_scale measure sqlite 150,300 3
+    """
+    from tests.fixtures.long_chain import long_chain
+
+    admin_url = postgres_admin_url()
+    with tempfile.TemporaryDirectory(prefix="orch-bench-") as scratch:
+        options = Options(workdir=Path(scratch), plot_dir=Path(scratch))
+        rows = {}
+        for size in sizes:
+            scripts = long_chain(options.workdir, size, through=None)
+            for engine in engines:
+                rows[engine, size] = _measure_size(engine, scripts, size, repeats, admin_url,
+                                                   options)
+    for (engine, size), row in rows.items():
+        for kind in ("ours", "reference"):
+            runs = sorted(row[kind])
+            print(f"{engine} {size} {kind}: median {median(runs):.2f} s, runs "
+                  f"{', '.join(f'{r:.2f}' for r in runs)}")
+    for engine in engines:
+        if (engine, 150) in rows and (engine, 300) in rows:
+            print(f"{engine} growth 150 -> 300: validate {_growth(rows, engine, 'ours'):.2f} x, "
+                  f"pytest-alembic {_growth(rows, engine, 'reference'):.2f} x")
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
     kind, scripts_arg, url_arg, *rest = sys.argv[1:]
+    if kind == "measure":
+        measure(scripts_arg.split(","), [int(n) for n in url_arg.split(",")], int(rest[0]))
+        sys.exit(0)
     if kind == "upgrade":
         outcome = _upgrade(scripts_arg, url_arg)
     elif kind == "validate":
