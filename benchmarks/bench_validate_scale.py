@@ -75,6 +75,8 @@ def _measure_size(engine: str, scripts: Path, size: int, repeats: int, admin_url
                   options: Options) -> dict[str, Any]:
     ours: list[float] = []
     reference: list[float] = []
+    # The processes' own CPU time: on a shared machine, what the wall clock adds is others'.
+    cpu: dict[str, list[float]] = {"ours": [], "reference": []}
     per_rule: list[dict[str, float]] = []
     with _database(engine, admin_url, options, "live") as live:
         _child("upgrade", scripts, live)
@@ -86,14 +88,17 @@ def _measure_size(engine: str, scripts: Path, size: int, repeats: int, admin_url
                         raise RuntimeError(f"validate found errors on the {size} chain: "
                                            f"{outcome['findings'][:3]}")
                     ours.append(outcome["seconds"])
+                    cpu["ours"].append(outcome["cpu"])
                     per_rule.append(outcome["rules"])
                 else:
                     with _database(engine, admin_url, options, "pa") as fresh:
-                        reference.append(_child("pytest-alembic", scripts, fresh)["seconds"])
+                        outcome = _child("pytest-alembic", scripts, fresh)
+                        reference.append(outcome["seconds"])
+                        cpu["reference"].append(outcome["cpu"])
     print(f"[validate_scale] {engine} {size}: ours {median(ours):.2f}s, pytest-alembic "
           f"{median(reference):.2f}s", file=sys.stderr, flush=True)
     rules = {code: median([run[code] for run in per_rule]) for code in per_rule[0]}
-    return {"ours": ours, "reference": reference, "rules": rules,
+    return {"ours": ours, "reference": reference, "rules": rules, "cpu": cpu,
             "ratio": median(paired_ratios(ours, reference))}
 
 
@@ -161,7 +166,14 @@ def _result(rows: dict[tuple[str, int], dict[str, Any]], sizes: tuple[int, ...],
                 f"{engine}: growth 150 → 300 (validate)", ours_growth, "×",
                 reference=reference_growth, reference_name="pytest-alembic's growth",
                 target="≤ the reference's", passed=ours_growth <= reference_growth,
-                runs=len(rows[engine, largest]["ours"])))
+                runs=len(rows[engine, largest]["ours"]),
+                note=f"in CPU time: validate {_growth(rows, engine, 'ours', True):.2f} ×, "
+                     f"pytest-alembic {_growth(rows, engine, 'reference', True):.2f} ×; "
+                     f"spread (slowest / fastest run) at 150 and 300: validate "
+                     f"{_spread(rows, engine, 150, 'ours')}, "
+                     f"{_spread(rows, engine, 300, 'ours')}; pytest-alembic "
+                     f"{_spread(rows, engine, 150, 'reference')}, "
+                     f"{_spread(rows, engine, 300, 'reference')}"))
     if since:
         metrics.append(metric(
             f"sqlite: validate --since head-1 on {largest} extra migrations (process)",
@@ -177,6 +189,14 @@ def _result(rows: dict[tuple[str, int], dict[str, Any]], sizes: tuple[int, ...],
         "rows": [[engine, size, f"{median(rows[engine, size]['ours']):.2f}",
                   f"{median(rows[engine, size]['reference']):.2f}",
                   f"{rows[engine, size]['ratio']:.2f} ×"]
+                 for engine in engines for size in sizes],
+    }, {
+        "title": "Every run (seconds, wall clock; in brackets the process's CPU time)",
+        "header": ["engine", "extra migrations", "validate", "pytest-alembic up/down"],
+        "rows": [[engine, size, *(", ".join(f"{w:.2f} ({c:.2f})" for w, c in
+                                            sorted(zip(rows[engine, size][kind],
+                                                       rows[engine, size]["cpu"][kind])))
+                                  for kind in ("ours", "reference"))]
                  for engine in engines for size in sizes],
     }, {
         "title": "Each rule's share of the validate run (median seconds)",
@@ -200,9 +220,20 @@ def _result(rows: dict[tuple[str, int], dict[str, Any]], sizes: tuple[int, ...],
         metrics, notes=notes, tables=tables, plots=[plot])
 
 
-def _growth(rows: dict[tuple[str, int], dict[str, Any]], engine: str, kind: str) -> float:
-    """How much longer 300 extra migrations take than 150 (their medians)."""
-    return median(rows[engine, 300][kind]) / median(rows[engine, 150][kind])
+def _growth(rows: dict[tuple[str, int], dict[str, Any]], engine: str, kind: str,
+            cpu: bool = False) -> float:
+    """How much longer 300 extra migrations take than 150 (their medians; of the processes'
+    CPU times with `cpu`)."""
+    def runs(size: int) -> list[float]:
+        return rows[engine, size]["cpu"][kind] if cpu else rows[engine, size][kind]
+
+    return median(runs(300)) / median(runs(150))
+
+
+def _spread(rows: dict[tuple[str, int], dict[str, Any]], engine: str, size: int,
+            kind: str) -> str:
+    runs = rows[engine, size][kind]
+    return f"{max(runs) / min(runs):.2f} ×"
 
 
 def _plot(rows: dict[tuple[str, int], dict[str, Any]], sizes: tuple[int, ...],
@@ -253,11 +284,11 @@ def _validate(scripts: str, url: str, since: str | None) -> dict[str, Any]:
             rules[rule.code] = seconds
 
     metadata = long_chain_metadata(Path(scripts))
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     report = validate(url, script_location=scripts, metadata=metadata, strict=True,
                       since=since, progress=Timer())
-    seconds = time.perf_counter() - started
-    return {"seconds": seconds, "rules": rules, "ok": report.ok and not report.skipped,
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {"seconds": seconds, "cpu": cpu, "rules": rules, "ok": report.ok and not report.skipped,
             "findings": [f.message for f in report.findings] + [s.reason for s in report.skipped]}
 
 
@@ -271,18 +302,52 @@ def _pytest_alembic(scripts: str, url: str) -> dict[str, Any]:
     engine = create_engine(url)
     config = Config(config_options={"file": str(ROOT / "alembic.ini"), "script_location": scripts})
     try:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         with runner(config=config, engine=engine) as alembic_runner:
             test_up_down_consistency(alembic_runner)
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     finally:
         engine.dispose()
-    return {"seconds": seconds}
+    return {"seconds": seconds, "cpu": cpu}
+
+
+def measure(engines: list[str], sizes: list[int], repeats: int) -> None:
+    """Some sizes on some engines only, medians and spreads printed (no docs written): the
+    growth from 150 to 300 without the whole run's half hour.
+
+        uv run python -m benchmarks.bench_validate_scale measure sqlite 150,300 3
+    """
+    from tests.fixtures.long_chain import long_chain
+
+    admin_url = postgres_admin_url()
+    with tempfile.TemporaryDirectory(prefix="orch-bench-") as scratch:
+        options = Options(workdir=Path(scratch), plot_dir=Path(scratch))
+        rows = {}
+        for size in sizes:
+            scripts = long_chain(options.workdir, size, through=None)
+            for engine in engines:
+                rows[engine, size] = _measure_size(engine, scripts, size, repeats, admin_url,
+                                                   options)
+    for (engine, size), row in rows.items():
+        for kind in ("ours", "reference"):
+            runs = sorted(row[kind])
+            print(f"{engine} {size} {kind}: median {median(runs):.2f} s, runs "
+                  f"{', '.join(f'{r:.2f}' for r in runs)}; CPU median "
+                  f"{median(row['cpu'][kind]):.2f} s")
+    for engine in engines:
+        if (engine, 150) in rows and (engine, 300) in rows:
+            print(f"{engine} growth 150 -> 300: validate {_growth(rows, engine, 'ours'):.2f} x, "
+                  f"pytest-alembic {_growth(rows, engine, 'reference'):.2f} x; in CPU time "
+                  f"{_growth(rows, engine, 'ours', True):.2f} x and "
+                  f"{_growth(rows, engine, 'reference', True):.2f} x")
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
     kind, scripts_arg, url_arg, *rest = sys.argv[1:]
+    if kind == "measure":
+        measure(scripts_arg.split(","), [int(n) for n in url_arg.split(",")], int(rest[0]))
+        sys.exit(0)
     if kind == "upgrade":
         outcome = _upgrade(scripts_arg, url_arg)
     elif kind == "validate":

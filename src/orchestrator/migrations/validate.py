@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import re
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -799,7 +801,7 @@ def schema_snapshot(database_url: str) -> dict[str, dict[str, Any]]:
 # server prints them on PostgreSQL). A table whose entry is unchanged is not reflected again.
 _SQLITE_CATALOG = (
     "SELECT tbl_name, type, name, sql FROM sqlite_master "
-    "WHERE tbl_name NOT LIKE 'sqlite~_%' ESCAPE '~' ORDER BY tbl_name, type, name"
+    "WHERE tbl_name NOT LIKE 'sqlite~_%' ESCAPE '~'"
 )
 _POSTGRES_CATALOG = """
 SELECT c.oid, concat_ws(E'\\n',
@@ -853,10 +855,19 @@ class SchemaReader:
     """Schema snapshots of databases of one kind, each from one catalog query: a table is
     reflected (SQLAlchemy's inspector, as `schema_snapshot` always did) only when its catalog
     entry is one this reader has not reflected yet, so a step that changes one table costs
-    one table's reflection, not the whole schema's."""
+    one table's reflection, not the whole schema's. Each snapshot is made from the last one
+    and the tables whose catalog entries differ from the last one's (found by set operations
+    on the catalog's rows, not a Python step per table): the schema is read whole at every
+    snapshot, but only what changed is looked at."""
 
     def __init__(self) -> None:
         self._reflected: dict[tuple[str, Any], dict[str, Any]] = {}
+        # The last snapshot, and what it was made from: SQLite's catalog rows and the tables
+        # whose entries have a REFERENCES without columns; PostgreSQL's tables' definitions.
+        self._last: dict[str, dict[str, Any]] = {}
+        self._rows: frozenset[tuple] = frozenset()
+        self._implicit_tables: frozenset[str] = frozenset()
+        self._entries: dict[str, str] = {}
         # SQLite: whether a table's catalog entry has a REFERENCES without columns.
         self._implicit: dict[tuple, bool] = {}
         # PostgreSQL: each table's (by oid) index and constraint counts and printed
@@ -868,44 +879,69 @@ class SchemaReader:
         """The schema `connection` sees now (it reads in the connection's transaction)."""
         from sqlalchemy import inspect
 
-        entries = self._catalog(connection)
+        if connection.dialect.name == "sqlite":
+            changes = self._sqlite_changes(connection)
+        else:
+            entries = self._postgres_catalog(connection)
+            changes = dict.fromkeys(self._entries.keys() - entries.keys())
+            changes.update(entries.items() - self._entries.items())
+            self._entries = entries
+        if not changes:
+            return self._last
         inspector = None
-        snapshot: dict[str, dict[str, Any]] = {}
-        for table in sorted(set(entries) - _BOOKKEEPING):
-            key = (table, entries[table])
+        snapshot = dict(self._last)
+        for table, entry in changes.items():
+            if entry is None or table in _BOOKKEEPING:
+                snapshot.pop(table, None)
+                continue
+            key = (table, entry)
             if key not in self._reflected:
                 inspector = inspector or inspect(connection)
                 self._reflected[key] = _reflect(inspector, table, connection.dialect)
             snapshot[table] = self._reflected[key]
+        self._last = snapshot = dict(sorted(snapshot.items()))
         return snapshot
 
-    def _catalog(self, connection) -> dict[str, Any]:
-        """Each table's catalog entry: what its reflection depends on."""
-        if connection.dialect.name != "sqlite":
-            return self._postgres_catalog(connection)
+    def _sqlite_changes(self, connection) -> dict[str, Any]:
+        """The tables whose catalog entries (what their reflection depends on) differ from
+        the last snapshot's, each with its entry now (None: no longer a table)."""
         # The driver's cursor, in the connection's transaction: hundreds of rows per snapshot.
         cursor = connection.connection.cursor()
         try:
-            rows = cursor.execute(_SQLITE_CATALOG).fetchall()
+            rows = frozenset(cursor.execute(_SQLITE_CATALOG).fetchall())
         finally:
             cursor.close()
-        entries: dict[str, list[tuple]] = {}
-        for table, kind, _name, _sql in rows:
-            if kind == "table":
-                entries[table] = []
-        for table, kind, name, sql in rows:
-            if table in entries:
-                entries[table].append((kind, name, sql))
-        keys: dict[str, tuple] = {}
-        for table, entry in entries.items():
-            key = keys[table] = tuple(entry)
-            if key not in self._implicit:
-                self._implicit[key] = any(_refers_implicitly(sql) for _, _, sql in entry)
+        different = rows ^ self._rows
+        if not different:
+            return {}
+        touched = {row[0] for row in different}
         # A foreign key without a column list refers to the other table's primary key: such a
         # table is read again whenever anything changed.
-        everything = hash(tuple(rows)) if any(map(self._implicit.get, keys.values())) else None
-        return {table: (key, everything if self._implicit[key] else None)
-                for table, key in keys.items()}
+        touched |= self._implicit_tables
+        entries: dict[str, list[tuple]] = {table: [] for table in touched}
+        for row in rows:
+            if row[0] in touched:
+                entries[row[0]].append(row)
+        everything = None
+        implicit = set(self._implicit_tables - touched)
+        changes: dict[str, Any] = {}
+        for table, entry_rows in entries.items():
+            if not any(kind == "table" for _, kind, _, _ in entry_rows):
+                changes[table] = None  # dropped (or a view)
+                implicit.discard(table)
+                continue
+            entry = tuple(sorted(entry_rows, key=itemgetter(1, 2)))
+            if entry not in self._implicit:
+                self._implicit[entry] = any(_refers_implicitly(sql) for *_, sql in entry)
+            if self._implicit[entry]:
+                implicit.add(table)
+                everything = hash(tuple(sorted(rows))) if everything is None else everything
+                changes[table] = (entry, everything)
+            else:
+                implicit.discard(table)
+                changes[table] = (entry, None)
+        self._rows, self._implicit_tables = rows, frozenset(implicit)
+        return changes
 
     def _postgres_catalog(self, connection) -> dict[str, Any]:
         """Each table's printed definition, printed again only for the tables whose catalog
@@ -983,6 +1019,8 @@ def _condition(sql: str) -> str:
 
 def diff_schemas(expected: dict[str, dict], actual: dict[str, dict]) -> list[str]:
     """What `actual` has or lacks compared with `expected`, one line per difference."""
+    if expected == actual:  # the same reflections (SchemaReader): nothing to list
+        return []
     differences = [f"table {t} is missing" for t in sorted(set(expected) - set(actual))]
     differences += [f"table {t} is extra" for t in sorted(set(actual) - set(expected))]
     for table in sorted(set(expected) & set(actual)):
@@ -1196,14 +1234,10 @@ class _Scratch:
         step i's transaction once the step is done (raising stops the run, the step rolled
         back)."""
         from alembic.runtime.environment import EnvironmentContext
-        from alembic.runtime.migration import MigrationStep
 
         revision_map = self.script.revision_map
-        plan = [
-            (MigrationStep.upgrade_from_script if upgrading else
-             MigrationStep.downgrade_from_script)(revision_map, self.script.get_revision(revision))
-            for revision, upgrading in steps
-        ]
+        plan = [_step_class()(revision_map, self.script.get_revision(revision), upgrading)
+                for revision, upgrading in steps]
         done = 0
 
         def step_done(**_: Any) -> None:
@@ -1254,6 +1288,24 @@ class _Scratch:
             return [_describe_diff(diff) for diff in _flatten(differences)]
         finally:
             self.connection.rollback()
+
+
+@functools.cache
+def _step_class() -> type:
+    """Alembic's migration step, without its walk down the whole chain at each downgrade."""
+    from alembic.runtime.migration import RevisionStep
+
+    class Step(RevisionStep):
+        def _unmerge_to_revisions(self, heads: set[str]) -> tuple[str, ...]:
+            # Alembic takes, of the revisions a downgrade goes to, those that are not an
+            # ancestor of another one, listing every ancestor of each (the whole chain below):
+            # a step to one revision, from the only head, goes to that revision. Once per
+            # downgrade, that walk made the round trip's cost grow with the square of the chain.
+            # (The chain the validator walks is a line; a merge keeps Alembic's way.)
+            linear = len(self.to_revisions) == 1 and not set(heads) - {self.revision.revision}
+            return tuple(self.to_revisions) if linear else super()._unmerge_to_revisions(heads)
+
+    return Step
 
 
 def _flatten(diffs: list) -> Iterator[tuple]:
