@@ -1,11 +1,11 @@
 """The root of Orchestrator's error family and its exit codes: the one module everything may import.
 
-The family itself (every error of the migration system and the CLI) is in
-`orchestrator.migrations.errors`. Its root, the exit codes and `SettingsError` live here because
-`settings` sits below the migration package: `settings` importing `orchestrator.migrations.errors`
-would run the package's `__init__` (the manager, which reads the settings) — a cycle, and a lower
-layer reaching up. This module imports nothing, so the CLI can also catch the whole family before
-it has loaded the migration system.
+The family itself (every error of the migration system, re-exporting these) is in
+`orchestrator.migrations.errors`. The root, the exit codes, `SettingsError` and the CLI's
+`BadInputError` live here because `settings` and the CLI's start-up sit below the migration
+package: importing `orchestrator.migrations.errors` runs the package's `__init__` (the manager,
+SQLAlchemy, and the settings themselves) — for `settings` a cycle and a lower layer reaching up,
+for the CLI the start-up cost it avoids. This module imports nothing.
 """
 
 from __future__ import annotations
@@ -42,3 +42,7 @@ class OrchestratorError(Exception):
 
 class SettingsError(OrchestratorError):
     """A setting is missing or malformed; the message names the variable."""
+
+
+class BadInputError(OrchestratorError):
+    """Input a CLI command cannot use: one `Error:` line, exit 2 like any usage error."""

@@ -13,19 +13,18 @@ SQLite's result code, for the whole project (the manager, the CLI and the API as
 from __future__ import annotations
 
 import enum
+import sqlite3
+import sys
 
 from orchestrator.errors import ExitCode, OrchestratorError
-from orchestrator.errors import SettingsError as SettingsError  # re-exported: the whole family
+# Re-exported, so the whole family reads from here: the errors of the layers beside the
+# migration system (defined below it, see orchestrator.errors).
+from orchestrator.errors import BadInputError as BadInputError
+from orchestrator.errors import SettingsError as SettingsError
 
 
 class MigrationError(OrchestratorError):
     """Base class for every error the migration system reports to a user."""
-
-    exit_code = ExitCode.ERROR
-
-
-class BadInputError(OrchestratorError):
-    """Input a CLI command cannot use: one `Error:` line, exit 2 like any usage error."""
 
     exit_code = ExitCode.ERROR
 
@@ -213,8 +212,20 @@ _SQLITE_CODES = {
     "SQLITE_SCHEMA": Fault.UNAVAILABLE,  # the schema changed under a prepared statement
 }
 # SQLite has one code (SQLITE_ERROR) for both a bad statement and a missing table or column;
-# only its message tells them apart: the one place a driver's text is read.
+# only its message tells them apart.
 _SQLITE_MISSING = ("no such table", "no such column", "has no column named")
+# An sqlite3 error built without a result code (by hand, not raised by SQLite) is known by
+# SQLite's fixed wording of the code (sqlite3_errstr), matched whole.
+_SQLITE_ERRSTR = {
+    "database is locked": "SQLITE_BUSY",
+    "database table is locked": "SQLITE_LOCKED",
+    "attempt to write a readonly database": "SQLITE_READONLY",
+    "database or disk is full": "SQLITE_FULL",
+    "disk I/O error": "SQLITE_IOERR",
+    "unable to open database file": "SQLITE_CANTOPEN",
+    "database disk image is malformed": "SQLITE_CORRUPT",
+    "file is not a database": "SQLITE_NOTADB",
+}
 
 
 def classify(exc: BaseException) -> Fault | None:
@@ -228,13 +239,18 @@ def classify(exc: BaseException) -> Fault | None:
     if state:
         return _SQLSTATES.get(state) or next(
             (fault for prefix, fault in _SQLSTATE_CLASSES if state.startswith(prefix)), None)
-    name = getattr(original, "sqlite_errorname", None)
-    if name:
+    if isinstance(original, sqlite3.Error):
+        name = getattr(original, "sqlite_errorname", None) or _SQLITE_ERRSTR.get(first_line(original), "")
         primary = "_".join(name.split("_")[:2])
         if primary == "SQLITE_ERROR":
             message = str(original)
             return Fault.MISSING_SCHEMA if any(t in message for t in _SQLITE_MISSING) else None
         return _SQLITE_CODES.get(primary)
+    psycopg = sys.modules.get("psycopg")  # not loaded: the error cannot be one of its own
+    if psycopg is not None and isinstance(original, psycopg.OperationalError):
+        # psycopg gives no SQLSTATE when it cannot connect (no server, a refused login, no
+        # such database) or the connection broke outside a statement.
+        return Fault.UNAVAILABLE
     return None
 
 
