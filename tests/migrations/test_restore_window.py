@@ -27,7 +27,7 @@ from orchestrator.migrations.backup import BackupError, NotABackupError
 from tests.conftest import require_postgres
 from tests.fixtures import Writer
 from tests.schema import content_hash, execute, scalar, seed_rows
-from tests.test_backup import writer_rows, writer_rows_in_backup
+from tests.migrations.test_backup import writer_rows, writer_rows_in_backup
 
 pytestmark = pytest.mark.postgres
 

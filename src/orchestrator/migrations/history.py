@@ -40,6 +40,8 @@ from sqlalchemy import (
     select,
 )
 
+from orchestrator.migrations.errors import ScriptsChangedError  # noqa: F401 - tests import it here
+
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
