@@ -498,7 +498,7 @@ def test_validate_command_shows_locations_and_skipped_rules(tmp_path, run_here, 
     assert away.returncode == 1
     script = Path(MigrationManager(url).history()[1].path)
     assert f"ERROR   MIG006 scripts-unchanged  {script}" in away.stdout
-    monkeypatch.chdir(Path(__file__).parents[1])
+    monkeypatch.chdir(Path(__file__).parents[2])
     near = run_here("db", "validate", "--database-url", url)
     assert "ERROR   MIG006 scripts-unchanged  src/orchestrator/migrations/alembic/versions/002_" \
         in near.stdout
