@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from orchestrator.errors import BadInputError, ExitCode, OrchestratorError
+
 if TYPE_CHECKING:
     from click.shell_completion import CompletionItem
 
@@ -26,19 +28,8 @@ if TYPE_CHECKING:
 # Environment's values (orchestrator.settings), spelled out: importing the settings here would
 # load pydantic for every command, `--help` included.
 ENVIRONMENTS = ("development", "staging", "production")
-CHECK_PENDING_EXIT = 1
-DECLINED_EXIT = 1
-UNEXPECTED_ERROR_EXIT = 70
-INTERRUPTED_EXIT = 130  # what a shell reports for Ctrl-C
-CLOSED_PIPE_EXIT = 141  # what a shell reports for a command ended by a closed pipe (SIGPIPE)
 # Click's shell completion: `_ORCHESTRATOR_COMPLETE=bash_source orchestrator` prints the script.
 COMPLETE_VAR = "_ORCHESTRATOR_COMPLETE"
-
-
-class _BadInput(click.ClickException):
-    """Input the command cannot use: one `Error:` line, exit 2 like any usage error."""
-
-    exit_code = 2
 
 
 # -- options shared by `orchestrator` and every `db` command ------------------------------
@@ -308,7 +299,7 @@ def check(ctx: click.Context, as_json: bool) -> None:
     _print_status(manager, state, as_json, changed=manager.changed_scripts())
     manager.require_known_database(state)
     if not state.up_to_date:
-        ctx.exit(CHECK_PENDING_EXIT)
+        ctx.exit(ExitCode.CHECK_FAILED)
 
 
 # REVISION may be relative ("-1", "+2"): it must not be parsed as an option.
@@ -359,7 +350,7 @@ def upgrade(
 
     manager = _manager(ctx, lock_timeout=lock_timeout)
     if sql and rehearse_first:
-        raise _BadInput("--rehearse runs the migrations on a copy; it cannot go with --sql")
+        raise BadInputError("--rehearse runs the migrations on a copy; it cannot go with --sql")
     if rehearse_first and manager.plan_upgrade(revision):
         from orchestrator.migrations.rehearse import rehearse, render_text
 
@@ -369,7 +360,7 @@ def upgrade(
         click.echo("")
         if not rehearsal.ok:
             _note(f"Not upgrading: the rehearsal failed ({rehearsal.problems()[0]}).")
-            ctx.exit(1)
+            ctx.exit(ExitCode.CHECK_FAILED)
     if sql:
         from orchestrator.migrations.chain import split_range
 
@@ -872,7 +863,7 @@ def validate(ctx: click.Context, strict: bool, output_format: str, as_json: bool
     from orchestrator.migrations.validate import validate as run_rules
 
     if since is not None and since_git is not None:
-        raise _BadInput("--since and --since-git: give one of them")
+        raise BadInputError("--since and --since-git: give one of them")
     settings = _settings(ctx)
     # The manager's scripts folder: the one every other command loads.
     script_location = _manager(ctx).script_location
@@ -899,7 +890,7 @@ def validate(ctx: click.Context, strict: bool, output_format: str, as_json: bool
             click.echo(git_note)
         _print_validation(report)
     if not report.ok:
-        ctx.exit(1)
+        ctx.exit(ExitCode.CHECK_FAILED)
 
 
 @db.command(context_settings=_REVISION_ARGS)
@@ -1006,7 +997,7 @@ def users_create(ctx: click.Context, email: str, name: str, admin: bool) -> None
     from orchestrator.models import User
 
     if not name.strip() or len(name.strip()) > 200:
-        raise _BadInput("--name: give a name of 1 to 200 characters")
+        raise BadInputError("--name: give a name of 1 to 200 characters")
     with _user_session(ctx) as session:
         # With no admin yet, nobody could manage users through the API.
         first = session.scalar(select(User.id).where(User.is_admin).limit(1)) is None
@@ -1048,7 +1039,7 @@ def users_token(ctx: click.Context, email: str, token_name: str) -> None:
     from orchestrator.accounts import issue_token, user_by_email
 
     if not token_name.strip() or len(token_name.strip()) > 200:
-        raise _BadInput("--name: give a name of 1 to 200 characters")
+        raise BadInputError("--name: give a name of 1 to 200 characters")
     with _user_session(ctx) as session:
         user = user_by_email(session, email)
         row, token = issue_token(session, user.id, token_name.strip())
@@ -1086,7 +1077,7 @@ def _user_session(ctx: click.Context):
             try:
                 yield session
             except AccountError as exc:
-                raise _BadInput(str(exc)) from None
+                raise BadInputError(str(exc)) from None
     finally:
         engine.dispose()
 
@@ -1344,76 +1335,57 @@ def _print_status(
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; the one place that turns errors into a message and an exit code."""
     _complete_if_asked()
-    try:
-        from orchestrator.migrations.errors import MigrationError
-        from orchestrator.settings import SettingsError
-    except KeyboardInterrupt:  # Ctrl-C while the CLI loads (a second or so): nothing was done
-        click.echo("Interrupted.", err=True)
-        sys.exit(INTERRUPTED_EXIT)
-
     ctx_meta: dict[str, Any] = {}
     try:
         with cli.make_context("orchestrator", list(sys.argv[1:] if argv is None else argv)) as ctx:
             ctx_meta = ctx.meta
             cli.invoke(ctx)
-    except (MigrationError, SettingsError) as exc:
-        if ctx_meta.get("orchestrator.verbose"):
-            traceback.print_exc()
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         _exit(exc.exit_code)
-    except click.Abort:
-        # A question answered no (or Ctrl-C / end of input at it): nothing was done yet.
-        click.echo("Error: not confirmed; nothing was changed", err=True)
-        sys.exit(DECLINED_EXIT)
-    except click.UsageError as exc:
-        # One line, as every other error: what is wrong, and where the usage is.
-        reason = " ".join(exc.format_message().split()).rstrip(".")
-        where = exc.ctx.command_path if exc.ctx is not None else "orchestrator"
-        click.echo(f"Error: {reason}; see `{where} --help`", err=True)
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        # Migrations and restores are transactional and the lock dies with its holder.
-        if ctx_meta.get("orchestrator.verbose"):
-            traceback.print_exc()
-        click.echo("Interrupted.", err=True)
-        sys.exit(INTERRUPTED_EXIT)
     except BrokenPipeError:
         # The reader went away (`orchestrator db history | head -1`): nothing left to say, and
         # an exit code of its own (as a shell gives a command a closed pipe ended), not 1,
         # which `db check` uses for pending migrations.
         sys.stdout = None  # type: ignore[assignment]  # no flush at exit into a closed pipe
-        sys.exit(CLOSED_PIPE_EXIT)
-    except OSError as exc:
+        sys.exit(ExitCode.CLOSED_PIPE)
+    except (Exception, KeyboardInterrupt) as exc:
+        message, code, traceback_helps = _outcome(exc)
+        if traceback_helps and ctx_meta.get("orchestrator.verbose"):
+            traceback.print_exc()
+        click.echo(message, err=True)
+        sys.exit(code)
+    _exit(ExitCode.OK)
+
+
+def _outcome(exc: BaseException) -> tuple[str, int, bool]:
+    """What the user is told about `exc`, the exit code, and whether --verbose adds the
+    traceback (not for usage errors and declined questions: nothing ran that it would show)."""
+    if isinstance(exc, OrchestratorError):
+        return f"Error: {exc}", exc.exit_code, True
+    if isinstance(exc, click.Abort):
+        # A question answered no (or Ctrl-C / end of input at it): nothing was done yet.
+        return "Error: not confirmed; nothing was changed", ExitCode.DECLINED, False
+    if isinstance(exc, click.UsageError):
+        # One line, as every other error: what is wrong, and where the usage is.
+        reason = " ".join(exc.format_message().split()).rstrip(".")
+        where = exc.ctx.command_path if exc.ctx is not None else "orchestrator"
+        return f"Error: {reason}; see `{where} --help`", ExitCode.ERROR, False
+    if isinstance(exc, click.ClickException):
+        return f"Error: {exc.format_message()}", exc.exit_code, False
+    if isinstance(exc, KeyboardInterrupt):
+        # Migrations and restores are transactional and the lock dies with its holder.
+        return "Interrupted.", ExitCode.INTERRUPTED, True
+    if isinstance(exc, OSError):
         # A file the command needed: a read-only folder, a missing mount, a full disk.
-        if ctx_meta.get("orchestrator.verbose"):
-            traceback.print_exc()
-        _file_error(exc)
-    except Exception as exc:
-        refusal = _storage_refusal(exc)
-        if refusal is not None:
-            if ctx_meta.get("orchestrator.verbose"):
-                traceback.print_exc()
-            click.echo(
-                f"Error: the database refused: {refusal}; check that it is writable and has "
+        return _file_error(exc), ExitCode.ERROR, True
+    refusal = _storage_refusal(exc)
+    if refusal is not None:
+        return (f"Error: the database refused: {refusal}; check that it is writable and has "
                 "room (file permissions, a read-only mount, a full disk)",
-                err=True,
-            )
-            sys.exit(3)
-        if ctx_meta.get("orchestrator.verbose"):
-            traceback.print_exc()
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        click.echo(
-            f"Error: unexpected {type(exc).__name__}: {reason} (run again with --verbose "
-            "for the traceback)",
-            err=True,
-        )
-        sys.exit(UNEXPECTED_ERROR_EXIT)
-    _exit(0)
+                ExitCode.UNREACHABLE, True)
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return (f"Error: unexpected {type(exc).__name__}: {reason} (run again with --verbose "
+            "for the traceback)", ExitCode.UNEXPECTED, True)
 
 
 def _exit(code: int) -> NoReturn:
@@ -1423,20 +1395,20 @@ def _exit(code: int) -> NoReturn:
         sys.stdout.flush()
     except BrokenPipeError:
         sys.stdout = None  # type: ignore[assignment]
-        code = code or CLOSED_PIPE_EXIT
+        code = code or ExitCode.CLOSED_PIPE
     except OSError as exc:  # the output's file: a full disk
         sys.stdout = None  # type: ignore[assignment]
-        _file_error(exc)
+        click.echo(_file_error(exc), err=True)
+        code = ExitCode.ERROR
     sys.exit(code)
 
 
-def _file_error(exc: OSError) -> NoReturn:
-    """A file the command needed, or its output: a read-only folder, a missing mount, a full
-    disk."""
+def _file_error(exc: OSError) -> str:
+    """What to say of a file the command needed, or its output: a read-only folder, a missing
+    mount, a full disk."""
     what = f"cannot use {exc.filename}: " if exc.filename else "cannot write: "
-    click.echo(f"Error: {what}{exc.strerror or exc}; check the path, its permissions and free "
-               "space", err=True)
-    sys.exit(2)
+    return (f"Error: {what}{exc.strerror or exc}; check the path, its permissions and free "
+            "space")
 
 
 def _complete_if_asked() -> None:
@@ -1450,19 +1422,14 @@ def _complete_if_asked() -> None:
     sys.exit(shell_complete(cli, {}, "orchestrator", COMPLETE_VAR, instruction))
 
 
-# What SQLite says when its file cannot be written: the machine's doing, not a bug here.
-_STORAGE_REFUSALS = ("readonly database", "disk is full", "disk I/O error",
-                     "unable to open database file")
-
-
 def _storage_refusal(exc: BaseException) -> str | None:
-    """The reason, when `exc` is SQLite refusing to write its file; None for anything else
-    (a bug stays an unexpected error)."""
-    module = sys.modules.get("sqlalchemy.exc")  # never imported just to ask
-    if module is None or not isinstance(exc, module.OperationalError):
+    """The reason, when `exc` is SQLite refusing to write (or open) its file: the machine's
+    doing, not a bug here; None for anything else (a bug stays an unexpected error)."""
+    if not hasattr(exc, "orig"):  # not a database error: never load the migration system to ask
         return None
-    reason = str(exc.orig).strip().splitlines()[0]
-    return reason if any(phrase in reason for phrase in _STORAGE_REFUSALS) else None
+    from orchestrator.migrations.errors import Fault, classify, first_line
+
+    return first_line(exc) if classify(exc) is Fault.STORAGE else None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,6 +19,8 @@ from pathlib import Path
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from orchestrator.errors import SettingsError
+
 
 class Environment(str, enum.Enum):
     """Where the service runs, and the policy that follows from it, answered here only."""
@@ -103,12 +105,6 @@ def parse_duration(value: object) -> float:
             "(500ms, 5s, 1min)"
         )
     return float(match["number"]) * _UNIT_SECONDS[match["unit"]]
-
-
-class SettingsError(Exception):
-    """A setting is missing or malformed; the message names the variable."""
-
-    exit_code = 2
 
 
 class Settings(BaseSettings):

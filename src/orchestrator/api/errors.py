@@ -25,6 +25,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from orchestrator.migrations.errors import Fault, classify, first_line
+
 logger = logging.getLogger("orchestrator.api")
 
 # How much of a bad input a 422 echoes back: enough to recognise it, never the whole of a
@@ -70,79 +72,35 @@ UNAVAILABLE = DatabaseProblem(
     503, "the database is unavailable; retry shortly, or see /health/ready"
 )
 
-# PostgreSQL SQLSTATEs: https://www.postgresql.org/docs/current/errcodes-appendix.html
-_PG_BUSY = {
-    "40001",  # serialization_failure
-    "40P01",  # deadlock_detected
-    "55P03",  # lock_not_available
-    "57014",  # query_canceled (statement_timeout)
+# What each kind of driver failure (`orchestrator.migrations.errors.classify`) means to a client.
+_ANSWERS = {
+    Fault.TRANSIENT: BUSY,
+    Fault.LOCK_TIMEOUT: BUSY,
+    Fault.CANCELED: BUSY,  # statement_timeout
+    Fault.MISSING_SCHEMA: NOT_READY,
+    Fault.ENDED: UNAVAILABLE,
+    Fault.UNAVAILABLE: UNAVAILABLE,
+    Fault.STORAGE: UNAVAILABLE,
+    Fault.DAMAGED: UNAVAILABLE,
 }
-_PG_NOT_READY = {
-    "42P01",  # undefined_table
-    "42703",  # undefined_column
-    "42704",  # undefined_object
-    "42883",  # undefined_function
-    "3F000",  # invalid_schema_name
-}
-# Classes: 08 connection exception, 53 insufficient resources (too many connections),
-# 57P operator intervention (shutdown, restart), 28 authorization, 3D the database is gone.
-_PG_UNAVAILABLE_PREFIXES = ("08", "53", "57P", "28", "3D")
-# SQLite has one code (SQLITE_ERROR) for both a bad statement and a missing table or column;
-# only its message tells them apart.
-_SQLITE_SCHEMA_MESSAGES = ("no such table", "no such column", "has no column named")
-_SQLITE_UNAVAILABLE = ("SQLITE_READONLY", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_CANTOPEN",
-                       "SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_PERM", "SQLITE_SCHEMA")
 
 
 def database_problem(exc: BaseException) -> DatabaseProblem | None:
     """The client's answer for a database error that is not a bug here, or None for one that is.
 
-    The one place that recognises database errors, by SQLSTATE (PostgreSQL) or result code
-    (SQLite): constraint violations that a concurrent change caused, busy or locked databases,
-    a schema changed under the running server (a downgrade), a lost connection.
+    Database errors are recognised by the migration core's `classify` (by SQLSTATE or SQLite's
+    result code): constraint violations that a concurrent change caused, busy or locked
+    databases, a schema changed under the running server (a downgrade), a lost connection.
     """
     if isinstance(exc, sqlalchemy.exc.TimeoutError):  # no pooled connection came free in time
         return BUSY
     if not isinstance(exc, sqlalchemy.exc.DBAPIError):
         return None
-    if exc.connection_invalidated:
-        return UNAVAILABLE
-    original = exc.orig
-    sqlstate = getattr(original, "sqlstate", None)
-    sqlite_code = getattr(original, "sqlite_errorname", None)
-    if sqlstate is not None:
-        return _postgresql_problem(sqlstate, original)
-    if sqlite_code is not None:
-        return _sqlite_problem(sqlite_code, str(original))
-    if isinstance(exc, sqlalchemy.exc.OperationalError):
-        # psycopg without a SQLSTATE: the connection failed or was cut.
-        return UNAVAILABLE
-    return None
-
-
-def _postgresql_problem(sqlstate: str, original: Any) -> DatabaseProblem | None:
-    if sqlstate.startswith("23"):  # integrity_constraint_violation
-        constraint = getattr(getattr(original, "diag", None), "constraint_name", None)
+    fault = classify(exc)
+    if fault is Fault.CONFLICT:
+        constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)
         return _conflict(constraint)
-    if sqlstate in _PG_BUSY:
-        return BUSY
-    if sqlstate in _PG_NOT_READY:
-        return NOT_READY
-    if sqlstate.startswith(_PG_UNAVAILABLE_PREFIXES):
-        return UNAVAILABLE
-    return None
-
-
-def _sqlite_problem(code: str, message: str) -> DatabaseProblem | None:
-    if code.startswith("SQLITE_CONSTRAINT"):
-        return _conflict(None)
-    if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
-        return BUSY
-    if code == "SQLITE_ERROR" and any(text in message for text in _SQLITE_SCHEMA_MESSAGES):
-        return NOT_READY
-    if code.startswith(_SQLITE_UNAVAILABLE):
-        return UNAVAILABLE
-    return None
+    return _ANSWERS.get(fault)
 
 
 def _conflict(constraint: str | None) -> DatabaseProblem:
@@ -164,9 +122,7 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _first_line(exc: BaseException) -> str:
-    original = getattr(exc, "orig", None) or exc
-    text = str(original).strip()
-    return text.splitlines()[0] if text else type(original).__name__
+    return first_line(exc) or type(getattr(exc, "orig", None) or exc).__name__
 
 
 # -- bad input ----------------------------------------------------------------------------

@@ -49,7 +49,13 @@ from sqlalchemy.engine import URL, make_url
 
 from orchestrator.db import backend_name, is_secret_parameter, mask_url, sqlite_path
 from orchestrator.migrations import version
-from orchestrator.migrations.errors import MigrationError
+from orchestrator.migrations.errors import (
+    BackupError,
+    BackupToolMissing,
+    NotABackupError,
+    OtherDatabaseError,
+    first_line,
+)
 
 # Progress callback: (bytes done, bytes in total or None when unknown).
 Progress = Callable[[int, "int | None"], None]
@@ -79,22 +85,6 @@ _CLIENT_PACKAGE = (
     "install the PostgreSQL client tools, matching the server's major version: "
     "`apt-get install postgresql-client` (Debian/Ubuntu; the package `postgresql-client`)"
 )
-
-
-class BackupError(MigrationError):
-    """A backup or restore could not be made; the message says why and what to do."""
-
-
-class BackupToolMissing(BackupError):
-    """pg_dump or pg_restore is not installed."""
-
-
-class NotABackupError(BackupError):
-    """A file given to restore is not a backup of this kind of database."""
-
-
-class OtherDatabaseError(BackupError):
-    """A backup of another database was given to restore, without `--other-database`."""
 
 
 @dataclass(frozen=True)
@@ -491,7 +481,7 @@ def _backup_postgres(database_url: str, path: Path, progress: Progress | None) -
                           poll=lambda: progress(_size(path), None) if progress else None)
     except DBAPIError as exc:
         raise BackupError(
-            f"cannot back up {mask_url(database_url)}: {_first_line(exc.orig)}; "
+            f"cannot back up {mask_url(database_url)}: {first_line(exc)}; "
             "check DATABASE_URL and that the server is running"
         ) from None
     finally:
@@ -913,7 +903,7 @@ class _Window:
         except psycopg.Error as exc:
             self.__exit__(None, None, None)
             raise BackupError(
-                f"cannot restore {mask_url(self.database_url)}: {_first_line(exc)}; check "
+                f"cannot restore {mask_url(self.database_url)}: {first_line(exc)}; check "
                 "DATABASE_URL and that the server is running"
             ) from None
         self._watcher = threading.Thread(target=self._watch, name="restore-watcher", daemon=True)
@@ -952,7 +942,7 @@ class _Window:
         except psycopg.Error as exc:
             raise BackupError(
                 f"cannot restore {mask_url(self.database_url)}: locking its tables for the "
-                f"restore's duration failed ({_first_line(exc)}); restore as the database's "
+                f"restore's duration failed ({first_line(exc)}); restore as the database's "
                 "owner or a superuser, with the server running"
             ) from None
 
@@ -1355,10 +1345,6 @@ def _first_error(message: str, database_url: str) -> str:
     for secret in filter(None, secrets):
         text = text.replace(str(secret), "***")
     return text or "no error message"
-
-
-def _first_line(exc: object) -> str:
-    return str(exc).strip().splitlines()[0]
 
 
 def _size(path: Path) -> int:

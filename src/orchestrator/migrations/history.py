@@ -40,7 +40,7 @@ from sqlalchemy import (
     select,
 )
 
-from orchestrator.migrations.errors import MigrationError
+from orchestrator.migrations.errors import ScriptsChangedError  # noqa: F401 - tests import it here
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -68,10 +68,6 @@ history_table = Table(
     Column("host", String(255), nullable=False),
     Column("tool_version", String(32), nullable=False),
 )
-
-
-class ScriptsChangedError(MigrationError):
-    """Applied scripts were edited after they ran; upgrading on top of them is refused."""
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from orchestrator.migrations.errors import (
     DatabaseUnreachableError,
     MigrationLockLost,
     MigrationLockTimeout,
+    one_line,
 )
 
 # An arbitrary constant shared by every Orchestrator migrator ("orch" in ASCII).
@@ -355,9 +356,7 @@ def _session_ended(connection, exc: BaseException) -> bool:
 
 def _describe(exc: BaseException) -> str:
     """The driver's error as `Type: first line`."""
-    original = getattr(exc, "orig", None) or exc
-    reason = (str(original).strip() or "no message").splitlines()[0]
-    return f"{type(original).__name__}: {reason}"
+    return one_line(exc)
 
 
 def _lost_session(driver_connection) -> str | None:
@@ -369,8 +368,7 @@ def _lost_session(driver_connection) -> str | None:
             (ADVISORY_LOCK_KEY,),
         ).fetchone()
     except Exception as exc:  # noqa: BLE001 - whatever it is, the lock cannot be shown held
-        reason = (str(exc).strip() or "no message").splitlines()[0]
-        return f"its session ended: {type(exc).__name__}: {reason}"
+        return f"its session ended: {one_line(exc)}"
     return None if row is not None else "the server no longer lists it as held"
 
 

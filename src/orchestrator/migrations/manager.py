@@ -33,12 +33,14 @@ from orchestrator.migrations.environment import (
     running_with,
 )
 from orchestrator.migrations.errors import (
+    BackupError,
     BrokenScriptError,
     ConnectionLostError,
     DatabaseAheadError,
     DatabaseLockTimeout,
     DatabaseUnreachableError,
     EmptyMigrationError,
+    Fault,
     ForkedChainError,
     IrreversibleMigrationError,
     MigrationError,
@@ -46,9 +48,13 @@ from orchestrator.migrations.errors import (
     MigrationLockLost,
     MultipleHeadsError,
     NotAtHeadError,
+    ScriptsChangedError,
     TransientDatabaseError,
     UnknownRevisionError,
     UnversionedDatabaseError,
+    classify,
+    first_line,
+    one_line,
 )
 from orchestrator.migrations.version import BOOKKEEPING_TABLES, SELECT_VERSION_SQL, VERSION_TABLE
 from orchestrator.settings import Environment
@@ -64,15 +70,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# What SQLite calls a file it cannot read as a database.
-_SQLITE_DAMAGE = ("SQLITE_NOTADB", "SQLITE_CORRUPT")
-# Conflicts that running again resolves: deadlock_detected, serialization_failure, and SQLite's
-# busy and locked database.
-_TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})
-_TRANSIENT_SQLITE = frozenset({"SQLITE_BUSY", "SQLITE_LOCKED"})
-# The server ended the session: admin_shutdown (pg_terminate_backend, a fast shutdown),
-# crash_shutdown, cannot_connect_now; and class 08, connection exceptions.
-_ENDED_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
 
 
 @dataclass(frozen=True)
@@ -764,7 +761,6 @@ class MigrationManager:
     ) -> BackupInfo:
         """Take the automatic backup before an upgrade or downgrade: without it, no change.
         `for_loss`: taken because data would be lost, not because the setting asks for it."""
-        from orchestrator.migrations.backup import BackupError
 
         try:
             self.last_backup = take()
@@ -781,7 +777,6 @@ class MigrationManager:
         return self.last_backup
 
     def _refuse_changed_scripts(self) -> None:
-        from orchestrator.migrations.history import ScriptsChangedError
 
         changed = self.changed_scripts()
         if changed:
@@ -799,7 +794,7 @@ class MigrationManager:
         status = status or self.status()
         if status.ahead:
             raise DatabaseAheadError(
-                f"the database is at revision {status.current}, which this code does not know; "
+                f"{DatabaseAheadError.describe(status.current)}; "
                 f"deploy the code that has {status.current}, or if it was abandoned run "
                 f"`orchestrator db stamp {status.head}` after checking the schema"
             )
@@ -965,8 +960,8 @@ class MigrationManager:
         yield self._lock_connection
 
     def _unreachable(self, exc: Exception) -> DatabaseUnreachableError:
-        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
-        if getattr(getattr(exc, "orig", None), "sqlite_errorname", None) in _SQLITE_DAMAGE:
+        reason = first_line(exc)
+        if classify(exc) is Fault.DAMAGED:
             return DatabaseUnreachableError(
                 f"the database file {sqlite_path(self.database_url)} is damaged ({reason}); "
                 "restore a backup: `orchestrator db backups`, then `orchestrator db restore FILE`"
@@ -1269,8 +1264,8 @@ class MigrationManager:
         backup: BackupInfo | None = None,
         rolled_back: bool = False,
     ) -> MigrationError:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        if _is_lock_timeout(exc):
+        reason = first_line(exc)
+        if classify(exc) is Fault.LOCK_TIMEOUT:
             return DatabaseLockTimeout(
                 f"migration {failed} gave up waiting for a table lock ({reason}); a long "
                 "transaction holds it: retry later, or raise DB_LOCK_TIMEOUT or --retries"
@@ -1323,8 +1318,7 @@ def alembic_config(
 
 
 def _is_missing_table(exc: Exception) -> bool:
-    text = str(getattr(exc, "orig", exc)).lower()
-    return "no such table" in text or "does not exist" in text and VERSION_TABLE in text
+    return classify(exc) is Fault.MISSING_SCHEMA
 
 
 def _broken_script(exc: Exception, folder: Path) -> BrokenScriptError:
@@ -1366,10 +1360,6 @@ def _interrupted(exc: BaseException) -> bool:
     return False
 
 
-def _is_lock_timeout(exc: BaseException) -> bool:
-    return getattr(getattr(exc, "orig", None), "sqlstate", None) == "55P03"
-
-
 def _fault(exc: BaseException | None) -> tuple[str, BaseException] | None:
     """("ended", the error) when the database ended the connection (or the server went away),
     ("transient", the error) for a conflict that running again resolves, else None; by error
@@ -1379,11 +1369,10 @@ def _fault(exc: BaseException | None) -> tuple[str, BaseException] | None:
 
     while exc is not None:
         if isinstance(exc, DBAPIError):
-            state = getattr(exc.orig, "sqlstate", None) or ""
-            if exc.connection_invalidated or state in _ENDED_SQLSTATES or state[:2] == "08":
+            fault = classify(exc)
+            if fault is Fault.ENDED:
                 return "ended", exc
-            if (state in _TRANSIENT_SQLSTATES
-                    or getattr(exc.orig, "sqlite_errorname", None) in _TRANSIENT_SQLITE):
+            if fault is Fault.TRANSIENT:
                 return "transient", exc
         exc = exc.__cause__ or exc.__context__
     return None
@@ -1391,6 +1380,4 @@ def _fault(exc: BaseException | None) -> tuple[str, BaseException] | None:
 
 def _reason(exc: BaseException) -> str:
     """The driver's error, as `Type: first line`."""
-    original = getattr(exc, "orig", None) or exc
-    text = str(original).strip()
-    return f"{type(original).__name__}: {text.splitlines()[0] if text else 'no message'}"
+    return one_line(exc)

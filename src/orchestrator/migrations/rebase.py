@@ -26,16 +26,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.migrations.errors import MigrationError
+from orchestrator.migrations.errors import RebaseError
 from orchestrator.migrations.forks import JOURNAL, ScriptRef, describe, read_refs
 
 _DEFAULT_BRANCHES = ("main", "master")
 _DOC_FIELDS = re.compile(rb"^(?P<key>[ \t]*(?:Revision ID|Revises):)(?P<value>[^\r\n]*)",
                          re.MULTILINE)
-
-
-class RebaseError(MigrationError):
-    """`db rebase` cannot tell which line stays, or cannot move the other."""
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ def prepare_database(settings, manager: MigrationManager) -> StartupReport:
         return report
     if status.ahead:
         raise DatabaseAheadError(
-            f"the database is at revision {status.current}, which this code does not know; "
+            f"{DatabaseAheadError.describe(status.current)}; "
             "refusing to start: deploy the code that has it, or roll the database back"
         )
     migrated = settings.auto_migrate and not status.up_to_date

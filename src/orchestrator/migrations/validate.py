@@ -29,8 +29,10 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.migrations import forks, lint
 from orchestrator.migrations.environment import SCRIPT_DIRECTORY, running_with
 from orchestrator.migrations.errors import (  # noqa: F401 - re-exported
+    GitRefError,
     IrreversibleMigrationError,
     MigrationError,
+    first_line,
 )
 
 if TYPE_CHECKING:
@@ -648,10 +650,6 @@ def _narrowed(ctx: Context, report: ValidationReport) -> Since | None:
     )
 
 
-class GitRefError(MigrationError):
-    """`--since-git` names a ref git cannot resolve, or the scripts are not in a git checkout."""
-
-
 def newest_revision_on_git_ref(
     ref: str, database_url: str, script_location: str = SCRIPT_DIRECTORY
 ) -> str | None:
@@ -1075,7 +1073,7 @@ def scratch_database(database_url: str) -> Iterator[str]:
             with admin.connect() as connection:
                 connection.execute(text(f'CREATE DATABASE "{name}"'))
         except DBAPIError as exc:
-            reason = str(exc.orig).strip().splitlines()[0]
+            reason = first_line(exc)
             raise Skip(
                 f"cannot create a scratch database beside {mask_url(database_url)}: {reason}"
             ) from None

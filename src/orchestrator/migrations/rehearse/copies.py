@@ -26,17 +26,17 @@ from pathlib import Path
 
 from orchestrator.db import backend_name, mask_url, sqlite_path
 from orchestrator.migrations import backup
-from orchestrator.migrations.errors import DatabaseUnreachableError, MigrationError
+from orchestrator.migrations.errors import (
+    DatabaseUnreachableError,
+    Fault,
+    RehearsalCopyError,
+    classify,
+    first_line,
+)
 
 DATABASE_PREFIX = "orchestrator_rehearsal_of_"
 FOLDER_PREFIX = "orchestrator-rehearsal-of-"
 OWNER_FILE = "owner.json"
-
-
-class RehearsalCopyError(MigrationError):
-    """The copy to rehearse on cannot be made."""
-
-    exit_code = 3
 
 
 @dataclass(frozen=True)
@@ -181,11 +181,11 @@ def _create_database(database_url: str, name: str, keep: bool) -> None:
             connection.exec_driver_sql(
                 f'COMMENT ON DATABASE "{name}" IS {_literal(json.dumps(_owner(keep)))}')
     except DBAPIError as exc:
-        reason = str(exc.orig).strip().splitlines()[0]
+        reason = first_line(exc)
         # Only a refusal is cured by CREATEDB; a name taken, a full disk or no free
         # connection is not.
         advice = ("the role needs CREATEDB (`ALTER ROLE … CREATEDB`), or rehearse as a role "
-                  "that has it" if getattr(exc.orig, "sqlstate", None) == "42501" else
+                  "that has it" if classify(exc) is Fault.PRIVILEGE else
                   "the server needs room and a free connection for a copy of the database; "
                   "try again once it has them")
         raise RehearsalCopyError(

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from orchestrator.migrations.errors import one_line
 from orchestrator.migrations.rehearse.locks import WRITES, blocks
 from orchestrator.migrations.rehearse.report import (
     SQLITE_WRITE_LOCK,
@@ -212,7 +213,7 @@ class Observer:
         if not current.in_transaction:
             self._sampler.stop()
         error = getattr(context, "original_exception", None)
-        current.error = f"{type(error).__name__}: {str(error).strip().splitlines()[0]}"
+        current.error = one_line(error)
 
     def _on_begin(self, conn) -> None:
         self._begun = time.perf_counter()

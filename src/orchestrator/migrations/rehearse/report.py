@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
+from orchestrator.migrations.errors import ExitCode
 from orchestrator.migrations.rehearse.locks import MODES, NONE, SEVERITY, WRITES
 
 # SQLite locks the whole database file, not a table.
@@ -146,8 +147,8 @@ class Rehearsal:
         return not self.problems()
 
     @property
-    def exit_code(self) -> int:
-        return 0 if self.ok else 1
+    def exit_code(self) -> ExitCode:
+        return ExitCode.OK if self.ok else ExitCode.CHECK_FAILED
 
     def as_dict(self) -> dict[str, Any]:
         problems = self.problems()
