@@ -1,11 +1,12 @@
 """Connections that run a statement on the event loop itself: the claim's hot path on PostgreSQL.
 
 Agents claim in a loop, and a claim that succeeds is one statement (`routes/agents.py`). Run
-through the synchronous engine it costs the server two trips to the thread pool (there and
-back), a pooled connection checkout and SQLAlchemy's execution machinery, which together take
-more of the process's CPU than the statement takes of the database's. Here the statement is sent
-from the event loop on a psycopg `AsyncConnection` in autocommit, prepared once per connection:
-while the database works, the loop serves other requests, and no thread is involved.
+through the synchronous engine it costs the server a trip to the thread pool (a hand-off to a
+worker thread and back, with the GIL changing hands), a pooled connection checkout and
+SQLAlchemy's execution machinery: measured, a claim cost the server about twice the CPU of a
+request to its HTTP floor (docs/benchmarks.md). Here the statement is sent from the event loop on
+a psycopg `AsyncConnection` in autocommit (a prepared statement after a few uses): while the
+database works, the loop serves other requests, and no thread is involved.
 
 Only that statement runs here. Everything else (an unknown token, nothing to claim, SQLite)
 takes the usual synchronous path. Errors are raised as SQLAlchemy's `DBAPIError`s, so the app's
@@ -50,7 +51,9 @@ class AsyncStatements:
                     connection = await psycopg.AsyncConnection.connect(
                         *self._args, **self._kwargs, autocommit=True, row_factory=dict_row
                     )
-                cursor = await connection.execute(sql, parameters, prepare=True)
+                # Prepared from the fifth use on, as the engine's connections are (psycopg's
+                # `prepare_threshold`, which the database URL may change).
+                cursor = await connection.execute(sql, parameters)
                 row = await cursor.fetchone()
             except BaseException as exc:
                 # Whatever happened (a lost connection, an error, a cancelled request with

@@ -14,8 +14,10 @@ marks it in_progress and returns it, in one statement:
   IMMEDIATE (see `orchestrator.api.deps`), so claims run one at a time, each one short write
   transaction.
 
-The caller's token is checked first, on a connection of its own; nothing else runs unless the
-claim comes back empty, when the agent and project are looked at to say why (404, 409 or 204).
+On PostgreSQL the caller's token is checked by the claim statement itself, which is sent from
+the event loop on a connection of its own (`orchestrator.api.aio`); on SQLite the token is
+checked first. Nothing else runs unless the claim comes back empty, when the token, the agent
+and the project are looked at, in the thread pool, to say why (401, 404, 409 or 204).
 """
 
 from __future__ import annotations
