@@ -30,11 +30,15 @@ class AsyncStatements:
     """Up to `size` psycopg async connections to `engine`'s database, opened on first use,
     each used by one statement at a time."""
 
-    def __init__(self, engine: Engine, size: int) -> None:
+    def __init__(
+        self, engine: Engine, size: int, settings: Mapping[str, str] | None = None
+    ) -> None:
         # The same arguments the engine connects with (host, user, password, options...).
         args, kwargs = engine.dialect.create_connect_args(engine.url)
         self._args = tuple(args)
         self._kwargs = dict(kwargs)
+        # Run-time parameters set on each new connection (`SET name = value`).
+        self._settings = dict(settings or {})
         self._size = size
         self._idle: list[psycopg.AsyncConnection] = []
         self._slots: asyncio.Semaphore | None = None
@@ -51,6 +55,10 @@ class AsyncStatements:
                     connection = await psycopg.AsyncConnection.connect(
                         *self._args, **self._kwargs, autocommit=True, row_factory=dict_row
                     )
+                    for name, value in self._settings.items():
+                        await connection.execute(
+                            "SELECT set_config(%s, %s, false)", (name, value)
+                        )
                 # Prepared from the fifth use on, as the engine's connections are (psycopg's
                 # `prepare_threshold`, which the database URL may change).
                 cursor = await connection.execute(sql, parameters)

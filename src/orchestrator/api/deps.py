@@ -47,6 +47,13 @@ _READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # burst of requests waits on the database rather than on the pool.
 _POOL_SIZE = 20
 _MAX_OVERFLOW = 20
+# The claim connections run one statement, thousands of times: planned once per connection.
+# Left to choose, PostgreSQL plans it again on every execution (a custom plan's estimate beats
+# the generic plan's), which cost more of the database's CPU than running it; and with
+# 1,000,000 tasks among 1,000 users, the custom plan for a user with nothing pending walked
+# every pending task of every user (1.2 s), where the generic plan starts from the user's
+# projects (1.3 ms). docs/benchmarks.md has the figures.
+_CLAIM_CONNECTION_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
 # How long a SQLite writer waits for its turn before the request fails.
 _SQLITE_WRITER_TIMEOUT = 30
 
@@ -91,7 +98,9 @@ def open_database(database_url: str) -> Database:
     reader = create_engine(database_url, pool_size=_POOL_SIZE, max_overflow=_MAX_OVERFLOW)
     if reader.dialect.name != "sqlite":
         auth = reader.execution_options(isolation_level="AUTOCOMMIT")
-        return Database(reader, reader, auth, auth, AsyncStatements(reader, _POOL_SIZE))
+        return Database(reader, reader, auth, auth, AsyncStatements(
+            reader, _POOL_SIZE, settings=_CLAIM_CONNECTION_SETTINGS
+        ))
     writer = create_engine(
         database_url,
         pool_size=1,

@@ -166,10 +166,12 @@ async def claim(
                     record_use_if_stale, db, row["token_id"], row["token_last_used_at"]
                 )
             return _task_response(row)
-    # Nothing claimed (an unknown token, no task, an agent that is not yours...), or SQLite:
-    # check the token, claim, and say why when nothing is left; all in one thread-pool trip
-    # (the `CurrentUser` and `SessionDep` dependencies would take one each).
-    return await run_in_threadpool(_claim, db, credentials, agent_id, project_id)
+        # Nothing was claimed: an unknown token, an agent that is not yours or offline, or no
+        # pending task when the statement ran. Only say which (without claiming again).
+        return await run_in_threadpool(_claim, db, credentials, agent_id, project_id, False)
+    # SQLite (or no bearer token): check the token, claim, and say why when nothing is left;
+    # all in one thread-pool trip (`CurrentUser` and `SessionDep` would take one each).
+    return await run_in_threadpool(_claim, db, credentials, agent_id, project_id, True)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, responses=BODY_PROBLEMS)
@@ -250,9 +252,10 @@ def _claim(
     credentials: HTTPAuthorizationCredentials | None,
     agent_id: int,
     project_id: int | None,
+    try_claim: bool,
 ) -> Response:
     with Session(db.writer, expire_on_commit=False) as session:
-        return _claim_in_session(db, session, credentials, agent_id, project_id)
+        return _claim_in_session(db, session, credentials, agent_id, project_id, try_claim)
 
 
 @lru_cache(maxsize=2)
@@ -272,18 +275,20 @@ def _claim_in_session(
     credentials: HTTPAuthorizationCredentials | None,
     agent_id: int,
     project_id: int | None,
+    try_claim: bool = True,
 ) -> Response:
     user = authenticate(db, credentials)
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         # The claim is one statement, atomic by itself: no BEGIN and COMMIT round trips.
         session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-    statement = claim_statement(dialect, project_id is not None)
-    parameters = {"claimer": agent_id, "owner": user.id, "project": project_id}
-    row = session.execute(statement, parameters).first()
-    if row is not None:
-        session.commit()
-        return _task_response(row)
+    if try_claim:
+        statement = claim_statement(dialect, project_id is not None)
+        parameters = {"claimer": agent_id, "owner": user.id, "project": project_id}
+        row = session.execute(statement, parameters).first()
+        if row is not None:
+            session.commit()
+            return _task_response(row)
     # Nothing was claimed: say why when it is not simply an empty queue.
     agent = own_agent(session, user.id, agent_id)
     if agent.status == AgentStatus.offline.value:
