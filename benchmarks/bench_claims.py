@@ -50,6 +50,16 @@ from benchmarks import (
 TITLE = "Claims over HTTP, 16 agents at once"
 AGENTS = 16
 TARGET_RATIO = 0.5
+BEFORE_AND_AFTER = (
+    "Before: issue 15's first measurement (2026-12-07 12:26 UTC) sent the claim's one "
+    "statement from a worker thread through the synchronous engine, planned again on every "
+    "execution: 434 claims/s against a floor of 1,149 requests/s, 0.41 ×, p99 119 ms "
+    "(PostgreSQL, one worker). Now it is sent from the event loop on an async connection "
+    "(`orchestrator.api.aio`: no thread-pool trip, no engine checkout) with a generic plan, "
+    "made once per connection. The CPU table says where a claim's time goes in the running "
+    "server; the last table, part by part in-process (its statement times include each "
+    "commit's wait for the WAL flush)."
+)
 # The process id of each server `serve_api` runs, by its URL.
 _SERVERS: dict[str, int] = {}
 
@@ -63,14 +73,7 @@ def run(smoke: bool) -> dict[str, Any]:
     rows: list[list[Any]] = []
     cpu_rows: list[list[Any]] = []
     notes = [] if admin_url else [skip["skipped"] + "; PostgreSQL not measured"]
-    notes.append(
-        "Before: issue 15's first measurement (2026-12-07 12:26 UTC) sent the claim's one "
-        "statement from a worker thread through the synchronous engine: 434 claims/s against "
-        "a floor of 1,149 requests/s, 0.41 ×, p99 119 ms (PostgreSQL, one worker). Now it is "
-        "sent from the event loop on an async connection (`orchestrator.api.aio`): no "
-        "thread-pool trip, no engine checkout. The CPU table says where a claim's time goes "
-        "in the running server; the last table, part by part in-process."
-    )
+    notes.append(BEFORE_AND_AFTER)
     setups = ([("postgresql", 1), ("postgresql", 2)] if admin_url else []) + [("sqlite", 1)]
     for dialect, workers in setups:
         label = dialect if workers == 1 else f"{dialect}, {workers} workers"
