@@ -9,16 +9,22 @@ Target (issue 15): claims/s ≥ 0.5 × the HTTP floor on PostgreSQL with one wor
 claims. The floor, in the same run and against the same server: the same 16 clients calling
 `GET /health/live` (no database, no auth); the ratio says what share of it claiming keeps.
 
-Where a claim's time goes is measured apart, in-process and one claim at a time (no HTTP):
-the token check, the claim statement and the serialisation of the task, for the path claims
-took before issue 15 (a token query, then the claim through an ORM session, the task validated
-again as FastAPI's response model) and the one they take now (one precompiled statement that
-checks the token and claims, the task serialised once).
+Where a claim's time goes is measured two ways. In every round, the CPU time each party
+spends per claim and per floor request: the server process (all its workers), the database's
+backends for the benchmark database, and the clients. And apart, in-process and one claim at a
+time (no HTTP): the token check, the claim statement and the serialisation of the task, for the
+path claims took before issue 15 (a token query, then the claim through an ORM session, the
+task validated again as FastAPI's response model) and the one they take now (one precompiled
+statement that checks the token and claims, sent from the event loop on an async connection,
+the task serialised once).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
+import resource
 import socket
 import subprocess
 import sys
@@ -44,6 +50,25 @@ from benchmarks import (
 TITLE = "Claims over HTTP, 16 agents at once"
 AGENTS = 16
 TARGET_RATIO = 0.5
+BEFORE_AND_AFTER = (
+    "Before: issue 15's first measurement (2026-12-07 12:26 UTC) sent the claim's one "
+    "statement from a worker thread through the synchronous engine, planned again on every "
+    "execution: 434 claims/s against a floor of 1,149 requests/s, 0.41 ×, p99 119 ms "
+    "(PostgreSQL, one worker). Now it is sent from the event loop on an async connection "
+    "(`orchestrator.api.aio`: no thread-pool trip, no engine checkout) with a generic plan, "
+    "made once per connection. The CPU table says where a claim's time goes in the running "
+    "server; the last table, part by part in-process (its statement times include each "
+    "commit's wait for the WAL flush). A same-machine A/B with more load from other jobs "
+    "(load average 9-10 on the 2 cores; the code before and after alternated, 3 rounds of "
+    "5,000 claims each, one worker, 2026-12-07 16:05 UTC): the server's CPU per claim fell "
+    "from 1.73-1.97 ms to 1.04-1.27 ms, but claims/s did not rise (164-254 after, 218-243 "
+    "before), because the server process got less of the contended CPU (0.19-0.26 of a core "
+    "against 0.42-0.46; most likely as the scheduler shares CPU by thread, and the claims "
+    "now run on one thread where they ran on many). The ratio above comes from a run with "
+    "less contention; on a machine that busy, expect less."
+)
+# The process id of each server `serve_api` runs, by its URL.
+_SERVERS: dict[str, int] = {}
 
 
 def run(smoke: bool) -> dict[str, Any]:
@@ -53,7 +78,9 @@ def run(smoke: bool) -> dict[str, Any]:
     admin_url, skip = postgres_or_skip(TITLE, 15)
     metrics: list[dict[str, Any]] = []
     rows: list[list[Any]] = []
+    cpu_rows: list[list[Any]] = []
     notes = [] if admin_url else [skip["skipped"] + "; PostgreSQL not measured"]
+    notes.append(BEFORE_AND_AFTER)
     setups = ([("postgresql", 1), ("postgresql", 2)] if admin_url else []) + [("sqlite", 1)]
     for dialect, workers in setups:
         label = dialect if workers == 1 else f"{dialect}, {workers} workers"
@@ -88,11 +115,22 @@ def run(smoke: bool) -> dict[str, Any]:
                 f"{m['p50'] * 1000:.1f} ms", f"{m['p99'] * 1000:.1f} ms",
                 f"{m['floor_per_second']:.0f}", m["double_claims"], m["unclaimed"],
             ])
+            cpu_rows.append([label, i, *(
+                _ms(m["cpu"][phase].get(party)) for phase in ("claim", "floor")
+                for party in ("server", "database", "clients")
+            )])
     tables = [{
         "title": "Rounds",
         "header": ["database", "round", "claims", "wall time", "claims/s", "p50", "p99",
                    "floor req/s", "double claims", "left unclaimed"],
         "rows": rows,
+    }, {
+        "title": "CPU time per claim and per floor request (ms; server: the uvicorn process and "
+                 "its workers; database: the backends serving the benchmark database; clients: "
+                 "the 16 client threads)",
+        "header": ["database", "round", "claim: server", "claim: database", "claim: clients",
+                   "floor: server", "floor: database", "floor: clients"],
+        "rows": cpu_rows,
     }]
     if admin_url:
         tables.append(_breakdown(admin_url, 200 if smoke else 2_000, rounds))
@@ -146,6 +184,8 @@ def _time_parts(url: str, token: str, agent_ids: list[int], claims: int) -> dict
     from orchestrator.api.schemas import TaskRead
 
     db = deps.open_database(url)
+    assert db.statements is not None
+    loop = asyncio.new_event_loop()
     credentials = HTTPAuthorizationCredentials(scheme="Bearer", credentials=token)
     spent = {key: 0.0 for key in ("auth", "claim", "ser", "claim2", "ser2")}
     clock = time.perf_counter
@@ -172,20 +212,21 @@ def _time_parts(url: str, token: str, agent_ids: list[int], claims: int) -> dict
             spent["auth"] += authed - began
             spent["claim"] += claimed - authed
             spent["ser"] += done - claimed
-            # After: one precompiled statement checks the token and claims; serialised once.
+            # After: one precompiled statement checks the token and claims, sent on an async
+            # connection (the server sends it from its event loop); serialised once.
             began = clock()
             sql, constants = agents._compiled_claim_by_token(db.auth, False)
             parameters = {**constants, "claimer": agent_id, "project": None,
                           "token_hash": hash_token(token)}
-            with db.auth.connect() as connection:
-                row = connection.exec_driver_sql(sql, parameters).first()
+            row = loop.run_until_complete(db.statements.fetch_one(sql, parameters))
             claimed = clock()
             agents._task_response(row)
             done = clock()
             spent["claim2"] += claimed - began
             spent["ser2"] += done - claimed
     finally:
-        db.dispose()
+        loop.run_until_complete(db.aclose())
+        loop.close()
     per = {key: value * 1000 / claims for key, value in spent.items()}
     return {
         "before: token check": per["auth"],
@@ -210,12 +251,17 @@ def _measure(dialect: str, admin_url: str | None, tasks: int, workers: int) -> d
             headers = {"Authorization": f"Bearer {token}"}
             clients = [httpx.Client(base_url=base, headers=headers, timeout=60)
                        for _ in range(AGENTS)]
+            meter = _CpuMeter(_SERVERS[base], url)
             try:
+                before = meter.read()
                 floor = _floor(clients, tasks)
+                between = meter.read()
                 claimed, latencies, seconds, errors = _claim_all(clients, agent_ids)
+                after = meter.read()
             finally:
                 for client in clients:
                     client.close()
+                meter.close()
         if errors:
             raise RuntimeError(f"{len(errors)} claims failed, e.g. {errors[0]}")
         everything = [task_id for ids in claimed for task_id in ids]
@@ -228,6 +274,10 @@ def _measure(dialect: str, admin_url: str | None, tasks: int, workers: int) -> d
             "double_claims": len(everything) - len(set(everything)),
             "unclaimed": _count_pending(url),
             "floor_per_second": floor,
+            "cpu": {
+                "claim": _CpuMeter.per(between, after, len(everything)),
+                "floor": _CpuMeter.per(before, between, _floor_requests(tasks)),
+            },
         }
 
 
@@ -255,6 +305,10 @@ def _claim_all(clients, agent_ids: list[int]):
     return claimed, [x for per_agent in latencies for x in per_agent], seconds, errors
 
 
+def _floor_requests(requests: int) -> int:
+    return max(1, requests // AGENTS) * AGENTS
+
+
 def _floor(clients, requests: int) -> float:
     """Requests per second for GET /health/live with the same clients and threads."""
     per_client = max(1, requests // len(clients))
@@ -279,6 +333,79 @@ def _together(work, count: int, start: threading.Barrier) -> float:
     for thread in threads:
         thread.join()
     return time.perf_counter() - began
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+class _CpuMeter:
+    """CPU seconds used so far by the server's processes, the database's backends for one
+    database, and this process (the clients), read from /proc (Linux; None elsewhere)."""
+
+    def __init__(self, server_pid: int, url: str) -> None:
+        from sqlalchemy import text
+
+        from orchestrator.db import create_engine
+
+        self._server = server_pid
+        self._engine = create_engine(url)
+        self._query = text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._backends: dict[int, float] = {}
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def read(self) -> dict[str, float | None]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        reading: dict[str, float | None] = {"clients": usage.ru_utime + usage.ru_stime}
+        if not Path("/proc/self/stat").exists():
+            return reading
+        reading["server"] = sum(self._cpu(pid) or 0.0 for pid in self._tree(self._server))
+        if self._engine.dialect.name == "postgresql":
+            with self._engine.connect() as connection:
+                pids = connection.scalars(self._query).all()
+            # A backend that exited keeps the CPU it used while it was seen.
+            for pid in pids:
+                used = self._cpu(pid)
+                if used is not None:
+                    self._backends[pid] = used
+            reading["database"] = sum(self._backends.values())
+        return reading
+
+    @staticmethod
+    def per(start: dict[str, float | None], end: dict[str, float | None],
+            count: int) -> dict[str, float | None]:
+        """Milliseconds of CPU per request for each party between two readings."""
+        return {
+            party: None if start.get(party) is None or end.get(party) is None
+            else (end[party] - start[party]) * 1000 / count
+            for party in end
+        }
+
+    def _cpu(self, pid: int) -> float | None:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return (int(fields[11]) + int(fields[12])) / self._tick
+
+    @staticmethod
+    def _tree(root: int) -> list[int]:
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        found, todo = [], [root]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            todo.extend(children.get(pid, []))
+        return found
 
 
 # -- database and server ------------------------------------------------------------------
@@ -365,10 +492,12 @@ def serve_api(url: str, workers: int = 1) -> Iterator[str]:
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     base = f"http://127.0.0.1:{port}"
+    _SERVERS[base] = process.pid
     try:
         _wait_until_live(base, process)
         yield base
     finally:
+        _SERVERS.pop(base, None)
         process.terminate()
         try:
             process.wait(timeout=15)

@@ -145,3 +145,37 @@ def test_a_user_deleted_between_the_token_check_and_the_insert_is_a_conflict(api
     with Session(engine) as session:
         assert session.scalar(select(func.count()).select_from(Project)) == 0
     engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_claim_whose_connection_the_server_cut_is_503_and_the_next_one_reconnects(
+    client, api_db, alice
+):
+    """PostgreSQL claims run on async connections of their own (`orchestrator.api.aio`): one
+    that the server cut answers 503 like any lost connection, and is not used again."""
+    if "postgresql" not in api_db:
+        pytest.skip("SQLite claims run on the writer engine")
+    project = client.post("/api/v1/projects", json={"name": "p"}, headers=alice.headers).json()
+    for title in ("first", "second"):
+        client.post("/api/v1/tasks", json={"project_id": project["id"], "title": title},
+                    headers=alice.headers).raise_for_status()
+    agent = client.post("/api/v1/agents", json={"name": "a"}, headers=alice.headers).json()
+    claim = f"/api/v1/agents/{agent['id']}/claim"
+    assert client.post(claim, headers=alice.headers).json()["title"] == "first"
+    engine = create_engine(api_db)
+    try:
+        with engine.connect() as admin:
+            # Every other connection to the database: the claim's among them.
+            cut = admin.execute(text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )).scalar()
+    finally:
+        engine.dispose()
+    assert cut >= 1
+    lost = client.post(claim, headers=alice.headers)
+    assert lost.status_code == 503
+    assert lost.headers["Retry-After"] == "1"
+    again = client.post(claim, headers=alice.headers)
+    assert again.status_code == 200
+    assert again.json()["title"] == "second"

@@ -41,12 +41,14 @@ def create_app(settings: Settings | None = None, startup: StartupReport | None =
             yield
         finally:
             manager.close()
-            app.state.db.dispose()
+            await app.state.db.aclose()
 
     app = FastAPI(title="Orchestrator", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.include_router(health.router)
-    for resource in (users, projects, tasks, agents):
+    # Agents first: requests are matched against the routes in order, and claims (agents'
+    # routes) are the hot path.
+    for resource in (agents, users, projects, tasks):
         app.include_router(resource.router, prefix="/api/v1")
     add_error_handlers(app)
     return app

@@ -4,6 +4,8 @@ The engines are made in the app's lifespan (`open_database`) and kept on `app.st
 
 - The caller's token is checked on a connection of its own, before the route's transaction
   begins (on PostgreSQL in autocommit: one round trip).
+- On PostgreSQL, a claim's one statement runs on the event loop (`statements`,
+  `orchestrator.api.aio`); everything else runs in the thread pool on the engines.
 - Requests that may write use the writer engine. On SQLite it has a single connection whose
   transactions begin IMMEDIATE: writers queue for it in the process, in order, instead of
   polling the file lock (which makes some wait for seconds) or failing when a read lock cannot
@@ -35,6 +37,7 @@ from orchestrator.accounts import (
     record_token_use,
     token_use_is_stale,
 )
+from orchestrator.api.aio import AsyncStatements
 from orchestrator.api.errors import NOT_READY, RETRY_AFTER, database_problem
 from orchestrator.api.schemas import MAX_ID, Problem
 from orchestrator.db import create_engine
@@ -44,6 +47,13 @@ _READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # burst of requests waits on the database rather than on the pool.
 _POOL_SIZE = 20
 _MAX_OVERFLOW = 20
+# The claim connections run one statement, thousands of times: planned once per connection.
+# Left to choose, PostgreSQL plans it again on every execution (a custom plan's estimate beats
+# the generic plan's), which cost more of the database's CPU than running it; and with
+# 1,000,000 tasks among 1,000 users, the custom plan for a user with nothing pending walked
+# every pending task of every user (1.2 s), where the generic plan starts from the user's
+# projects (1.3 ms). docs/benchmarks.md has the figures.
+_CLAIM_CONNECTION_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
 # How long a SQLite writer waits for its turn before the request fails.
 _SQLITE_WRITER_TIMEOUT = 30
 
@@ -62,6 +72,9 @@ class Database:
     # connection of its own that never waits for the file's write lock: a request whose
     # token's use cannot be recorded at once leaves it to a later one.
     touch: Engine
+    # PostgreSQL: async connections for the statement that claims a task (None on SQLite,
+    # whose claims queue for the one writer connection anyway).
+    statements: AsyncStatements | None = None
 
     @property
     def is_sqlite(self) -> bool:
@@ -73,13 +86,21 @@ class Database:
         self.writer.dispose()
         self.touch.dispose()
 
+    async def aclose(self) -> None:
+        """`dispose`, and close the async connections too."""
+        if self.statements is not None:
+            await self.statements.close()
+        self.dispose()
+
 
 def open_database(database_url: str) -> Database:
     """The API's engines for `database_url` (nothing connects until the first request)."""
     reader = create_engine(database_url, pool_size=_POOL_SIZE, max_overflow=_MAX_OVERFLOW)
     if reader.dialect.name != "sqlite":
         auth = reader.execution_options(isolation_level="AUTOCOMMIT")
-        return Database(reader, reader, auth, auth)
+        return Database(reader, reader, auth, auth, AsyncStatements(
+            reader, _POOL_SIZE, settings=_CLAIM_CONNECTION_SETTINGS
+        ))
     writer = create_engine(
         database_url,
         pool_size=1,

@@ -14,8 +14,10 @@ marks it in_progress and returns it, in one statement:
   IMMEDIATE (see `orchestrator.api.deps`), so claims run one at a time, each one short write
   transaction.
 
-The caller's token is checked first, on a connection of its own; nothing else runs unless the
-claim comes back empty, when the agent and project are looked at to say why (404, 409 or 204).
+On PostgreSQL the caller's token is checked by the claim statement itself, which is sent from
+the event loop on a connection of its own (`orchestrator.api.aio`); on SQLite the token is
+checked first. Nothing else runs unless the claim comes back empty, when the token, the agent
+and the project are looked at, in the thread pool, to say why (401, 404, 409 or 204).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from orchestrator.accounts import hash_token
+from orchestrator.accounts import hash_token, token_use_is_stale
 from orchestrator.api.deps import (
     API_PROBLEMS,
     BODY_PROBLEMS,
@@ -124,6 +126,54 @@ def claim_statement(dialect: str, by_project: bool = False, by_token: bool = Fal
     )
 
 
+# The claim first: the router tries its routes in order, and agents claim in a loop.
+@router.post(
+    "/{agent_id}/claim",
+    responses={
+        status.HTTP_204_NO_CONTENT: {"description": "No pending task to claim"},
+        **problems(404, 409),
+    },
+)
+async def claim(
+    request: Request,
+    agent_id: IdPath,
+    credentials: BearerToken,
+    project_id: Annotated[
+        int | None, Query(ge=1, le=MAX_ID, description="Claim only from this project.")
+    ] = None,
+) -> TaskRead:
+    """Give your agent your most urgent pending task (priority level, then age): 204 if none."""
+    db: Database = request.app.state.db
+    if (
+        db.statements is not None
+        and credentials is not None
+        and credentials.scheme.lower() == "bearer"
+    ):
+        # PostgreSQL: the token check and the claim in one autocommit statement, sent from the
+        # event loop (`orchestrator.api.aio`): agents call this in a loop, and a trip to the
+        # thread pool and through the engine costs the server more CPU than the statement.
+        sql, constants = _compiled_claim_by_token(db.auth, project_id is not None)
+        parameters = {
+            **constants,
+            "claimer": agent_id,
+            "token_hash": hash_token(credentials.credentials),
+            "project": project_id,
+        }
+        row = await db.statements.fetch_one(sql, parameters)
+        if row is not None:
+            if token_use_is_stale(row["token_last_used_at"]):
+                await run_in_threadpool(
+                    record_use_if_stale, db, row["token_id"], row["token_last_used_at"]
+                )
+            return _task_response(row)
+        # Nothing was claimed: an unknown token, an agent that is not yours or offline, or no
+        # pending task when the statement ran. Only say which (without claiming again).
+        return await run_in_threadpool(_claim, db, credentials, agent_id, project_id, False)
+    # SQLite (or no bearer token): check the token, claim, and say why when nothing is left;
+    # all in one thread-pool trip (`CurrentUser` and `SessionDep` would take one each).
+    return await run_in_threadpool(_claim, db, credentials, agent_id, project_id, True)
+
+
 @router.post("", status_code=status.HTTP_201_CREATED, responses=BODY_PROBLEMS)
 def create_agent(body: AgentCreate, session: SessionDep, user: CurrentUser) -> AgentRead:
     """Register an agent, owned by you."""
@@ -197,53 +247,15 @@ def _require_no_work(session: Session, agent_id: int, action: str) -> None:
         )
 
 
-@router.post(
-    "/{agent_id}/claim",
-    responses={
-        status.HTTP_204_NO_CONTENT: {"description": "No pending task to claim"},
-        **problems(404, 409),
-    },
-)
-async def claim(
-    request: Request,
-    agent_id: IdPath,
-    credentials: BearerToken,
-    project_id: Annotated[
-        int | None, Query(ge=1, le=MAX_ID, description="Claim only from this project.")
-    ] = None,
-) -> TaskRead:
-    """Give your agent your most urgent pending task (priority level, then age): 204 if none."""
-    # Agents call this in a loop, so all of its database work, the token check included, makes
-    # one trip to the thread pool: the `CurrentUser` and `SessionDep` dependencies and a plain
-    # `def` route would take three, each costing more CPU than the claim's own query.
-    db = request.app.state.db
-    return await run_in_threadpool(_claim, db, credentials, agent_id, project_id)
-
-
 def _claim(
     db: Database,
     credentials: HTTPAuthorizationCredentials | None,
     agent_id: int,
     project_id: int | None,
+    try_claim: bool,
 ) -> Response:
-    if not db.is_sqlite and credentials is not None and credentials.scheme.lower() == "bearer":
-        # PostgreSQL: the token check and the claim in one autocommit statement, on the token
-        # look-up engine (no session, no BEGIN/COMMIT round trips).
-        sql, constants = _compiled_claim_by_token(db.auth, project_id is not None)
-        parameters = {
-            **constants,
-            "claimer": agent_id,
-            "token_hash": hash_token(credentials.credentials),
-            "project": project_id,
-        }
-        with db.auth.connect() as connection:
-            row = connection.exec_driver_sql(sql, parameters).first()
-        if row is not None:
-            record_use_if_stale(db, row.token_id, row.token_last_used_at)
-            return _task_response(row)
-    # Nothing claimed yet (or SQLite): check the token, claim, and say why when nothing is left.
     with Session(db.writer, expire_on_commit=False) as session:
-        return _claim_in_session(db, session, credentials, agent_id, project_id)
+        return _claim_in_session(db, session, credentials, agent_id, project_id, try_claim)
 
 
 @lru_cache(maxsize=2)
@@ -263,18 +275,20 @@ def _claim_in_session(
     credentials: HTTPAuthorizationCredentials | None,
     agent_id: int,
     project_id: int | None,
+    try_claim: bool = True,
 ) -> Response:
     user = authenticate(db, credentials)
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         # The claim is one statement, atomic by itself: no BEGIN and COMMIT round trips.
         session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-    statement = claim_statement(dialect, project_id is not None)
-    parameters = {"claimer": agent_id, "owner": user.id, "project": project_id}
-    row = session.execute(statement, parameters).first()
-    if row is not None:
-        session.commit()
-        return _task_response(row)
+    if try_claim:
+        statement = claim_statement(dialect, project_id is not None)
+        parameters = {"claimer": agent_id, "owner": user.id, "project": project_id}
+        row = session.execute(statement, parameters).first()
+        if row is not None:
+            session.commit()
+            return _task_response(row)
     # Nothing was claimed: say why when it is not simply an empty queue.
     agent = own_agent(session, user.id, agent_id)
     if agent.status == AgentStatus.offline.value:
@@ -288,9 +302,9 @@ def _claim_in_session(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-def _task_response(row) -> Response:
+def _task_response(row: Any) -> Response:
     # Serialised here, once: returning the model would have FastAPI validate it again.
-    task = TaskRead.model_validate(row._mapping)
+    task = TaskRead.model_validate(row if isinstance(row, dict) else row._mapping)
     return Response(task.model_dump_json(), media_type="application/json")
 
 
