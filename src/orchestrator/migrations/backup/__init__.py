@@ -43,10 +43,8 @@ from orchestrator.migrations.backup.catalog import list_backups, prune
 from orchestrator.migrations.backup.files import remove_stale_partials
 from orchestrator.migrations.backup.identity import database_identity, same_database
 from orchestrator.migrations.backup.info import (
-    PGDUMP_MAGIC,
     SQLITE_MAGIC,
     BackupInfo,
-    Notify,
     Progress,
     RestoreReport,
     sidecar_path,
@@ -76,14 +74,12 @@ from orchestrator.migrations.errors import (
 )
 
 __all__ = [
-    "PGDUMP_MAGIC",
     "SIDECAR_FORMAT",
     "SQLITE_MAGIC",
     "BackupError",
     "BackupInfo",
     "BackupToolMissing",
     "NotABackupError",
-    "Notify",
     "OtherDatabaseError",
     "Progress",
     "RestoreReport",

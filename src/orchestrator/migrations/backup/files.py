@@ -166,7 +166,6 @@ def _check_complete(database_url: str, path: Path) -> None:
         )
 
 
-
 def fsync(path: Path) -> None:
     descriptor = os.open(path, os.O_RDONLY)
     try:

@@ -143,7 +143,6 @@ def restorable(database_url: str, path: Path, *, other_database: bool = False) -
     return info
 
 
-
 def restore(
     database_url: str,
     path: Path,
@@ -166,4 +165,3 @@ def restore(
         return sqlite.restore_sqlite(database_url, info, progress, safety_dir)
     return postgres.restore_postgres_safely(database_url, info, progress, safety_dir, notify,
                                             spare)
-

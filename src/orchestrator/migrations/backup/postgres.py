@@ -115,8 +115,9 @@ def restore_postgres_safely(
     table of the database: see `Window`."""
     tell = notify or (lambda _message: None)
     safety = None
-    # Imported here: the window needs psycopg, which costs about 0.1 s to import (measured with
-    # `python -X importtime`), and only a PostgreSQL restore needs it.
+    # Imported here, not at the top: the window imports psycopg, which is slow to import (0.17 s
+    # and more, `python -X importtime -c "import psycopg"`), and only a PostgreSQL restore needs
+    # it, not the commands that import this package to back up SQLite or list backups.
     from orchestrator.migrations.backup.window import Window
 
     with Window(database_url, tell, spare) as window:
@@ -149,7 +150,7 @@ def _postgres_revision(database_url: str) -> tuple[str | None, bool]:
     return revision, revision is None and bool(tables - version.BOOKKEEPING_TABLES)
 
 
-# -- read-only by default ------------------------------------------------------------------
+# -- read-only by default -----------------------------------------------------------------
 
 
 def read_only_setting(connection) -> str | None:
@@ -168,4 +169,3 @@ def make_writable(quoted_name: str) -> str:
     read-only session too)."""
     return (f"BEGIN READ WRITE; ALTER DATABASE {quoted_name} RESET "
             "default_transaction_read_only; COMMIT")
-

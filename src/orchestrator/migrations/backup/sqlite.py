@@ -95,7 +95,6 @@ def keep_damaged_sqlite(source: Path, path: Path) -> None:
     return None
 
 
-
 def _sqlite_revision(connection: sqlite3.Connection) -> str | None:
     return version.read_revision(version.dbapi_rows(connection), "sqlite")
 
@@ -127,8 +126,7 @@ def _backup_api(connection: sqlite3.Connection, path: Path) -> None:
         destination.close()
 
 
-
-# -- damage ---------------------------------------------------------------------------------
+# -- damage -------------------------------------------------------------------------------
 
 
 def sqlite_damage(database_url: str) -> str | None:
@@ -168,7 +166,6 @@ def replace_damaged_sqlite(database_url: str, info: BackupInfo) -> BackupInfo:
     return info
 
 
-
 def check_sqlite_pages(path: Path) -> None:
     """Every page, not just the first: a backup damaged past its header must not replace a
     good database."""
@@ -181,7 +178,6 @@ def check_sqlite_pages(path: Path) -> None:
         source.close()
     if problems != ["ok"]:
         raise NotABackupError(f"{path} is a damaged SQLite file ({problems[0]}); pick another backup")
-
 
 
 # -- restoring ----------------------------------------------------------------------------
@@ -278,7 +274,6 @@ def _has_tables(connection: sqlite3.Connection) -> bool:
         "ESCAPE '~' AND name NOT IN ('alembic_version', 'migration_history')"
     ).fetchone()
     return row is not None
-
 
 
 def _sqlite_connect(path: Path, mode: str) -> sqlite3.Connection:

@@ -186,7 +186,7 @@ class Window:
                 connection.close()  # an open transaction is rolled back
         self._tools.close()
 
-    # -- the lock ---------------------------------------------------------------------------
+    # -- the lock -----------------------------------------------------------------------------
 
     def lock(self) -> None:
         """End the other sessions, then lock every table and take the snapshot."""
@@ -366,4 +366,3 @@ class Window:
 def _describe(sessions: list[tuple[int, str]]) -> str:
     shown = ", ".join(f"{who} pid {pid}" for pid, who in sessions[:5])
     return shown + (f" and {len(sessions) - 5} more" if len(sessions) > 5 else "")
-
