@@ -449,7 +449,7 @@ def test_restore_refuses_the_database_itself(sqlite_url, tmp_path):
 def test_a_sqlite_restore_gives_up_when_another_connection_keeps_the_database_busy(
     sqlite_url, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(backup, "_BUSY_TIMEOUT", 0.5)
+    monkeypatch.setattr("orchestrator.migrations.backup.limits.BUSY_TIMEOUT", 0.5)
     with MigrationManager(sqlite_url, backup_dir=tmp_path / "b") as manager:
         manager.upgrade("001")
         info = manager.backup()

@@ -130,7 +130,7 @@ def test_a_session_in_the_way_that_this_role_may_not_end_is_waited_for_then_the_
     owned_by_a_role, tmp_path, monkeypatch
 ):
     url, superuser_url = owned_by_a_role
-    monkeypatch.setattr(backup, "_BUSY_TIMEOUT", 1.0)
+    monkeypatch.setattr("orchestrator.migrations.backup.limits.BUSY_TIMEOUT", 1.0)
     said: list[str] = []
     with MigrationManager(url, backup_dir=tmp_path / "b", notify=said.append) as manager:
         info = manager.backup()
