@@ -191,7 +191,7 @@ def _connect_args(url: str) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _migrating(connection, locked: bool) -> Iterator[None]:
-    """PostgreSQL: the migrating connection's own key (see lock.py), when the lock was taken."""
+    """PostgreSQL: the migrating connection's own key (see the lock package), when the lock was taken."""
     if not locked or backend_name(connection.engine.url) != "postgresql":
         yield
         return
