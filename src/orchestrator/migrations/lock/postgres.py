@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from orchestrator.migrations.errors import ConnectionLostError, MigrationLockTimeout, one_line
-from orchestrator.migrations.lock import waiting
+import orchestrator.migrations.lock.waiting as waiting
 from orchestrator.migrations.lock.waiting import Notify, StillNeeded
 from orchestrator.migrations.lock.watch import Watch
 
