@@ -32,6 +32,8 @@ file), `postgres` (the advisory locks and the session they live on), `watch` (as
 held lock is still held while a migration runs).
 """
 
+# What a lost lock raises, beside the lock (tests name it `lock.MigrationLockLost`).
+from orchestrator.migrations.errors import MigrationLockLost
 from orchestrator.migrations.lock.postgres import (
     ADVISORY_LOCK_KEY,
     KEEPALIVES,
@@ -51,6 +53,7 @@ __all__ = [
     "ADVISORY_LOCK_KEY",
     "KEEPALIVES",
     "MIGRATING_KEY",
+    "MigrationLockLost",
     "PROTECT_SESSION_SQL",
     "RELEASE_CHANNEL",
     "Notify",
