@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
@@ -110,8 +111,6 @@ def sqlite_path(url: str | URL) -> Path | None:
 
 def create_engine(url: str | URL, **kwargs: object) -> Engine:
     """An engine for `url`; SQLite connections enforce foreign keys."""
-    import sqlalchemy
-
     engine = sqlalchemy.create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_on_connect)

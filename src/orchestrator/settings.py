@@ -16,9 +16,11 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
+from dotenv import dotenv_values
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from orchestrator.db import normalize_url
 from orchestrator.errors import SettingsError
 
 
@@ -135,8 +137,6 @@ class Settings(BaseSettings):
     def _url_is_well_formed(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        from orchestrator.db import normalize_url
-
         return normalize_url(value.strip())
 
     @field_validator("migration_lock_timeout", "db_lock_timeout", mode="before")
@@ -209,8 +209,6 @@ def check_env_file(path: Path) -> None:
     be ignored, and the setting's default (another database!) used without a word."""
     if not path.is_file():
         return
-    from dotenv import dotenv_values
-
     known = set(_VARIABLES.values())
     unknown = [key for key in dotenv_values(path) if key.upper() not in known]
     if not unknown:

@@ -386,7 +386,7 @@ def test_a_revision_without_upgrade_or_downgrade_is_linted(tmp_path):
 
 
 def test_a_linter_failure_is_a_finding_for_that_revision_only(tmp_path, monkeypatch):
-    import orchestrator.migrations.lint as linter
+    import orchestrator.migrations.lint.revisions as linter
 
     folder = write_case(tmp_path, 'op.drop_column("widgets", "colour")')
     real = linter._sql_hits

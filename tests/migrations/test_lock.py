@@ -128,7 +128,7 @@ def test_ctrl_c_while_waiting_exits_130_in_one_line(db_url, lock_holder):
 def test_a_waiter_is_woken_when_the_lock_is_let_go(db_url, lock_holder, monkeypatch):
     """Waiting costs nothing: the waiter sleeps until the holder lets go (a NOTIFY on
     PostgreSQL, a free lock file on SQLite), then takes the lock."""
-    monkeypatch.setattr(lock, "_RECHECK_SECONDS", 3600)  # no looking again unless woken
+    monkeypatch.setattr("orchestrator.migrations.lock.waiting.RECHECK_SECONDS", 3600)  # no looking again unless woken
     waiting, outcome = threading.Event(), {}
 
     def waiter() -> None:

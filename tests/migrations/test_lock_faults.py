@@ -695,7 +695,7 @@ def test_a_waiter_whose_lock_file_was_removed_takes_the_one_at_the_path(tmp_path
 
 
 def test_the_watch_stops_the_running_statement_once_the_lock_is_lost(monkeypatch):
-    monkeypatch.setattr(lock, "_WATCH_SECONDS", 0.01)
+    monkeypatch.setattr("orchestrator.migrations.lock.watch._WATCH_SECONDS", 0.01)
     watch, stopped = lock.Watch(), threading.Event()
     watch.check = lambda: "gone"
     with watch.watching(stopped.set):

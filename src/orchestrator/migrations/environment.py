@@ -19,7 +19,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.db import backend_name
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
+
+from orchestrator.db import backend_name, create_engine, sqlite_path
+from orchestrator.migrations import lock
+from orchestrator.migrations.errors import DatabaseUnreachableError, MigrationError
+from orchestrator.migrations.steps import UnmanagedHistory, watch_steps
+from orchestrator.settings import get_settings, parse_duration
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -84,8 +92,6 @@ def database_url(config: Config) -> str:
     url = run_options(config).database_url or config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from orchestrator.settings import get_settings
-
     return get_settings().database_url
 
 
@@ -98,6 +104,8 @@ def run(context: EnvironmentContext) -> None:
     """Entry point called by `alembic/env.py`."""
     config = context.config
     if config.config_file_name is not None and not config.attributes.get("managed"):
+        # Only the `alembic` command reads its ini's logging: ~30 ms that every other command
+        # and the API would pay at import.
         from logging.config import fileConfig
 
         fileConfig(config.config_file_name, disable_existing_loggers=False)
@@ -108,6 +116,8 @@ def run(context: EnvironmentContext) -> None:
 
 
 def _configure_options(context: EnvironmentContext) -> dict[str, Any]:
+    # The models load SQLAlchemy's ORM (0.5-0.9 s measured on this loaded machine), which
+    # `import orchestrator.migrations` need not pay until a command runs.
     from orchestrator.models import Base
 
     config = context.config
@@ -124,6 +134,7 @@ def _configure_options(context: EnvironmentContext) -> dict[str, Any]:
 
 def _number_revisions(context, _revision, directives) -> None:
     """Give new scripts the next sequential id, so `alembic revision` keeps the sequence too."""
+    # Only `revision` calls this; Alembic is loaded then, not at import (see CommandError).
     from alembic.script import ScriptDirectory
 
     script_directory = ScriptDirectory.from_config(context.config)
@@ -141,8 +152,6 @@ def _run_offline(context: EnvironmentContext) -> None:
         **_configure_options(context),
     )
     if backend_name(url) == "postgresql":
-        from sqlalchemy import text
-
         # The script is applied by hand (psql -f): it must give up on a busy table as online
         # runs do. A session-level SET holds across the script's transactions.
         context.execute(text("SET lock_timeout = :value").bindparams(
@@ -152,8 +161,6 @@ def _run_offline(context: EnvironmentContext) -> None:
 
 
 def _run_online(context: EnvironmentContext) -> None:
-    from sqlalchemy.engine import Engine
-
     config = context.config
     connection = run_options(config).connection or config.attributes.get("connection")
     if isinstance(connection, Engine):
@@ -164,10 +171,6 @@ def _run_online(context: EnvironmentContext) -> None:
     if connection is not None:
         _migrate(context, connection, owned=False)
         return
-    from sqlalchemy.pool import NullPool
-
-    from orchestrator.db import create_engine
-
     url = database_url(config)
     engine = create_engine(url, poolclass=NullPool, **_connect_args(url))
     try:
@@ -181,23 +184,18 @@ def _run_online(context: EnvironmentContext) -> None:
 def _connect_args(url: str) -> dict[str, Any]:
     if backend_name(url) != "postgresql":
         return {}
-    from orchestrator.migrations.lock import holder_description
-
-    from orchestrator.migrations.lock import KEEPALIVES
-
     # What a migrator waiting for our lock is told holds it.
-    return {"connect_args": {"application_name": f"alembic {holder_description()}", **KEEPALIVES}}
+    return {"connect_args": {"application_name": f"alembic {lock.holder_description()}",
+                             **lock.KEEPALIVES}}
 
 
 @contextlib.contextmanager
 def _migrating(connection, locked: bool) -> Iterator[None]:
-    """PostgreSQL: the migrating connection's own key (see lock.py), when the lock was taken."""
+    """PostgreSQL: the migrating connection's own key (see the lock package), when the lock was
+    taken."""
     if not locked or backend_name(connection.engine.url) != "postgresql":
         yield
         return
-    from orchestrator.migrations import lock
-    from orchestrator.settings import get_settings
-
     with lock.migrating(connection, get_settings().migration_lock_timeout):
         yield
 
@@ -216,12 +214,9 @@ def _plain_command_lock(context: EnvironmentContext, engine) -> Iterator[bool]:
     if name not in ("upgrade", "downgrade", "stamp"):
         yield False
         return
+    # Alembic is loaded by now (it runs this); at the top it would add Alembic (0.3-0.6 s
+    # measured on this loaded machine) to every `import orchestrator.migrations`.
     from alembic.util import CommandError
-
-    from orchestrator.db import sqlite_path
-    from orchestrator.migrations import lock
-    from orchestrator.migrations.errors import MigrationError
-    from orchestrator.settings import get_settings
 
     timeout = get_settings().migration_lock_timeout
     path = sqlite_path(engine.url)
@@ -239,9 +234,6 @@ def _plain_command_lock(context: EnvironmentContext, engine) -> Iterator[bool]:
 
 @contextlib.contextmanager
 def _sqlite_lock(path: Path, timeout: float) -> Iterator[None]:
-    from orchestrator.migrations import lock
-    from orchestrator.migrations.errors import DatabaseUnreachableError
-
     lock_path = lock.lock_file_for(path)
     held = contextlib.ExitStack()
     try:
@@ -273,7 +265,7 @@ def _migrate(context: EnvironmentContext, connection, owned: bool) -> None:
     on_start = run_options(context.config).on_step_start
     if options["on_version_apply"] is None and not context.config.attributes.get("managed"):
         # Plain `alembic upgrade` (or pytest-alembic): the history is written here instead.
-        unmanaged = _UnmanagedHistory(context)
+        unmanaged = UnmanagedHistory(context)
         options["on_version_apply"] = unmanaged.step_done
         on_start = unmanaged.step_started
     context.configure(connection=connection, **options)
@@ -289,97 +281,9 @@ def _migrate(context: EnvironmentContext, connection, owned: bool) -> None:
         raise
 
 
-def watch_steps(migration_context: Any, on_start: Any) -> None:
-    """Call `on_start(step)` as Alembic takes each step from its plan, before the step's
-    transaction begins.
-
-    The plan is the command's function that `MigrationContext.run_migrations` iterates
-    (`_migrations_fn`), wrapped here. It is not public API, and is kept because no public hook
-    serves (Alembic 1.x): `on_version_apply` is called after a step, in its transaction;
-    `process_revision_directives` only serves `revision`/autogenerate; the `MigrationContext`
-    API offers no callback before a step. A step must be known as it starts: the history marks
-    it started (so a process killed mid-step leaves an "interrupted" row), and a failure is
-    recorded against the step that failed, which `on_version_apply` never sees. `fn` of
-    `EnvironmentContext` is public, but the `command.upgrade`/`downgrade`/`stamp` the manager
-    and the `alembic` command call build it themselves, from private `ScriptDirectory`
-    helpers. Should `_migrations_fn` go, steps are known only once they end (below: no-op).
-    """
-    plan = getattr(migration_context, "_migrations_fn", None)
-    if plan is None:  # pragma: no cover - an Alembic without it
-        return
-
-    def steps(heads: Any, context: Any) -> Iterator[Any]:
-        for step in plan(heads, context):
-            on_start(step.info)
-            yield step
-
-    migration_context._migrations_fn = steps
-
-
-class _UnmanagedHistory:
-    """`migration_history` for Alembic runs the manager did not start, written as it writes it.
-
-    Each step's row goes into the step's own transaction. A step that fails is recorded after
-    its transaction was rolled back: which step it was is seen by watching Alembic's plan as it
-    is run, so an error before any step (a bad target) records nothing.
-    """
-
-    def __init__(self, context: EnvironmentContext) -> None:
-        from orchestrator.migrations import history
-
-        self._context = context
-        self._recorder = history.Recorder(history.UPGRADE, self._script_path)
-        # The step being run: from its start until it is recorded.
-        self._running = None
-
-    def _script_path(self, revision: str | None) -> str | None:
-        script = self._context.script.get_revision(revision) if revision else None
-        return script.path if script is not None else None
-
-    def step_started(self, step: Any, _connection: Any) -> None:
-        """Note the step Alembic is about to run, to record it if it fails."""
-        self._running = step
-
-    @staticmethod
-    def _describe(step) -> tuple[str, str]:
-        """(direction, revision) of a step, as the manager records them."""
-        from orchestrator.migrations import history
-
-        if step.is_stamp:
-            return history.STAMP, next(iter(step.destination_revision_ids), "base")
-        # For both directions the revision whose script ran.
-        return (history.UPGRADE if step.is_upgrade else history.DOWNGRADE), step.up_revision_id
-
-    def step_done(self, *, step, ctx, **_: Any) -> None:
-        from orchestrator.migrations import history
-
-        self._running = None
-        direction, revision = self._describe(step)
-        history.ensure_table(ctx.connection)
-        self._recorder.step_done(ctx.connection, revision, direction)
-
-    def step_failed(self, connection, exc: Exception) -> None:
-        from orchestrator.migrations import history
-
-        if self._running is None:
-            return
-        direction, revision = self._describe(self._running)
-        try:
-            connection.rollback()  # what the failed step left, if anything
-            history.ensure_table(connection)
-            self._recorder.step_failed(connection, revision, f"{type(exc).__name__}: {exc}",
-                                       direction)
-            connection.commit()
-        except Exception as error:  # the migration's own error is the one to report
-            logger.warning("could not record the failed step in %s: %s", history.HISTORY_TABLE,
-                           error)
-
-
 def lock_timeout(config: Config) -> str:
     """How long a statement waits for a table lock (the caller's, else DB_LOCK_TIMEOUT), as
     PostgreSQL reads it: milliseconds with their unit."""
-    from orchestrator.settings import get_settings, parse_duration
-
     timeout = run_options(config).db_lock_timeout
     seconds = parse_duration(get_settings().db_lock_timeout if timeout is None else timeout)
     # PostgreSQL reads a bare number as milliseconds and rounds a fraction of one down to 0,
@@ -390,8 +294,6 @@ def lock_timeout(config: Config) -> str:
 
 def _set_session_limits(config: Config, connection) -> None:
     """Fail fast when a table lock is held by traffic, instead of queueing all traffic behind us."""
-    from sqlalchemy import text
-
     connection.execute(text("SELECT set_config('lock_timeout', :value, false)"),
                        {"value": lock_timeout(config)})
     # A migrator killed mid-statement leaves its server session running the statement (an
@@ -400,9 +302,7 @@ def _set_session_limits(config: Config, connection) -> None:
     connection.execute(text(
         "SELECT set_config('client_connection_check_interval', '1s', false) "
         "WHERE current_setting('server_version_num')::int >= 140000"))
-    from orchestrator.migrations.lock import protect_session
-
     # A step may sit in Python between statements, in a transaction (a backfill's loop).
-    protect_session(connection)
+    lock.protect_session(connection)
     # The settings are session-wide; end the implicit transaction so Alembic starts its own.
     connection.commit()

@@ -40,6 +40,7 @@ from sqlalchemy import (
     select,
 )
 
+from orchestrator import __version__
 from orchestrator.migrations.errors import ScriptsChangedError  # noqa: F401 - tests import it here
 
 if TYPE_CHECKING:
@@ -147,8 +148,6 @@ def record(
 ) -> int:
     """Insert one row on `connection`, in whatever transaction it is in (the caller commits);
     returns its id."""
-    from orchestrator import __version__
-
     user, host = operator()
     if started_at is None:
         started_at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=duration)

@@ -16,6 +16,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import inspect
+
+from orchestrator.migrations.lint.render import DOWNGRADE, render
+from orchestrator.migrations.lint.sql import (
+    AlterTableType,
+    ObjectType,
+    ParseError,
+    ast,
+    names,
+    parse,
+)
+
 if TYPE_CHECKING:
     from alembic.script import ScriptDirectory
     from sqlalchemy.engine import Connection
@@ -84,10 +96,6 @@ def planned_drops(
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]], list[UnknownDrops]]:
     """(revision, table) and (revision, table, column) that the downgrades of `plan` (newest
     first, as they run) drop, and the revisions whose downgrade could not be rendered."""
-    from orchestrator.migrations.lint.render import DOWNGRADE, render
-    from orchestrator.migrations.lint.sql import AlterTableType, ObjectType, ParseError, ast, \
-        names, parse
-
     tables: list[tuple[str, str]] = []
     columns: list[tuple[str, str, str]] = []
     unknown: list[UnknownDrops] = []
@@ -115,8 +123,6 @@ def preview(connection: Connection, script: ScriptDirectory, plan: Sequence[str]
     """What undoing `plan` (newest first) destroys in the database of `connection`, whose
     tables are `existing`. A drop of something the database does not have destroys nothing; a
     column of a table a later step drops is counted with its table."""
-    from sqlalchemy import inspect
-
     drop_tables, drop_columns, unknown = planned_drops(script, plan)
     quote = connection.dialect.identifier_preparer.quote
     tables: dict[str, DroppedTable] = {}

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from orchestrator.migrations.errors import RebaseError
 from orchestrator.migrations.forks import JOURNAL, ScriptRef, describe, read_refs
+from orchestrator.migrations.history import checksum as file_checksum
 
 _DEFAULT_BRANCHES = ("main", "master")
 _DOC_FIELDS = re.compile(rb"^(?P<key>[ \t]*(?:Revision ID|Revises):)(?P<value>[^\r\n]*)",
@@ -208,8 +209,6 @@ def _applied_as(plan: RebasePlan, moved: list[ScriptRef], revision: str, checksu
                 below: bool) -> ScriptRef | None:
     """The script a database applied as `revision`, told by its recorded checksum when several
     claim the id."""
-    from orchestrator.migrations.history import checksum as file_checksum
-
     claimants = [ref for ref in [*plan.kept, *moved] if ref.revision == revision]
     if len(claimants) < 2:
         return claimants[0] if claimants else None

@@ -21,8 +21,19 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import alembic.context
+from alembic import op
+from alembic.config import Config
+from alembic.operations import Operations
+from alembic.runtime.environment import EnvironmentContext
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import bindparam, text
+from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.types import NullType
+
 if TYPE_CHECKING:
-    from alembic.runtime.migration import MigrationContext
     from alembic.script import Script, ScriptDirectory
 
 UPGRADE, DOWNGRADE = "upgrade", "downgrade"
@@ -100,8 +111,6 @@ def render(script: ScriptDirectory, revisions: Iterable[str],
            directions: tuple[str, ...] = (UPGRADE, DOWNGRADE)) -> list[Rendered]:
     """Upgrade and downgrade SQL (or those of `directions`) of each revision, in the order
     given, as PostgreSQL would run it."""
-    from alembic.operations import Operations
-
     tracer = _Tracer()
     context = _offline_context(tracer)
     rendered = []
@@ -117,10 +126,6 @@ def render(script: ScriptDirectory, revisions: Iterable[str],
 def _environment(script: ScriptDirectory, context: MigrationContext) -> Iterator[None]:
     """`from alembic import context` as env.py would leave it for an offline run, so that a script
     that asks `context.is_offline_mode()` (Alembic's documented test) renders as `--sql` does."""
-    import alembic.context
-    from alembic.config import Config
-    from alembic.runtime.environment import EnvironmentContext
-
     if getattr(alembic.context, "_proxy", None) is not None:  # already inside an env.py run
         yield
         return
@@ -136,8 +141,6 @@ def _batch_in_place(tracer: _Tracer) -> Iterator[None]:
     (Alembic would have to reflect the table). While rendering, it is noted as a recreate and its
     operations are rendered as PostgreSQL runs them in place (recreate="auto"), so that the rest
     of the revision is rendered and checked too."""
-    from alembic import op
-
     original = op.batch_alter_table
 
     @contextlib.contextmanager
@@ -191,8 +194,6 @@ def _traceback_lines(traceback: Any, path: str) -> list[int]:
 
 
 def _offline_context(tracer: _Tracer) -> MigrationContext:
-    from alembic.runtime.migration import MigrationContext
-
     context = MigrationContext.configure(
         dialect_name="postgresql",
         dialect_opts={"paramstyle": "named"},
@@ -215,8 +216,6 @@ class _DryRunConnection:
         return getattr(self._mock, name)
 
     def execute(self, statement: Any, parameters: Any = None, execution_options: Any = None):
-        from sqlalchemy import text
-
         if isinstance(statement, str):
             statement = text(statement)
         self._impl._exec(_with_values(statement, parameters))
@@ -229,11 +228,6 @@ class _DryRunConnection:
 def _with_values(statement: Any, parameters: Any) -> Any:
     """The statement with its bound parameters filled in (the first row of many), so that it
     renders as literal SQL; a parameter that has no value renders as NULL."""
-    from sqlalchemy import bindparam
-    from sqlalchemy.sql import visitors
-    from sqlalchemy.sql.elements import BindParameter
-    from sqlalchemy.types import NullType
-
     if isinstance(parameters, (list, tuple)):
         parameters = parameters[0] if parameters else None
     given = dict(parameters or {})
@@ -255,8 +249,6 @@ def _with_values(statement: Any, parameters: Any) -> Any:
 
 
 def _no_rows() -> Any:
-    from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
-
     class NoRows(IteratorResult):
         # A loop that runs until a batch changes nothing (`while result.rowcount:`) stops.
         rowcount = 0

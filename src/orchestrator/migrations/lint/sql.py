@@ -237,6 +237,8 @@ def volatile_call(expr: Any) -> str | None:
 
 def deparse(expr: Any) -> str:
     """An expression as SQL text, as PostgreSQL's parser would print it back."""
+    # pglast's printers add ~10 ms (measured, median of 5) to every lint run; only a fix that
+    # quotes an expression (MIG011) needs them.
     from pglast.stream import RawStream
 
     return RawStream()(expr)

@@ -12,12 +12,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
-
+from orchestrator.migrations.errors import (
+    DatabaseLockTimeout,
+    MigrationFailedError,
+    UnknownRevisionError,
+)
+from orchestrator.migrations.lint import lint
+from orchestrator.migrations.manager import MigrationManager, _PastTarget
+from orchestrator.migrations.rehearse import copies
+from orchestrator.migrations.rehearse import observe as watch
 from orchestrator.migrations.rehearse.report import CopyInfo, Prediction, Rehearsal, render_text
-
-if TYPE_CHECKING:
-    from orchestrator.migrations.manager import MigrationManager
 
 __all__ = ["Rehearsal", "rehearse", "render_text"]
 
@@ -37,8 +41,6 @@ def rehearse(
 
     `observe=False` runs the same migration unobserved (the benchmark's reference).
     """
-    from orchestrator.migrations.rehearse import copies
-
     say = notify or (lambda _message: None)
     rehearsal = Rehearsal(manager.masked_url, manager.dialect, None, None, max_blocking)
     if from_backup is None:
@@ -63,10 +65,6 @@ def rehearse(
 def _migrate_copy(manager: MigrationManager, url: str, target: str, rehearsal: Rehearsal,
                   allow_changed: bool, say: Callable[[str], None], observe: bool,
                   from_backup: Path | None = None) -> None:
-    from orchestrator.migrations.errors import DatabaseLockTimeout, MigrationFailedError
-    from orchestrator.migrations.manager import MigrationManager
-    from orchestrator.migrations.rehearse import observe as watch
-
     with MigrationManager(url, lock_timeout=manager.lock_timeout,
                           db_lock_timeout=manager.db_lock_timeout,
                           script_location=manager.script_location,
@@ -109,9 +107,6 @@ def _plan(manager: MigrationManager, target: str, what: str, where: str,
           advice: str) -> list[str]:
     """`plan_upgrade`, refusing a target already passed in rehearsal's words, not upgrade's
     (whose advice, to downgrade, is not what someone rehearsing an upgrade wants)."""
-    from orchestrator.migrations.errors import UnknownRevisionError
-    from orchestrator.migrations.manager import _PastTarget
-
     try:
         return manager.plan_upgrade(target)
     except _PastTarget:
@@ -132,8 +127,6 @@ def _script_files(manager: MigrationManager, plan: list[str]) -> dict[str, str]:
 
 def _add_predictions(manager: MigrationManager, plan: list[str], rehearsal: Rehearsal) -> None:
     """The linter's findings beside the statements they are about (same revision, same line)."""
-    from orchestrator.migrations.lint import lint
-
     try:
         findings = lint(manager.script, manager.chain.applied(plan[-1]))
     except Exception:  # pragma: no cover - a linter bug must not hide the measurements

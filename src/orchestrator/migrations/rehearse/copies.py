@@ -24,7 +24,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.db import backend_name, mask_url, sqlite_path
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
+
+from orchestrator.db import backend_name, create_engine, mask_url, sqlite_path
 from orchestrator.migrations import backup
 from orchestrator.migrations.errors import (
     DatabaseUnreachableError,
@@ -114,8 +119,6 @@ def _sqlite_copy(database_url: str, from_backup: Path | None, keep: bool) -> Ite
 @contextlib.contextmanager
 def _postgres_copy(database_url: str, from_backup: Path | None,
                    keep: bool) -> Iterator[Copy]:
-    from sqlalchemy.engine import make_url
-
     source = make_url(database_url).database or "postgres"
     name = f"{DATABASE_PREFIX}{_slug(source)}_{uuid.uuid4().hex[:8]}"
     url = make_url(database_url).set(database=name).render_as_string(hide_password=False)
@@ -156,18 +159,11 @@ def _from_backup(database_url: str, path: Path) -> tuple[str, str | None]:
 
 
 def _admin(database_url: str):
-    from sqlalchemy.pool import NullPool
-
-    from orchestrator.db import create_engine
-
     return create_engine(database_url, isolation_level="AUTOCOMMIT", poolclass=NullPool,
                          connect_args={"connect_timeout": 10})
 
 
 def _create_database(database_url: str, name: str, keep: bool) -> None:
-    from sqlalchemy import text
-    from sqlalchemy.exc import DBAPIError
-
     engine = _admin(database_url)
     try:
         with engine.connect() as connection:
@@ -201,8 +197,6 @@ def _literal(value: str) -> str:
 
 def drop_database(database_url: str, name: str) -> None:
     """Drop a copy, ending the sessions of it that are still open (ours)."""
-    from sqlalchemy import text
-
     engine = _admin(database_url)
     try:
         with engine.connect() as connection:
@@ -228,9 +222,6 @@ def remove_stale(database_url: str) -> list[str]:
 
 
 def _remove_stale_databases(database_url: str) -> list[str]:
-    from sqlalchemy import text
-    from sqlalchemy.exc import DBAPIError
-
     removed = []
     engine = _admin(database_url)
     try:

@@ -22,6 +22,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from sqlalchemy import event
+
 from orchestrator.migrations.errors import one_line
 from orchestrator.migrations.rehearse.locks import WRITES, blocks
 from orchestrator.migrations.rehearse.report import (
@@ -96,14 +98,10 @@ class Observer:
                "commit", "rollback")
 
     def attach(self) -> None:
-        from sqlalchemy import event
-
         for name in self._EVENTS:
             event.listen(self.engine, name, getattr(self, f"_on_{name}"))
 
     def detach(self) -> None:
-        from sqlalchemy import event
-
         for name in self._EVENTS:
             event.remove(self.engine, name, getattr(self, f"_on_{name}"))
 
