@@ -31,26 +31,7 @@ class ProgressBar:
         if self._bar is None:
             if not sys.stderr.isatty() or time.monotonic() - self.started < self.delay:
                 return
-            # Imported here: Rich costs 0.14 s, paid only once a bar is drawn on a terminal.
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
-            self._bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                DownloadColumn(),
-                TimeElapsedColumn(),
-                console=Console(file=sys.stderr),
-                transient=True,
-            )
-            self._bar.start()
-            self._task = self._bar.add_task(self.description, total=total)
+            self._bar, self._task = _start_bar(self.description, total, "bytes")
         self._bar.update(self._task, completed=done, total=total)
 
     def close(self) -> None:
@@ -78,27 +59,7 @@ class ValidationProgress:
         if not self._terminal:
             return
         if self._bar is None:
-            # Imported here: Rich costs 0.14 s, paid only once a bar is drawn on a terminal.
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
-            self._bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("migration steps"),
-                TimeElapsedColumn(),
-                console=Console(file=sys.stderr),
-                transient=True,
-            )
-            self._bar.start()
-            self._task = self._bar.add_task(self._rule, total=total)
+            self._bar, self._task = _start_bar(self._rule, total, "migration steps")
         self._bar.update(self._task, completed=done, total=total)
 
     def rule_done(self, rule, seconds: float, outcome: str) -> None:
@@ -109,3 +70,30 @@ class ValidationProgress:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+
+
+def _start_bar(description: str, total: int | None, unit: str):
+    """A transient Rich bar on stderr counting `unit` ("bytes", or a count of that name), and
+    its task."""
+    # Imported here: Rich costs 0.14 s, paid only once a bar is drawn on a terminal.
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    counted = [DownloadColumn()] if unit == "bytes" else [MofNCompleteColumn(), TextColumn(unit)]
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        *counted,
+        TimeElapsedColumn(),
+        console=Console(file=sys.stderr),
+        transient=True,
+    )
+    bar.start()
+    return bar, bar.add_task(description, total=total)
