@@ -195,7 +195,16 @@ def print_recorded(state: str, status: MigrationStatus, database: str, steps: li
 # -- what a change does (`db upgrade`, `db downgrade`) -------------------------------------------
 
 
-def print_preview(preview, manager: MigrationManager, say) -> None:
+def print_downgrade_plan(manager: MigrationManager, plan: list[str], destination: str,
+                         preview, say) -> None:
+    """What a downgrade undoes, revision by revision, and what it destroys."""
+    say(f"Downgrading {manager.masked_url} from {plan[0]} to {destination}; this undoes:")
+    for rev in plan:
+        say(f"  {rev}  {title(manager, rev)}")
+    _print_preview(preview, manager, say)
+
+
+def _print_preview(preview, manager: MigrationManager, say) -> None:
     """What a downgrade destroys, and whether (and why) a backup is taken first."""
     lines = preview.lines()
     if not lines:

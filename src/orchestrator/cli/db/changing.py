@@ -24,7 +24,12 @@ from orchestrator.cli.options import (
     revision_argument,
 )
 from orchestrator.cli.progress import progress
-from orchestrator.cli.render import echo_json, print_backup_taken, print_preview, title
+from orchestrator.cli.render import (
+    echo_json,
+    print_backup_taken,
+    print_downgrade_plan,
+    title,
+)
 from orchestrator.errors import BadInputError, ExitCode
 
 if TYPE_CHECKING:
@@ -124,26 +129,13 @@ def downgrade(
     destination = (manager.script.get_revision(plan[-1]).down_revision or "base") if plan else None
     preview = manager.preview_downgrade(plan) if plan else None
     say = note if as_json else click.echo
-    document: dict[str, Any] = {
-        "database": manager.masked_url,
-        "from": current,
-        "to": destination,
-        "undoes": [{"revision": rev, "title": title(manager, rev)} for rev in plan],
-        "destroys": preview.as_dict() if preview else None,
-        "dry_run": dry_run,
-        "undone": [],
-        "backup": None,
-    }
+    document = _downgrade_document(manager, plan, current, destination, preview, dry_run)
     if not plan:
-        document["to"] = current
         say(f"Already at {current or 'base'}: nothing to undo.")
         if as_json:
             echo_json(document)
         return
-    say(f"Downgrading {manager.masked_url} from {plan[0]} to {destination}; this undoes:")
-    for rev in plan:
-        say(f"  {rev}  {title(manager, rev)}")
-    print_preview(preview, manager, say)
+    print_downgrade_plan(manager, plan, destination, preview, say)
     if dry_run:
         say("Dry run: nothing was changed.")
         if as_json:
@@ -163,6 +155,22 @@ def downgrade(
         backup = manager.last_backup
         document.update(undone=done, backup=backup.as_dict() if backup else None)
         echo_json(document)
+
+
+def _downgrade_document(manager: MigrationManager, plan: list[str], current: str | None,
+                        destination: str | None, preview, dry_run: bool) -> dict[str, Any]:
+    """`db downgrade --json` before the run: what it undoes and destroys (the run adds what
+    was undone and the backup)."""
+    return {
+        "database": manager.masked_url,
+        "from": current,
+        "to": destination if plan else current,
+        "undoes": [{"revision": rev, "title": title(manager, rev)} for rev in plan],
+        "destroys": preview.as_dict() if preview else None,
+        "dry_run": dry_run,
+        "undone": [],
+        "backup": None,
+    }
 
 
 def _print_sql(manager: MigrationManager, revision: str, direction: str) -> None:

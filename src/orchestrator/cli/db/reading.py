@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from orchestrator.cli.options import (
@@ -21,6 +23,9 @@ from orchestrator.cli.render import (
     relative,
 )
 from orchestrator.errors import ExitCode
+
+if TYPE_CHECKING:
+    from orchestrator.migrations import MigrationStatus
 
 
 @click.command()
@@ -148,14 +153,19 @@ def show(ctx: click.Context, revision: str, sql: bool, down: bool, as_json: bool
         click.echo(f"file:     {relative(script.path)}")
     status = manager.status()
     steps = [entry for entry in manager.applied_history() if entry.revision == resolved]
-    if status.ahead or status.unversioned:
-        state = "unknown"
-    elif status.current is not None and resolved not in status.pending:
-        state = "applied"
-    else:
-        state = "pending"
+    state = _state(resolved, status)
     if as_json:
         echo_json({**described, "database": manager.masked_url, "state": state,
                    "steps": [entry.as_dict() for entry in steps]})
         return
     print_recorded(state, status, manager.masked_url, steps, message)
+
+
+def _state(revision: str, status: MigrationStatus) -> str:
+    """Whether the database applied `revision`: applied, pending, or unknown (a database
+    ahead of the scripts, or without a revision)."""
+    if status.ahead or status.unversioned:
+        return "unknown"
+    if status.current is not None and revision not in status.pending:
+        return "applied"
+    return "pending"
