@@ -182,13 +182,14 @@ def refusal(what: str) -> str:
     return f"refusing to {what} without confirmation; run it on a terminal or pass --yes"
 
 
-def confirm(question: str, refusal: str) -> None:
-    """Ask on a terminal (a no ends the command, exit 1); without one, refuse with `refusal`."""
+def confirm(question: str, refused: str) -> None:
+    """Ask on a terminal (a no ends the command, exit 1); without one, refuse with `refused`
+    (see `refusal`)."""
     # Imported here: the migration package, 1.4 s that `--help` skips.
     from orchestrator.migrations import ConfirmationRequired
 
     if not sys.stdin.isatty():
-        raise ConfirmationRequired(refusal)
+        raise ConfirmationRequired(refused)
     # On stderr, so that the question shows even when stdout goes to a file.
     try:
         if click.confirm(question, err=True):
