@@ -1222,18 +1222,18 @@ def test_restore_command_names_a_file_without_sidecar(sqlite_url, run_here, tmp_
 def test_the_progress_bar_shows_on_a_terminal_only(monkeypatch):
     import pty
 
-    from orchestrator import cli
+    from orchestrator.cli.progress import ProgressBar
 
-    quiet = cli._ProgressBar("Copying", delay=0)
+    quiet = ProgressBar("Copying", delay=0)
     quiet(1, 2)  # pytest's stderr is no terminal
     assert quiet._bar is None
     leader, follower = pty.openpty()
     terminal = os.fdopen(follower, "w")
     monkeypatch.setattr(sys, "stderr", terminal)
-    waiting = cli._ProgressBar("Copying", delay=60)
+    waiting = ProgressBar("Copying", delay=60)
     waiting(1, 2)
     assert waiting._bar is None  # not long enough yet
-    bar = cli._ProgressBar("Copying", delay=0)
+    bar = ProgressBar("Copying", delay=0)
     bar(10, 100)
     bar(100, 100)
     assert bar._bar is not None

@@ -307,11 +307,11 @@ class TerminalOutput(io.StringIO):
 
 
 def test_validate_draws_a_bar_of_migration_steps_on_a_terminal(sqlite_url, tmp_path, monkeypatch):
-    from orchestrator.cli import _ValidationProgress
+    from orchestrator.cli.progress import ValidationProgress
 
     output = TerminalOutput()
     monkeypatch.setattr(sys, "stderr", output)
-    progress = _ValidationProgress()
+    progress = ValidationProgress()
     report = validate(sqlite_url, script_location=str(long_chain(tmp_path, 3)),
                       progress=progress, rules=["MIG008"])
     progress.close()
