@@ -15,7 +15,7 @@ from orchestrator.migrations.validate import (
     RULES,
     IrreversibleMigrationError,
     ScriptFile,
-    _describe_diff,
+    describe_diff as _describe_diff,
     diff_schemas,
     validate,
 )
