@@ -31,7 +31,6 @@ from orchestrator.migrations.errors import (
     Fault,
     RehearsalCopyError,
     classify,
-    first_line,
 )
 
 DATABASE_PREFIX = "orchestrator_rehearsal_of_"
@@ -168,7 +167,6 @@ def _create_database(database_url: str, prefix: str, keep: bool) -> str:
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError
 
-    name = f"{prefix}_…"
     try:
         engine = _admin(database_url)
         try:
@@ -182,19 +180,20 @@ def _create_database(database_url: str, prefix: str, keep: bool) -> str:
             engine.dispose()
         return create_database(database_url, prefix, template="template0", encoding=encoding,
                                locale=(collate, ctype), comment=json.dumps(_owner(keep)))
-    except DatabaseNotCreated as refused:
-        name, error = refused.name, refused.error
-    except DBAPIError as exc:
-        error = exc
-    # Only a refusal is cured by CREATEDB; a name taken, a full disk or no free
-    # connection is not.
-    advice = ("the role needs CREATEDB (`ALTER ROLE … CREATEDB`), or rehearse as a role "
-              "that has it" if classify(error) is Fault.PRIVILEGE else
-              "the server needs room and a free connection for a copy of the database; "
-              "try again once it has them")
-    raise RehearsalCopyError(
-        f"cannot create the rehearsal copy {name} beside {mask_url(database_url)}: "
-        f"{first_line(error)}; {advice}")
+    except (DBAPIError, DatabaseNotCreated) as exc:
+        # A refusal names the database it would have made; reading the original's locale
+        # fails before there is a name.
+        refused = exc if isinstance(exc, DatabaseNotCreated) else DatabaseNotCreated(
+            f"{prefix}_…", exc)
+        # Only a refusal is cured by CREATEDB; a name taken, a full disk or no free
+        # connection is not.
+        advice = ("the role needs CREATEDB (`ALTER ROLE … CREATEDB`), or rehearse as a role "
+                  "that has it" if classify(refused.error) is Fault.PRIVILEGE else
+                  "the server needs room and a free connection for a copy of the database; "
+                  "try again once it has them")
+        raise RehearsalCopyError(
+            f"cannot create the rehearsal copy {refused.name} beside {mask_url(database_url)}: "
+            f"{refused}; {advice}") from None
 
 
 def remove_stale(database_url: str) -> list[str]:
