@@ -10,17 +10,16 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import uuid
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from orchestrator.db import create_engine, mask_url
 from orchestrator.migrations import MigrationManager
+from orchestrator.migrations.scratch import scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
 _CANDIDATE_SERVERS = (
@@ -117,18 +116,8 @@ def require_postgres() -> str:
 @contextlib.contextmanager
 def scratch_postgres_database(admin_url: str, template: str | None = None) -> Iterator[str]:
     """A new database on the server of `admin_url` (a copy of `template`), dropped afterwards."""
-    name = f"orch_test_{uuid.uuid4().hex[:12]}"
-    copy = f' TEMPLATE "{template}"' if template else ""
-    # Pre-ping: a test may restart the server (opt-in) between the create and the drop.
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"{copy}'))
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database(admin_url, "orch_test", template=template) as url:
+        yield url
 
 
 @pytest.fixture

@@ -7,44 +7,28 @@ import hashlib
 from sqlalchemy import inspect, text
 
 from orchestrator.db import create_engine
+from orchestrator.migrations.validate import schema_snapshot
 
 APP_TABLES = ("users", "projects", "agents", "tasks")
 
 
-def snapshot(url: str, exclude: tuple[str, ...] = ("alembic_version", "migration_history")) -> dict:
-    """Tables, columns, indexes and constraints, in a form that compares with ==."""
-    engine = create_engine(url)
-    try:
-        with engine.connect() as connection:
-            inspector = inspect(connection)
-            result = {}
-            for table in sorted(set(inspector.get_table_names()) - set(exclude)):
-                result[table] = {
-                    "columns": [
-                        (c["name"], str(c["type"]), c["nullable"], str(c.get("default")))
-                        for c in inspector.get_columns(table)
-                    ],
-                    "pk": inspector.get_pk_constraint(table)["constrained_columns"],
-                    "indexes": sorted(
-                        (i["name"], tuple(i["column_names"]), bool(i["unique"]))
-                        for i in inspector.get_indexes(table)
-                    ),
-                    "foreign_keys": sorted(
-                        (fk["name"] or "", tuple(fk["constrained_columns"]), fk["referred_table"])
-                        for fk in inspector.get_foreign_keys(table)
-                    ),
-                    "unique": sorted(
-                        (u["name"] or "", tuple(u["column_names"]))
-                        for u in inspector.get_unique_constraints(table)
-                    ),
-                    "checks": sorted(
-                        (ck["name"] or "", " ".join(ck["sqltext"].split()))
-                        for ck in inspector.get_check_constraints(table)
-                    ),
-                }
-            return result
-    finally:
-        engine.dispose()
+def snapshot(url: str, exclude: tuple[str, ...] = ()) -> dict:
+    """Tables, columns, indexes and constraints, in a form that compares with ==: the
+    validator's `schema_snapshot` (bookkeeping tables left out), in the shape these tests read
+    (columns as a list of (name, type, nullable, default); foreign keys as (name, columns,
+    referred table))."""
+    return {
+        table: {
+            "columns": [(name, *spec) for name, spec in parts["columns"].items()],
+            "pk": list(parts["primary key"]),
+            "indexes": parts["indexes"],
+            "foreign_keys": [fk[:3] for fk in parts["foreign keys"]],
+            "unique": parts["unique constraints"],
+            "checks": parts["checks"],
+        }
+        for table, parts in schema_snapshot(url).items()
+        if table not in exclude
+    }
 
 
 def content_hash(url: str, tables: tuple[str, ...] = APP_TABLES) -> dict[str, tuple[int, str]]:

@@ -7,17 +7,16 @@ a few users. Statistics are gathered (ANALYZE) so PostgreSQL plans from real num
 from __future__ import annotations
 
 import random
-import uuid
 
 import pytest
 from sqlalchemy import insert, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from orchestrator.api.routes.agents import claim_statement
 from orchestrator.api.routes.tasks import list_tasks_statement
 from orchestrator.db import create_engine
 from orchestrator.migrations import MigrationManager
+from orchestrator.migrations.scratch import scratch_database
 from orchestrator.models import Agent, Project, Task, User
 from tests.conftest import require_postgres
 
@@ -42,20 +41,10 @@ def plan_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             manager.upgrade()
         yield url
         return
-    admin_url = require_postgres()
-    name = f"orch_test_plans_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    try:
+    with scratch_database(require_postgres(), "orch_test_plans") as url:
         with MigrationManager(url) as manager:
             manager.upgrade()
         yield url
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="module")

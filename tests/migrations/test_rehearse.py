@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import text
 
 from orchestrator.db import create_engine
-from orchestrator.migrations import MigrationManager
+from orchestrator.migrations import MigrationManager, scratch
 from orchestrator.migrations.rehearse import rehearse, render_text
 from orchestrator.migrations.rehearse import copies
 from orchestrator.migrations.rehearse.locks import MODES, blocks, conflicts
@@ -578,7 +578,7 @@ def test_a_copy_that_cannot_be_created_for_another_reason_is_not_blamed_on_creat
     scripts = copy_scripts(tmp_path)
     manager_at(postgres_url, scripts, "003").close()
     fixed = uuid.uuid4()
-    monkeypatch.setattr(copies.uuid, "uuid4", lambda: fixed)
+    monkeypatch.setattr(scratch.uuid, "uuid4", lambda: fixed)
     taken = (f"{copies.DATABASE_PREFIX}{copies._slug(make_url(postgres_url).database)}_"
              f"{fixed.hex[:8]}")
     engine = create_engine(postgres_url, isolation_level="AUTOCOMMIT")

@@ -24,6 +24,7 @@ from sqlalchemy.pool import NullPool
 from orchestrator.db import create_engine
 from orchestrator.migrations import MigrationManager, backup
 from orchestrator.migrations.backup import BackupError, NotABackupError
+from orchestrator.migrations.scratch import scratch_database
 from tests.conftest import require_postgres
 from tests.fixtures import Writer
 from tests.schema import content_hash, execute, scalar, seed_rows
@@ -50,23 +51,18 @@ def owned_by_a_role(tmp_path) -> Iterator[tuple[str, str]]:
     """(URL of a database at head with rows, owned by and connecting as a role that is not a
     superuser; the superuser's URL of the same database)."""
     admin_url = require_postgres()
-    role, name = (f"orch_{kind}_{uuid.uuid4().hex[:10]}" for kind in ("owner", "test"))
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN')
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}" OWNER "{role}"')
-    url = make_url(admin_url).set(username=role, database=name).render_as_string(
-        hide_password=False)
+    role = f"orch_owner_{uuid.uuid4().hex[:10]}"
+    execute(admin_url, f'CREATE ROLE "{role}" LOGIN')
     try:
-        with MigrationManager(url, backup_dir=tmp_path / "b") as manager:
-            manager.upgrade()
-        seed_rows(url)
-        yield url, make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+        with scratch_database(admin_url, "orch_test", owner=role) as superuser_url:
+            url = make_url(superuser_url).set(username=role).render_as_string(
+                hide_password=False)
+            with MigrationManager(url, backup_dir=tmp_path / "b") as manager:
+                manager.upgrade()
+            seed_rows(url)
+            yield url, superuser_url
     finally:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            connection.exec_driver_sql(f'DROP ROLE IF EXISTS "{role}"')
-        admin.dispose()
+        execute(admin_url, f'DROP ROLE IF EXISTS "{role}"')
 
 
 def test_a_role_that_may_not_lock_the_tables_is_refused_before_anything(owned_by_a_role,

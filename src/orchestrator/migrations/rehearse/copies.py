@@ -19,7 +19,6 @@ import shutil
 import socket
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +30,12 @@ from sqlalchemy.pool import NullPool
 
 from orchestrator.db import backend_name, create_engine, mask_url, sqlite_path
 from orchestrator.migrations import backup
+from orchestrator.migrations.scratch import DatabaseNotCreated, create_database, drop_database
 from orchestrator.migrations.errors import (
     DatabaseUnreachableError,
     Fault,
     RehearsalCopyError,
     classify,
-    first_line,
 )
 
 DATABASE_PREFIX = "orchestrator_rehearsal_of_"
@@ -120,12 +119,11 @@ def _sqlite_copy(database_url: str, from_backup: Path | None, keep: bool) -> Ite
 def _postgres_copy(database_url: str, from_backup: Path | None,
                    keep: bool) -> Iterator[Copy]:
     source = make_url(database_url).database or "postgres"
-    name = f"{DATABASE_PREFIX}{_slug(source)}_{uuid.uuid4().hex[:8]}"
-    url = make_url(database_url).set(database=name).render_as_string(hide_password=False)
     started = time.perf_counter()
     with contextlib.ExitStack() as cleanup:
         # The copy's database first: a role that may not create one learns it before a dump.
-        _create_database(database_url, name, keep)
+        url = _create_database(database_url, f"{DATABASE_PREFIX}{_slug(source)}", keep)
+        name = make_url(url).database
         if not keep:
             cleanup.callback(drop_database, database_url, name)
         if from_backup is None:
@@ -163,46 +161,35 @@ def _admin(database_url: str):
                          connect_args={"connect_timeout": 10})
 
 
-def _create_database(database_url: str, name: str, keep: bool) -> None:
-    engine = _admin(database_url)
+def _create_database(database_url: str, prefix: str, keep: bool) -> str:
+    """A new empty database `<prefix>_<random>` beside the original, marked as ours; its URL."""
     try:
-        with engine.connect() as connection:
-            # The copy sorts and compares text as the original does (its indexes depend on it).
-            encoding, collate, ctype = connection.execute(text(
-                "SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database "
-                "WHERE datname = current_database()")).one()
-            connection.exec_driver_sql(
-                f'CREATE DATABASE "{name}" TEMPLATE template0 ENCODING {_literal(encoding)} '
-                f"LC_COLLATE {_literal(collate)} LC_CTYPE {_literal(ctype)}")
-            connection.exec_driver_sql(
-                f'COMMENT ON DATABASE "{name}" IS {_literal(json.dumps(_owner(keep)))}')
-    except DBAPIError as exc:
-        reason = first_line(exc)
+        engine = _admin(database_url)
+        try:
+            with engine.connect() as connection:
+                # The copy sorts and compares text as the original does (its indexes depend
+                # on it).
+                encoding, collate, ctype = connection.execute(text(
+                    "SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database "
+                    "WHERE datname = current_database()")).one()
+        finally:
+            engine.dispose()
+        return create_database(database_url, prefix, template="template0", encoding=encoding,
+                               locale=(collate, ctype), comment=json.dumps(_owner(keep)))
+    except (DBAPIError, DatabaseNotCreated) as exc:
+        # A refusal names the database it would have made; reading the original's locale
+        # fails before there is a name.
+        refused = exc if isinstance(exc, DatabaseNotCreated) else DatabaseNotCreated(
+            f"{prefix}_…", exc)
         # Only a refusal is cured by CREATEDB; a name taken, a full disk or no free
         # connection is not.
         advice = ("the role needs CREATEDB (`ALTER ROLE … CREATEDB`), or rehearse as a role "
-                  "that has it" if classify(exc) is Fault.PRIVILEGE else
+                  "that has it" if classify(refused.error) is Fault.PRIVILEGE else
                   "the server needs room and a free connection for a copy of the database; "
                   "try again once it has them")
         raise RehearsalCopyError(
-            f"cannot create the rehearsal copy {name} beside {mask_url(database_url)}: "
-            f"{reason}; {advice}") from None
-    finally:
-        engine.dispose()
-
-
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def drop_database(database_url: str, name: str) -> None:
-    """Drop a copy, ending the sessions of it that are still open (ours)."""
-    engine = _admin(database_url)
-    try:
-        with engine.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        engine.dispose()
+            f"cannot create the rehearsal copy {refused.name} beside {mask_url(database_url)}: "
+            f"{refused}; {advice}") from None
 
 
 def remove_stale(database_url: str) -> list[str]:
@@ -237,7 +224,7 @@ def _remove_stale_databases(database_url: str) -> list[str]:
                     continue
                 if _stale(owner):
                     with contextlib.suppress(DBAPIError):  # another's to drop, or gone already
-                        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                        drop_database(database_url, name)
                         removed.append(name)
     except DBAPIError:
         return removed  # unreachable: the command itself says so next
