@@ -48,6 +48,7 @@ from orchestrator.migrations.errors import (
     MigrationLockLost,
     MultipleHeadsError,
     NotAtHeadError,
+    PastTargetError,
     ScriptsChangedError,
     TransientDatabaseError,
     UnknownRevisionError,
@@ -151,10 +152,6 @@ class RevisionInfo:
     is_head: bool
 
 
-class _PastTarget(UnknownRevisionError):
-    """The database is already past the target, in the direction asked for."""
-
-
 class _Planner:
     """Plans a migration to `target` each time it is called, the way a migrator sees it.
 
@@ -172,7 +169,7 @@ class _Planner:
         first, self._first = self._first, False
         try:
             return self._plan(self._target)
-        except _PastTarget:
+        except PastTargetError:
             if first:
                 raise
             return []
@@ -447,7 +444,7 @@ class MigrationManager:
         status = self.require_known_database()
         resolved = self.chain.resolve(target, status.current)
         if self.chain.goes_down(status.current, resolved):
-            raise _PastTarget(
+            raise PastTargetError(
                 f"cannot upgrade to {target}: it is older than the database's revision "
                 f"{status.current}; use `orchestrator db downgrade {target}`"
             )
@@ -458,7 +455,7 @@ class MigrationManager:
         status = self.require_known_database()
         resolved = self.chain.resolve(target, status.current)
         if self.chain.goes_down(resolved, status.current):
-            raise _PastTarget(
+            raise PastTargetError(
                 f"cannot downgrade to {target}: it is newer than the database's revision "
                 f"{status.current or 'base'}; use `orchestrator db upgrade {target}`"
             )
@@ -1129,7 +1126,7 @@ class MigrationManager:
                 if waited or self.dialect == "sqlite":
                     try:
                         plan = replan()
-                    except _PastTarget:  # it went past our target before it stopped
+                    except PastTargetError:  # it went past our target before it stopped
                         plan = []
                     if not plan:
                         connection.rollback()

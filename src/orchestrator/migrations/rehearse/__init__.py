@@ -110,11 +110,11 @@ def _plan(manager: MigrationManager, target: str, what: str, where: str,
     """`plan_upgrade`, refusing a target already passed in rehearsal's words, not upgrade's
     (whose advice, to downgrade, is not what someone rehearsing an upgrade wants)."""
     from orchestrator.migrations.errors import UnknownRevisionError
-    from orchestrator.migrations.manager import _PastTarget
+    from orchestrator.migrations.errors import PastTargetError
 
     try:
         return manager.plan_upgrade(target)
-    except _PastTarget:
+    except PastTargetError:
         raise UnknownRevisionError(
             f"cannot rehearse up to {target}{where}: {what} is already at "
             f"{manager.get_current_revision()}, past it; {advice}") from None
