@@ -290,7 +290,7 @@ class MigrationManager(Scripts, Connections, DatabaseState, Runner, Backups, Aut
                              backup_first=self.last_preview.loses_data)
 
     def _refuse_changed_scripts(self) -> None:
-
+        """Refuse to upgrade over applied scripts edited after they ran (`ScriptsChangedError`)."""
         changed = self.changed_scripts()
         if changed:
             listing = ", ".join(f"{c.revision} ({c.path})" for c in changed)

@@ -143,8 +143,8 @@ class DatabaseState:
         if current is not None and current not in self.chain:
             return MigrationStatus(current, head, (), exists, ahead=True, interrupted=interrupted,
                                    read_only=read_only)
-        return MigrationStatus(current, head, self.chain.upgrade_steps(current, head), exists, unversioned,
-                               interrupted=interrupted, read_only=read_only)
+        return MigrationStatus(current, head, self.chain.upgrade_steps(current, head), exists,
+                               unversioned, interrupted=interrupted, read_only=read_only)
 
     def require_known_database(self, status: MigrationStatus | None = None) -> MigrationStatus:
         """`status` (read now when not given); raises when the database is ahead of these scripts
