@@ -520,7 +520,7 @@ def test_a_downgrade_cut_off_says_to_run_the_same_downgrade(sqlite_url, tmp_path
 
 
 def test_an_error_without_a_message_is_still_named():
-    from orchestrator.migrations.manager import _reason
+    from orchestrator.migrations.errors import one_line as _reason
 
     assert _reason(ValueError()) == "ValueError: no message"
 

@@ -37,6 +37,13 @@ class UnknownRevisionError(MigrationError):
     """A revision asked for on the command line does not exist in the scripts."""
 
 
+class PastTargetError(UnknownRevisionError):
+    """The database is already past the target, in the direction asked for (an upgrade to an
+    older revision, a downgrade to a newer one)."""
+
+    exit_code = ExitCode.ERROR
+
+
 class DatabaseAheadError(MigrationError):
     """The database is at a revision the code does not know (newer code migrated it)."""
 

@@ -15,10 +15,11 @@ from pathlib import Path
 from orchestrator.migrations.errors import (
     DatabaseLockTimeout,
     MigrationFailedError,
+    PastTargetError,
     UnknownRevisionError,
 )
 from orchestrator.migrations.lint import lint
-from orchestrator.migrations.manager import MigrationManager, _PastTarget
+from orchestrator.migrations.manager import MigrationManager
 from orchestrator.migrations.rehearse import copies
 from orchestrator.migrations.rehearse import observe as watch
 from orchestrator.migrations.rehearse.report import CopyInfo, Prediction, Rehearsal, render_text
@@ -109,7 +110,7 @@ def _plan(manager: MigrationManager, target: str, what: str, where: str,
     (whose advice, to downgrade, is not what someone rehearsing an upgrade wants)."""
     try:
         return manager.plan_upgrade(target)
-    except _PastTarget:
+    except PastTargetError:
         raise UnknownRevisionError(
             f"cannot rehearse up to {target}{where}: {what} is already at "
             f"{manager.get_current_revision()}, past it; {advice}") from None
