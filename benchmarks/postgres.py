@@ -8,31 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 from benchmarks.results import skipped
 
-_CANDIDATE_SERVERS = (
-    "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
-    "postgresql+psycopg://root@127.0.0.1:5432/postgres",
-)
-
-
 def postgres_admin_url() -> str | None:
     """A server that answers: BENCH_POSTGRES_URL, TEST_DATABASE_URL, then the local one."""
-    import psycopg
+    from orchestrator.migrations.scratch import LOCAL_SERVERS, answering_server
 
     candidates = [os.environ[v] for v in ("BENCH_POSTGRES_URL", "TEST_DATABASE_URL")
                   if os.environ.get(v)]
-    for url in [*candidates, *_CANDIDATE_SERVERS]:
-        try:
-            with psycopg.connect(libpq_url(url), connect_timeout=3):
-                return url
-        except psycopg.Error:
-            continue
-    return None
+    return answering_server([*candidates, *LOCAL_SERVERS])
 
 
 def postgres_or_skip(title: str, issue: int | None) -> tuple[str | None, dict[str, Any] | None]:
@@ -73,16 +60,21 @@ def admin_execute(admin_url: str, *statements: str) -> None:
 
 def create_database(admin_url: str, prefix: str, template: str | None = None) -> str:
     """A new database (a copy of `template` when given); returns its name."""
-    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    from sqlalchemy.engine import make_url
+
+    from orchestrator.migrations.scratch import create_database as create
+
     # FILE_COPY checkpoints once and copies the files, instead of logging the whole template
     # to the WAL (which would leave the copy's writes to land during the measurement).
-    source = f' TEMPLATE "{template}" STRATEGY FILE_COPY' if template else ""
-    admin_execute(admin_url, f'CREATE DATABASE "{name}"{source}')
-    return name
+    url = create(admin_url, prefix, template=template,
+                 strategy="FILE_COPY" if template else None)
+    return make_url(url).database
 
 
 def drop_database(admin_url: str, name: str) -> None:
-    admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    from orchestrator.migrations.scratch import drop_database as drop
+
+    drop(admin_url, name)
 
 
 @contextlib.contextmanager

@@ -15,17 +15,12 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
 
-from orchestrator.db import create_engine, mask_url
+from orchestrator.db import mask_url
 from orchestrator.migrations import MigrationManager
-from orchestrator.migrations.scratch import scratch_database
+from orchestrator.migrations.scratch import LOCAL_SERVERS, answering_server, scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
-_CANDIDATE_SERVERS = (
-    "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
-    "postgresql+psycopg://root@127.0.0.1:5432/postgres",
-)
 
 
 # -- the coverage gate --------------------------------------------------------------------
@@ -84,17 +79,7 @@ def postgres_admin_url() -> str | None:
     # A TEST_DATABASE_URL that does not answer is not replaced by another server: the tests
     # would silently run somewhere the caller did not ask for.
     chosen = os.environ.get("TEST_DATABASE_URL")
-    for url in [chosen] if chosen else _CANDIDATE_SERVERS:
-        engine = create_engine(url, connect_args={"connect_timeout": 3})
-        try:
-            with engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-            return url
-        except Exception:
-            continue
-        finally:
-            engine.dispose()
-    return None
+    return answering_server([chosen] if chosen else LOCAL_SERVERS)
 
 
 def require_postgres() -> str:

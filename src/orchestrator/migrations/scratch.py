@@ -11,12 +11,12 @@ import contextlib
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from orchestrator.db import backend_name, create_engine
@@ -31,6 +31,28 @@ class DatabaseNotCreated(Exception):
         super().__init__(first_line(error))
         self.name = name
         self.error = error
+
+
+# Where the tests and benchmarks look for a server when they are not told (trust auth).
+LOCAL_SERVERS = (
+    "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+    "postgresql+psycopg://root@127.0.0.1:5432/postgres",
+)
+
+
+def answering_server(urls: Iterable[str]) -> str | None:
+    """The first of `urls` whose PostgreSQL server accepts a connection within 3 s, or None."""
+    for url in urls:
+        engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 3})
+        try:
+            with engine.connect() as connection:
+                connection.exec_driver_sql("SELECT 1")
+            return url
+        except SQLAlchemyError:
+            continue
+        finally:
+            engine.dispose()
+    return None
 
 
 def _admin(admin_url: str) -> Engine:
