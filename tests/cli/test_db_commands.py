@@ -270,6 +270,15 @@ def test_usage_errors_exit_2(cli):
     assert cli("db", "nope", url=None)[0] == 2
 
 
+def test_a_group_without_its_command_is_one_usage_line(cli):
+    for args, where, names in ((("db",), "orchestrator db", "backup, backups"),
+                               ((), "orchestrator", "db, serve, users")):
+        code, out, err = cli(*args, url=None)
+        assert code == 2 and out == ""
+        assert err.startswith(f"Error: missing a command (one of: {names}")
+        assert err.endswith(f"; see `{where} --help`\n") and err.count("\n") == 1
+
+
 def test_help_exits_0(cli):
     code, out, _ = cli("--help", url=None)
     assert code == 0 and "db" in out and "serve" in out
