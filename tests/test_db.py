@@ -30,6 +30,15 @@ def test_mask_url_hides_the_password():
     assert mask_url("no url here") == "no url here"
 
 
+@pytest.mark.parametrize("typo", ["postgresql//ada:s3cret@db/app", "ada:s3cret@db/app",
+                                  "postgresql:/ada:s3cret@db/app"])
+def test_a_url_without_its_scheme_separator_still_hides_the_password(typo):
+    assert "s3cret" not in mask_url(typo) and mask_url(typo).endswith(":***@db/app")
+    with pytest.raises(InvalidDatabaseUrl) as info:
+        normalize_url(typo)
+    assert "s3cret" not in str(info.value)
+
+
 @pytest.mark.parametrize("url, masked", [
     ("postgresql://app@db/x?password=S3cret", "postgresql://app@db/x?password=***"),
     ("postgresql://app:S3cret@db/x?sslmode=require&sslpassword=S3cret&api_token=S3cret",

@@ -80,13 +80,17 @@ def mask_url(url: str | URL) -> str:
         else:
             return _SECRET_PARAMETER.sub(lambda match: f"{match[1]}***", text)
     # Unparseable, or an '@' left unencoded in the password (SQLAlchemy would split at the
-    # first one): hide everything between "://user:" and the last "@", and secret parameters.
+    # first one): hide everything between "://user:" and the last "@", and secret parameters;
+    # without "://" (a typo: `postgresql//app:pw@db/x`, `app:pw@db/x`), from the first ":".
     text = url.render_as_string(hide_password=False) if isinstance(url, URL) else str(url)
     head, sep, rest = text.partition("://")
-    if sep and "@" in rest:
+    if not sep:
+        head, rest = "", text
+    if "@" in rest:
         creds, _, host = rest.rpartition("@")
-        user = creds.split(":", 1)[0]
-        text = f"{head}://{user}:***@{host}"
+        if sep or ":" in creds:
+            user = creds.split(":", 1)[0]
+            text = f"{head}{sep}{user}:***@{host}"
     return _SECRET_PARAMETER.sub(lambda match: f"{match[1]}***", text)
 
 

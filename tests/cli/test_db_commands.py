@@ -270,6 +270,32 @@ def test_usage_errors_exit_2(cli):
     assert cli("db", "nope", url=None)[0] == 2
 
 
+def test_a_group_without_its_command_is_one_usage_line(cli):
+    for args, where, names in ((("db",), "orchestrator db", "backup, backups"),
+                               ((), "orchestrator", "db, serve, users")):
+        code, out, err = cli(*args, url=None)
+        assert code == 2 and out == ""
+        assert err.startswith(f"Error: missing a command (one of: {names}")
+        assert err.endswith(f"; see `{where} --help`\n") and err.count("\n") == 1
+
+
+def test_the_backup_bar_stops_before_the_backup_is_said(sqlite_url):
+    # On a terminal, `db downgrade` wrote "Backed up first, at 006: ..." into the line of the
+    # backup's progress bar, which went on redrawing under the steps' output.
+    from types import SimpleNamespace
+
+    from orchestrator.cli.db.changing import _Steps
+
+    said = []
+    bar = SimpleNamespace(close=lambda: said.append("bar closed"))
+    manager = SimpleNamespace(backup_progress=bar,
+                              last_backup=SimpleNamespace(revision="006", path="/b.dump"))
+    steps = _Steps(manager, each_step=False, say=said.append)
+    steps("006", 0.5)
+    steps("005", 0.5)
+    assert said == ["bar closed", "Backed up first, at 006: /b.dump"]
+
+
 def test_help_exits_0(cli):
     code, out, _ = cli("--help", url=None)
     assert code == 0 and "db" in out and "serve" in out

@@ -158,3 +158,78 @@ def test_offline_sql_batches_the_backfill_in_a_do_block(db_url, capsys):
     assert "ADD CONSTRAINT ck_agents_owner_id_not_null CHECK (owner_id IS NOT NULL) NOT VALID" in sql
     assert sql.index("VALIDATE CONSTRAINT ck_agents_owner_id_not_null") < sql.index(
         "ALTER COLUMN owner_id SET NOT NULL")
+
+
+@pytest.mark.postgres
+def test_a_rerun_completes_an_expand_step_that_stopped_in_its_backfill(postgres_url):
+    # What runs before 005's autocommit block (the columns, the foreign key) is committed when
+    # the block starts; the run stopped in the backfill (here a trigger refuses the UPDATE, as
+    # Ctrl-C or a lost connection would stop it), and the rerun must not trip over it.
+    manager = MigrationManager(postgres_url)
+    manager.upgrade("004")
+    _seed_at_004(postgres_url)
+    execute(
+        postgres_url,
+        "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$ "
+        "LANGUAGE plpgsql",
+        "CREATE TRIGGER refuse BEFORE UPDATE ON agents FOR EACH ROW EXECUTE FUNCTION refuse()",
+    )
+    with pytest.raises(MigrationFailedError, match="refused"):
+        manager.upgrade("005")
+    assert manager.get_current_revision() == "004"
+    assert scalar(postgres_url, "SELECT count(*) FROM agents WHERE owner_id IS NULL") == 3
+    execute(postgres_url, "DROP TRIGGER refuse ON agents")
+    assert manager.upgrade("head") == ["005", "006"]
+    assert _owners(postgres_url) == {"w1": 1, "w2": 2, "idle": 2}
+
+
+@pytest.mark.postgres
+def test_a_rerun_completes_a_contract_step_that_stopped_after_adding_its_check(postgres_url):
+    manager = MigrationManager(postgres_url)
+    manager.upgrade("004")
+    _seed_at_004(postgres_url)
+    manager.upgrade("005")
+    # Where an interrupted 006 leaves it: the check added NOT VALID and committed.
+    execute(postgres_url, "ALTER TABLE agents ADD CONSTRAINT ck_agents_owner_id_not_null "
+                          "CHECK (owner_id IS NOT NULL) NOT VALID")
+    assert manager.upgrade("006") == ["006"]
+    assert scalar(postgres_url, "SELECT count(*) FROM pg_constraint "
+                                "WHERE conname = 'ck_agents_owner_id_not_null'") == 0
+
+
+@pytest.mark.postgres
+def test_a_contract_step_whose_check_fails_leaves_no_check_behind(postgres_url):
+    import threading
+
+    manager = MigrationManager(postgres_url)
+    manager.upgrade("004")
+    _seed_at_004(postgres_url)
+    manager.upgrade("005")
+    # The previous code registers an agent without an owner while 006 runs: its transaction
+    # is open before 006 starts and commits while 006 waits to add the check.
+    engine = create_engine(postgres_url)
+    late = engine.connect()
+    late.execute(text("INSERT INTO agents (name) VALUES ('late')"))
+    waiting = ("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+               "WHERE c.relname = 'agents' AND l.mode = 'AccessExclusiveLock' AND NOT l.granted")
+
+    def commit_once_006_waits() -> None:
+        for _ in range(500):
+            if scalar(postgres_url, waiting):
+                break
+            threading.Event().wait(0.01)
+        late.commit()
+
+    committer = threading.Thread(target=commit_once_006_waits)
+    committer.start()
+    try:
+        with pytest.raises(MigrationFailedError, match="ck_agents_owner_id_not_null"):
+            manager.upgrade("006")
+    finally:
+        committer.join()
+        late.close()
+        engine.dispose()
+    assert manager.get_current_revision() == "005"
+    # The code that sets no owner keeps working until 006 is run again.
+    execute(postgres_url, "INSERT INTO agents (name) VALUES ('later')")
+    assert manager.upgrade("006") == ["006"]

@@ -66,6 +66,12 @@ def _outcome(exc: BaseException) -> tuple[str, int, bool]:
     if isinstance(exc, click.Abort):
         # A question answered no (or Ctrl-C / end of input at it): nothing was done yet.
         return "Error: not confirmed; nothing was changed", ExitCode.DECLINED, False
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError):
+        # `orchestrator` or `orchestrator db` alone: Click's message is the whole help page.
+        names = ", ".join(exc.ctx.command.list_commands(exc.ctx))  # type: ignore[union-attr]
+        where = exc.ctx.command_path  # type: ignore[union-attr]
+        return (f"Error: missing a command (one of: {names}); see `{where} --help`",
+                ExitCode.ERROR, False)
     if isinstance(exc, click.UsageError):
         # One line, as every other error: what is wrong, and where the usage is.
         reason = " ".join(exc.format_message().split()).rstrip(".")

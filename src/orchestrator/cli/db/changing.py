@@ -285,6 +285,11 @@ class _Steps:
     def __call__(self, revision: str, seconds: float) -> None:
         if not self._started:
             self._started = True
+            # The backup is done: its bar (on a terminal, on stderr) stops first, or what is
+            # said next is written into its line while it keeps redrawing.
+            close_bar = getattr(self.manager.backup_progress, "close", None)
+            if close_bar is not None:
+                close_bar()
             # Taken before the first step ran (the manager sets it before migrating).
             print_backup_taken(self.manager, self.say)
         self.seconds += seconds

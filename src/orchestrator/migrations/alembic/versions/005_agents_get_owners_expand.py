@@ -47,15 +47,23 @@ OWNER = (
 
 
 def upgrade() -> None:
+    # PostgreSQL commits what runs before the autocommit block when the block starts: a run
+    # interrupted in the block (the index build, the backfill) left these done, and the rerun
+    # that completes it must find them so (IF NOT EXISTS; SQLite's step is one transaction).
+    again = op.get_context().dialect.name == "postgresql" or None
     op.add_column(
-        "users", sa.Column("is_admin", sa.Boolean(), server_default=sa.false(), nullable=False)
+        "users",
+        sa.Column("is_admin", sa.Boolean(), server_default=sa.false(), nullable=False),
+        if_not_exists=again,
     )
     op.execute(
         "UPDATE users SET is_admin = true WHERE id = "
         "(SELECT id FROM users ORDER BY created_at, id LIMIT 1)"
     )
     op.add_column(
-        "api_tokens", sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True)
+        "api_tokens",
+        sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
+        if_not_exists=again,
     )
     if op.get_context().dialect.name == "sqlite":
         # A table copy: SQLite can add a column with a foreign key in place, but then reports
@@ -66,7 +74,11 @@ def upgrade() -> None:
         op.create_index(INDEX_NAME, "agents", ["owner_id"])
         update_in_batches("agents", OWNER, "owner_id IS NULL", label="005 agents.owner_id")
         return
-    op.add_column("agents", sa.Column("owner_id", sa.Integer(), nullable=True))
+    op.add_column(
+        "agents", sa.Column("owner_id", sa.Integer(), nullable=True), if_not_exists=True
+    )
+    # PostgreSQL has no ADD CONSTRAINT IF NOT EXISTS; dropping it is a catalogue change too.
+    op.execute(f"ALTER TABLE agents DROP CONSTRAINT IF EXISTS {FK_NAME}")
     op.execute(
         f"ALTER TABLE agents ADD CONSTRAINT {FK_NAME} FOREIGN KEY (owner_id) "
         "REFERENCES users (id) ON DELETE CASCADE NOT VALID"
