@@ -460,3 +460,39 @@ def test_a_failure_that_cannot_be_recorded_leaves_the_migration_error(
     assert "could not record the failed step in migration_history: history unwritable" in (
         capfd.readouterr().err
     )
+
+
+def test_a_script_corrected_after_release_accepts_databases_that_applied_its_first_version(
+    sqlite_url,
+):
+    """005 and 006 name their first release's checksum (`valid_checksums`): a database that
+    applied that version is not told the script changed; any other checksum still is."""
+    with MigrationManager(sqlite_url) as manager:
+        manager.upgrade("head")
+        first_release = {
+            revision: sorted(history.valid_checksums(manager.script.get_revision(revision).path))
+            for revision in ("005", "006")
+        }
+        assert all(len(sums) == 1 for sums in first_release.values()), first_release
+        for revision, (old,) in first_release.items():
+            execute(sqlite_url, f"UPDATE migration_history SET checksum = '{old}' "
+                                f"WHERE revision = '{revision}'")
+        assert manager.changed_scripts() == []
+
+        execute(sqlite_url, "UPDATE migration_history SET checksum = 'edited' WHERE revision = '006'")
+        assert [changed.revision for changed in manager.changed_scripts()] == ["006"]
+
+
+def test_valid_checksums_are_read_without_importing_the_script(tmp_path):
+    script = tmp_path / "007_x.py"
+    script.write_text('import nothing_that_exists\nvalid_checksums: tuple = ("a", "b")\n')
+    assert history.valid_checksums(script) == {"a", "b"}
+    script.write_text("valid_checksums = compute()\n")
+    assert history.valid_checksums(script) == frozenset()
+    script.write_text("valid_checksums = 'abc'\n")
+    assert history.valid_checksums(script) == frozenset()
+    script.write_text("def broken(:\n")
+    assert history.valid_checksums(script) == frozenset()
+    assert history.valid_checksums(tmp_path / "missing.py") == frozenset()
+    script.write_text("x = 1\n")
+    assert history.valid_checksums(script) == frozenset()

@@ -11,10 +11,14 @@ a transaction of its own.
 
 Each row keeps the SHA-256 of the script as it was applied; a script whose file no longer has
 that checksum was edited after it ran, and no longer describes what this database went through.
+A script corrected after release on purpose (a rerun that now completes, the same schema) names
+the checksums of its earlier versions in a module-level `valid_checksums = ("…",)`, as
+Liquibase's `validCheckSum` does: databases that applied one of those are not told it changed.
 """
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import getpass
 import hashlib
@@ -121,6 +125,27 @@ def checksum(path: str | os.PathLike[str] | None) -> str | None:
         return None
 
 
+def valid_checksums(path: str | os.PathLike[str]) -> frozenset[str]:
+    """The checksums of earlier versions a script declares equivalent (`valid_checksums = (…)`
+    at module level, string literals), read without importing it; empty when it has none or
+    cannot be read."""
+    try:
+        tree = ast.parse(Path(path).read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return frozenset()
+    for node in tree.body:
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 \
+            else node.target if isinstance(node, ast.AnnAssign) else None
+        if isinstance(target, ast.Name) and target.id == "valid_checksums" and node.value:
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:
+                return frozenset()
+            return frozenset(v for v in value if isinstance(v, str)) \
+                if isinstance(value, (tuple, list, set, frozenset)) else frozenset()
+    return frozenset()
+
+
 def operator() -> tuple[str, str]:
     """(OS user, host) of whoever runs this process."""
     try:
@@ -208,7 +233,7 @@ def changed_scripts(
         if entry is None:
             continue
         current = checksum(paths[revision])
-        if current != entry.checksum:
+        if current != entry.checksum and entry.checksum not in valid_checksums(paths[revision]):
             changed.append(
                 ChangedScript(revision, paths[revision], entry.checksum, current, entry.started_at)
             )

@@ -34,6 +34,9 @@ revision: str = "005"
 down_revision: str | Sequence[str] | None = "004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# The checksum of the first release, which a rerun after an interruption could not complete:
+# it makes the same schema, so a database that applied it is not told the script changed.
+valid_checksums = ("7da52a502c0c3cd4f13ff16dee54e453c7d67c085de937cc498a10c6065df562",)
 
 FK_NAME = "fk_agents_owner_id_users"
 INDEX_NAME = "ix_agents_owner_id"

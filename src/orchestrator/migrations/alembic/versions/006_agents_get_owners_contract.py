@@ -36,6 +36,9 @@ revision: str = "006"
 down_revision: str | Sequence[str] | None = "005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# The checksum of the first release, which left its NOT VALID check behind when VALIDATE failed:
+# it makes the same schema, so a database that applied it is not told the script changed.
+valid_checksums = ("4ea24b1872adc0e1ffa6a04ee1e69d29310b9275b1fea0347ed00ccd3037206c",)
 
 FK_NAME = "fk_agents_owner_id_users"
 CHECK_NAME = "ck_agents_owner_id_not_null"
