@@ -66,6 +66,20 @@ def test_the_base_of_the_corpus_is_clean():
     assert [f for f in findings if f.revision == "001"] == []
 
 
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_linting_from_a_revision_judges_the_later_ones_as_the_whole_chain_does(case, tmp_path):
+    """`validate --since`: the revisions before `first` are read for what they build (a
+    column's type, a validated CHECK, an index's table) and not judged."""
+    with MigrationManager(OFFLINE, script_location=str(scripts_for(case, tmp_path))) as manager:
+        chain = manager.chain.revisions
+        everything = lint(manager.script, chain)
+        for first in range(len(chain) + 1):
+            later = set(chain[first:])
+            assert lint(manager.script, chain, first) == [
+                f for f in everything if f.revision in later], first
+
+
 # -- the project's own migrations -----------------------------------------------------------------
 
 

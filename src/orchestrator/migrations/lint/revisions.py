@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestrator.migrations.lint.findings import LintFinding, read_accepted
-from orchestrator.migrations.lint.render import Rendered, render
+from orchestrator.migrations.lint.render import UPGRADE, Rendered, render
 from orchestrator.migrations.lint.rules import AUTOCOMMIT, At, Hit, advance, batch_hit, check
 from orchestrator.migrations.lint.source import Source, read_source
 from orchestrator.migrations.lint.sql import (
@@ -26,11 +26,18 @@ if TYPE_CHECKING:
     from alembic.script import ScriptDirectory
 
 
-def lint_revisions(script: ScriptDirectory, revisions: Sequence[str]) -> list[LintFinding]:
-    """The findings of every revision, oldest first (`revisions` in chain order)."""
-    rendered = render(script, revisions)
-    accepted = read_accepted(Path(script.dir))
+def lint_revisions(script: ScriptDirectory, revisions: Sequence[str],
+                   first: int = 0) -> list[LintFinding]:
+    """The findings of every revision, oldest first (`revisions` in chain order); with `first`,
+    of `revisions[first:]` only."""
     schema = Schema()
+    # What the revisions before `first` built decides whether a later change is dangerous (a
+    # column's type, a CHECK that proves NOT NULL, an index's table): their upgrade SQL is
+    # applied to the schema, as when they are judged, and nothing else is done with them.
+    for upgrade in render(script, revisions[:first], (UPGRADE,)):
+        _build(upgrade, schema)
+    rendered = render(script, revisions[first:])
+    accepted = read_accepted(Path(script.dir))
     findings: list[LintFinding] = []
     for upgrade, downgrade in zip(rendered[::2], rendered[1::2], strict=True):
         try:
@@ -44,6 +51,17 @@ def lint_revisions(script: ScriptDirectory, revisions: Sequence[str]) -> list[Li
                 "revision's SQL (`orchestrator db upgrade REV --sql`) by hand",
                 upgrade.path, None, upgrade.revision))
     return findings
+
+
+def _build(upgrade: Rendered, schema: Schema) -> None:
+    """The schema changed as the revision's upgrade SQL changes it (what `advance` applies)."""
+    for statement in upgrade.statements:
+        try:
+            nodes = parse(statement.sql)
+        except ParseError:
+            continue
+        for node in nodes:
+            schema.apply(node)
 
 
 def _lint_revision(upgrade: Rendered, downgrade: Rendered, schema, accepted) -> list[LintFinding]:
