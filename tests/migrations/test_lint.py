@@ -190,6 +190,24 @@ def test_an_error_without_a_message_and_sql_postgresql_cannot_parse_are_reported
     # (10: the SQL does not parse; 11: the RuntimeError, which has no message)
 
 
+def test_before_the_first_judged_revision_sql_that_does_not_parse_is_passed_over(tmp_path):
+    folder = write_case(tmp_path, """
+        op.execute("ALTER TABLE widgets ADD COLUMN")
+        op.execute("ALTER TABLE widgets ADD COLUMN note varchar(10)")
+    """)
+    (folder / "versions" / "003_later.py").write_text(
+        'from alembic import op\n\nrevision = "003"\ndown_revision = "002"\n\n\n'
+        "def upgrade():\n"
+        '    op.execute("ALTER TABLE widgets ALTER COLUMN note TYPE varchar(20)")\n\n\n'
+        "def downgrade():\n    pass\n")
+    with MigrationManager(OFFLINE, script_location=str(folder)) as manager:
+        chain = manager.chain.revisions
+        everything = lint(manager.script, chain)
+        # Widening varchar(10) is no rewrite: 002's second statement was built, not lost.
+        assert lint(manager.script, chain, 2) == [
+            f for f in everything if f.revision == "003"] == []
+
+
 def test_a_script_reading_rows_offline_gets_none_and_its_parameters_render(tmp_path):
     assert found(tmp_path, """
         connection = op.get_bind()
