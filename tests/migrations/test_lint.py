@@ -66,6 +66,20 @@ def test_the_base_of_the_corpus_is_clean():
     assert [f for f in findings if f.revision == "001"] == []
 
 
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_linting_from_a_revision_judges_the_later_ones_as_the_whole_chain_does(case, tmp_path):
+    """`validate --since`: the revisions before `first` are read for what they build (a
+    column's type, a validated CHECK, an index's table) and not judged."""
+    with MigrationManager(OFFLINE, script_location=str(scripts_for(case, tmp_path))) as manager:
+        chain = manager.chain.revisions
+        everything = lint(manager.script, chain)
+        for first in range(len(chain) + 1):
+            later = set(chain[first:])
+            assert lint(manager.script, chain, first) == [
+                f for f in everything if f.revision in later], first
+
+
 # -- the project's own migrations -----------------------------------------------------------------
 
 
@@ -174,6 +188,24 @@ def test_an_error_without_a_message_and_sql_postgresql_cannot_parse_are_reported
         raise KeyboardInterrupt if False else RuntimeError()
     """) == [("MIG009", 10), ("MIG009", 11)]
     # (10: the SQL does not parse; 11: the RuntimeError, which has no message)
+
+
+def test_before_the_first_judged_revision_sql_that_does_not_parse_is_passed_over(tmp_path):
+    folder = write_case(tmp_path, """
+        op.execute("ALTER TABLE widgets ADD COLUMN")
+        op.execute("ALTER TABLE widgets ADD COLUMN note varchar(10)")
+    """)
+    (folder / "versions" / "003_later.py").write_text(
+        'from alembic import op\n\nrevision = "003"\ndown_revision = "002"\n\n\n'
+        "def upgrade():\n"
+        '    op.execute("ALTER TABLE widgets ALTER COLUMN note TYPE varchar(20)")\n\n\n'
+        "def downgrade():\n    pass\n")
+    with MigrationManager(OFFLINE, script_location=str(folder)) as manager:
+        chain = manager.chain.revisions
+        everything = lint(manager.script, chain)
+        # Widening varchar(10) is no rewrite: 002's second statement was built, not lost.
+        assert lint(manager.script, chain, 2) == [
+            f for f in everything if f.revision == "003"] == []
 
 
 def test_a_script_reading_rows_offline_gets_none_and_its_parameters_render(tmp_path):

@@ -108,6 +108,45 @@ def test_a_sqlite_foreign_key_without_columns_follows_the_referred_primary_key(s
     assert after["b"]["foreign keys"][0][3] == ("code",)
 
 
+def test_a_reader_shared_with_another_database_reuses_only_what_is_the_same(db_url):
+    """The drift rule reads the live database with the scratch database's reflections: a table
+    whose catalog entry is the same is not reflected again, one that differs is."""
+    from orchestrator.migrations.scratch import scratch_database
+
+    statements = CHANGES[:3]
+    reader = SchemaReader()
+    with scratch_database(db_url, "orchestrator_test_share") as other_url:
+        for url in (db_url, other_url):
+            engine = create_engine(url)
+            try:
+                with engine.connect() as connection:
+                    for statement in statements:
+                        connection.execute(text(statement))
+                    connection.commit()
+            finally:
+                engine.dispose()
+        first = schema_snapshot(other_url, reader)
+        engine = create_engine(db_url)
+        try:
+            with engine.connect() as connection:
+                before = reader.snapshot(connection)
+                connection.rollback()
+        finally:
+            engine.dispose()
+        assert before == first == schema_snapshot(db_url)
+        assert all(before[table] is first[table] for table in before)
+        engine = create_engine(other_url)
+        try:
+            with engine.connect() as connection:
+                connection.execute(text("ALTER TABLE child ADD COLUMN note VARCHAR(20)"))
+                connection.commit()
+        finally:
+            engine.dispose()
+        changed = schema_snapshot(other_url, reader)
+        assert changed == schema_snapshot(other_url) != before
+        assert changed["parent"] is before["parent"] and changed["child"] != before["child"]
+
+
 # -- --since ----------------------------------------------------------------------------------------
 
 

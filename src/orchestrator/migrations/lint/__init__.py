@@ -36,10 +36,11 @@ __all__ = ["ACCEPTED_FILE", "NAMES", "RULES", "Accepted", "LintFinding", "LintRu
            "read_accepted", "read_source"]
 
 
-def lint(script: ScriptDirectory, revisions: Sequence[str]) -> list[LintFinding]:
-    """The findings of every revision, oldest first (`revisions` in chain order)."""
+def lint(script: ScriptDirectory, revisions: Sequence[str], first: int = 0) -> list[LintFinding]:
+    """The findings of every revision, oldest first (`revisions` in chain order); with `first`,
+    of `revisions[first:]` only (those before are read for what they build, not judged)."""
     # Rendering, pglast and the rules cost ~0.2 s to import (measured with -X importtime): the
     # validator imports this package for its rule list even when it lints nothing.
     from orchestrator.migrations.lint.revisions import lint_revisions
 
-    return lint_revisions(script, revisions)
+    return lint_revisions(script, revisions, first)

@@ -4,12 +4,12 @@ when it runs (see the package's docstring)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestrator.migrations.lint.findings import LintFinding, read_accepted
-from orchestrator.migrations.lint.render import Rendered, render
+from orchestrator.migrations.lint.render import UPGRADE, Rendered, Statement, render
 from orchestrator.migrations.lint.rules import AUTOCOMMIT, At, Hit, advance, batch_hit, check
 from orchestrator.migrations.lint.source import Source, read_source
 from orchestrator.migrations.lint.sql import (
@@ -26,11 +26,18 @@ if TYPE_CHECKING:
     from alembic.script import ScriptDirectory
 
 
-def lint_revisions(script: ScriptDirectory, revisions: Sequence[str]) -> list[LintFinding]:
-    """The findings of every revision, oldest first (`revisions` in chain order)."""
-    rendered = render(script, revisions)
-    accepted = read_accepted(Path(script.dir))
+def lint_revisions(script: ScriptDirectory, revisions: Sequence[str],
+                   first: int = 0) -> list[LintFinding]:
+    """The findings of every revision, oldest first (`revisions` in chain order); with `first`,
+    of `revisions[first:]` only."""
     schema = Schema()
+    # What the revisions before `first` built decides whether a later change is dangerous (a
+    # column's type, a CHECK that proves NOT NULL, an index's table): their upgrade SQL is
+    # applied to the schema, as when they are judged, and nothing else is done with them.
+    for upgrade in render(script, revisions[:first], (UPGRADE,)):
+        _build(upgrade, schema)
+    rendered = render(script, revisions[first:])
+    accepted = read_accepted(Path(script.dir))
     findings: list[LintFinding] = []
     for upgrade, downgrade in zip(rendered[::2], rendered[1::2], strict=True):
         try:
@@ -44,6 +51,24 @@ def lint_revisions(script: ScriptDirectory, revisions: Sequence[str]) -> list[Li
                 "revision's SQL (`orchestrator db upgrade REV --sql`) by hand",
                 upgrade.path, None, upgrade.revision))
     return findings
+
+
+def _build(upgrade: Rendered, schema: Schema) -> None:
+    """The schema changed as the revision's upgrade SQL changes it (what `advance` applies)."""
+    for _, node in _parsed(upgrade):
+        schema.apply(node)
+
+
+def _parsed(rendered: Rendered) -> Iterator[tuple[Statement, ast.Node]]:
+    """Each statement's parsed nodes, passing over SQL PostgreSQL cannot parse (which the SQL
+    rules report where they judge the upgrade)."""
+    for statement in rendered.statements:
+        try:
+            nodes = parse(statement.sql)
+        except ParseError:
+            continue
+        for node in nodes:
+            yield statement, node
 
 
 def _lint_revision(upgrade: Rendered, downgrade: Rendered, schema, accepted) -> list[LintFinding]:
@@ -92,26 +117,21 @@ def _downgrade_hits(rendered: Rendered, tables: set[str], columns: set[tuple[str
     anything else destroys data an earlier revision owns."""
     hits = []
     undo = "undo only what upgrade() did"
-    for statement in rendered.statements:
-        try:
-            nodes = parse(statement.sql)
-        except ParseError:
-            continue
-        for node in nodes:
-            if isinstance(node, ast.DropStmt) and node.removeType == ObjectType.OBJECT_TABLE:
-                for table in (names(o)[-1] for o in node.objects):
-                    if table not in tables:
-                        hits.append((Hit("MIG018", f"downgrade() drops table {table}, which "
-                                         "this revision's upgrade did not create", undo),
-                                     statement.lines))
-            elif isinstance(node, ast.AlterTableStmt):
-                table = node.relation.relname
-                for cmd in node.cmds:
-                    if (cmd.subtype == AlterTableType.AT_DropColumn and table not in tables
-                            and (table, cmd.name) not in columns):
-                        hits.append((Hit("MIG018", f"downgrade() drops column {table}."
-                                         f"{cmd.name}, which this revision's upgrade did not "
-                                         "add", undo), statement.lines))
+    for statement, node in _parsed(rendered):
+        if isinstance(node, ast.DropStmt) and node.removeType == ObjectType.OBJECT_TABLE:
+            for table in (names(o)[-1] for o in node.objects):
+                if table not in tables:
+                    hits.append((Hit("MIG018", f"downgrade() drops table {table}, which "
+                                     "this revision's upgrade did not create", undo),
+                                 statement.lines))
+        elif isinstance(node, ast.AlterTableStmt):
+            table = node.relation.relname
+            for cmd in node.cmds:
+                if (cmd.subtype == AlterTableType.AT_DropColumn and table not in tables
+                        and (table, cmd.name) not in columns):
+                    hits.append((Hit("MIG018", f"downgrade() drops column {table}."
+                                     f"{cmd.name}, which this revision's upgrade did not "
+                                     "add", undo), statement.lines))
     return hits
 
 

@@ -99,14 +99,12 @@ class Context:
     @cached_property
     def lint(self) -> list[Finding]:
         """The linter's findings for every revision (orchestrator.migrations.lint); with
-        `since`, for the revisions after it (the linter still reads the older ones: what they
-        created decides whether a later change is dangerous)."""
+        `since`, for the revisions after it (the linter still reads the older ones' upgrade
+        SQL: what they created decides whether a later change is dangerous)."""
         self.require_chain()
-        checked = set(self.chain[self.since_position:])
         return [
             Finding(f.code, f.name, self.severity(), f.message, f.fix, f.file, f.line)
-            for f in lint.lint(self.manager.script, self.chain)
-            if f.revision in checked
+            for f in lint.lint(self.manager.script, self.chain, self.since_position)
         ]
 
     def script_for(self, revision: str) -> ScriptFile:

@@ -81,9 +81,12 @@ class Scratch:
         self.model_differences: list[str] = []
         self._engine = create_engine(url, poolclass=NullPool)
         self.connection = self._engine.connect()
-        # The database is thrown away afterwards: no flush to disk at each of its commits.
+        # The database is thrown away afterwards: no flush to disk at each of its commits, and
+        # (SQLite) no journal file created and deleted at each step.
         if self.connection.dialect.name == "sqlite":
-            self.connection.connection.driver_connection.execute("PRAGMA synchronous=OFF")
+            driver = self.connection.connection.driver_connection
+            driver.execute("PRAGMA synchronous=OFF")
+            driver.execute("PRAGMA journal_mode=MEMORY")
         else:
             self.connection.exec_driver_sql("SET synchronous_commit = off")
             self.connection.commit()

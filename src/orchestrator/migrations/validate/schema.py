@@ -14,12 +14,15 @@ from orchestrator.db import create_engine
 from orchestrator.migrations.version import BOOKKEEPING_TABLES
 
 
-def schema_snapshot(database_url: str) -> dict[str, dict[str, Any]]:
-    """Tables with their columns, keys, indexes and checks, in a form that compares with ==."""
+def schema_snapshot(database_url: str,
+                    reader: SchemaReader | None = None) -> dict[str, dict[str, Any]]:
+    """Tables with their columns, keys, indexes and checks, in a form that compares with ==.
+    With `reader` (of another database of the same kind), the tables whose catalog entries
+    it has seen are not reflected again (`SchemaReader.sharing`)."""
     engine = create_engine(database_url, poolclass=NullPool)
     try:
         with engine.connect() as connection:
-            return SchemaReader().snapshot(connection)
+            return (reader.sharing() if reader else SchemaReader()).snapshot(connection)
     finally:
         engine.dispose()
 
@@ -102,6 +105,16 @@ class SchemaReader:
         # definition, and the first transaction whose changes they may not include.
         self._definitions: dict[int, tuple[tuple[int, int], str]] = {}
         self._since: int | None = None
+
+    def sharing(self) -> SchemaReader:
+        """A reader for another database of the same kind that reuses this one's reflections:
+        a reflection depends only on the catalog entry it was made from (SQLite's rows, the
+        definition PostgreSQL prints), not on which database holds it. What the snapshots
+        are made from (rows, oids, transaction ids) stays each database's own."""
+        other = SchemaReader()
+        other._reflected = self._reflected
+        other._implicit = self._implicit
+        return other
 
     def snapshot(self, connection) -> dict[str, dict[str, Any]]:
         """The schema `connection` sees now (it reads in the connection's transaction)."""
