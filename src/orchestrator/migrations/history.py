@@ -125,6 +125,18 @@ def checksum(path: str | os.PathLike[str] | None) -> str | None:
         return None
 
 
+def assignment(node: ast.stmt) -> tuple[str | None, ast.expr | None]:
+    """(name, value) of a module-level `name = value` or `name: T = value`, else (None, None):
+    how a script's declarations are read without importing it."""
+    if isinstance(node, ast.Assign) and len(node.targets) == 1:
+        target = node.targets[0]
+    elif isinstance(node, ast.AnnAssign) and node.value is not None:
+        target = node.target
+    else:
+        return None, None
+    return (target.id, node.value) if isinstance(target, ast.Name) else (None, None)
+
+
 def valid_checksums(path: str | os.PathLike[str]) -> frozenset[str]:
     """The checksums of earlier versions a script declares equivalent (`valid_checksums = (…)`
     at module level, string literals), read without importing it; empty when it has none or
@@ -134,15 +146,15 @@ def valid_checksums(path: str | os.PathLike[str]) -> frozenset[str]:
     except (OSError, SyntaxError, ValueError):
         return frozenset()
     for node in tree.body:
-        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 \
-            else node.target if isinstance(node, ast.AnnAssign) else None
-        if isinstance(target, ast.Name) and target.id == "valid_checksums" and node.value:
+        name, value = assignment(node)
+        if name == "valid_checksums":
             try:
-                value = ast.literal_eval(node.value)
+                sums = ast.literal_eval(value)
             except ValueError:
                 return frozenset()
-            return frozenset(v for v in value if isinstance(v, str)) \
-                if isinstance(value, (tuple, list, set, frozenset)) else frozenset()
+            if isinstance(sums, (tuple, list, set, frozenset)):
+                return frozenset(v for v in sums if isinstance(v, str))
+            return frozenset()
     return frozenset()
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.migrations import lint
+from orchestrator.migrations.history import assignment
 
 
 @dataclass
@@ -41,7 +42,7 @@ class ScriptFile:
             return script
         script = cls(path=path, source=source, tree=tree)
         for node in script.tree.body:
-            target, value = _assignment(node)
+            target, value = assignment(node)
             if target is None:
                 continue
             script.lines.setdefault(target, node.lineno)
@@ -75,16 +76,6 @@ def _reason(exc: Exception) -> str:
     if isinstance(exc, UnicodeDecodeError):
         return f"not valid {exc.encoding} text ({exc.reason}); save it as UTF-8 or fix its coding line"
     return getattr(exc, "msg", None) or str(exc)
-
-
-def _assignment(node: ast.stmt) -> tuple[str | None, ast.expr | None]:
-    if isinstance(node, ast.Assign) and len(node.targets) == 1:
-        target = node.targets[0]
-    elif isinstance(node, ast.AnnAssign) and node.value is not None:
-        target = node.target
-    else:
-        return None, None
-    return (target.id, node.value) if isinstance(target, ast.Name) else (None, None)
 
 
 def _revision_tuple(value: ast.expr) -> tuple[str, ...] | None:
