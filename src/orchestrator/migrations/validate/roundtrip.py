@@ -90,6 +90,7 @@ class Scratch:
         else:
             self.connection.exec_driver_sql("SET synchronous_commit = off")
             self.connection.commit()
+        self.reader.watch(self.connection)
 
     def close(self) -> None:
         self.connection.close()

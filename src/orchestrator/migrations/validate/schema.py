@@ -7,10 +7,11 @@ import re
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import inspect, text
+from sqlalchemy import event, inspect, text
 from sqlalchemy.pool import NullPool
 
 from orchestrator.db import create_engine
+from orchestrator.migrations.validate.watch import PostgresWatch, SqliteWatch
 from orchestrator.migrations.version import BOOKKEEPING_TABLES
 
 
@@ -45,9 +46,13 @@ SELECT c.oid, concat_ws(E'\\n',
                      ORDER BY k.conname)
    FROM pg_constraint k WHERE k.conrelid = c.oid),
   (SELECT string_agg(pg_get_indexdef(x.indexrelid), ',' ORDER BY x.indexrelid::regclass::text)
-   FROM pg_index x WHERE x.indrelid = c.oid))
+   FROM pg_index x WHERE x.indrelid = c.oid)),
+  c.relname,
+  (SELECT count(*) FROM pg_constraint k WHERE k.conrelid = c.oid),
+  (SELECT array_agg(x.indexrelid) FROM pg_index x WHERE x.indrelid = c.oid)
 FROM pg_class c
-WHERE c.oid = ANY(CAST(:tables AS oid[]))
+WHERE c.oid = ANY(CAST(:tables AS oid[])) AND c.relkind IN ('r', 'p')
+  AND c.relnamespace = CAST(current_schema() AS regnamespace)
 """
 # The tables, with how many indexes and constraints each has (a DROP INDEX or DROP CONSTRAINT
 # deletes catalog rows and may write none), and the first transaction whose catalog changes a
@@ -96,7 +101,7 @@ class SchemaReader:
         # The last snapshot, and what it was made from: SQLite's catalog rows and the tables
         # whose entries have a REFERENCES without columns; PostgreSQL's tables' definitions.
         self._last: dict[str, dict[str, Any]] = {}
-        self._rows: frozenset[tuple] = frozenset()
+        self._entry_rows: dict[str, tuple[tuple, ...]] = {}
         self._implicit_tables: frozenset[str] = frozenset()
         self._entries: dict[str, str] = {}
         # SQLite: whether a table's catalog entry has a REFERENCES without columns.
@@ -105,6 +110,26 @@ class SchemaReader:
         # definition, and the first transaction whose changes they may not include.
         self._definitions: dict[int, tuple[tuple[int, int], str]] = {}
         self._since: int | None = None
+        # The connection whose statements a watcher follows (`watch`), and the watcher.
+        self._watched: Any = None
+        self._watch: SqliteWatch | PostgresWatch | None = None
+        # PostgreSQL: each table's name and each index's table, by oid (for a watcher's oids).
+        self._names: dict[int, str] = {}
+        self._index_owner: dict[int, int] = {}
+
+    def watch(self, connection) -> None:
+        """Follow what `connection`'s statements change, so that its snapshots read only
+        the catalog entries of the tables they touched (for a scratch database, whose
+        connection runs every migration step and takes every snapshot)."""
+        if connection.dialect.name == "sqlite":
+            self._watch = SqliteWatch(connection.connection.driver_connection)
+        else:
+            self._watch = PostgresWatch.install(connection)
+            if self._watch is None:
+                return
+        self._watched = connection.connection.driver_connection
+        # A rolled-back transaction may undo what a snapshot in it read: read everything.
+        event.listen(connection, "rollback", lambda _connection: self._watch.forget())
 
     def sharing(self) -> SchemaReader:
         """A reader for another database of the same kind that reuses this one's reflections:
@@ -119,12 +144,15 @@ class SchemaReader:
     def snapshot(self, connection) -> dict[str, dict[str, Any]]:
         """The schema `connection` sees now (it reads in the connection's transaction)."""
         if connection.dialect.name == "sqlite":
-            changes = self._sqlite_changes(connection)
+            watch = self._watch if self._watched is connection.connection.driver_connection \
+                else None
+            changes = self._sqlite_changes(connection, watch.take() if watch else None)
         else:
-            entries = self._postgres_catalog(connection)
-            changes = dict.fromkeys(self._entries.keys() - entries.keys())
-            changes.update(entries.items() - self._entries.items())
-            self._entries = entries
+            watch = self._watch if self._watched is connection.connection.driver_connection \
+                else None
+            taken = watch.take(connection) if watch else None
+            changes = self._postgres_touched(connection, *taken) if taken is not None \
+                else self._postgres_everything(connection)
         if not changes:
             return self._last
         inspector = None
@@ -141,35 +169,47 @@ class SchemaReader:
         self._last = snapshot = dict(sorted(snapshot.items()))
         return snapshot
 
-    def _sqlite_changes(self, connection) -> dict[str, Any]:
+    def _sqlite_changes(self, connection, touched: set[str] | None) -> dict[str, Any]:
         """The tables whose catalog entries (what their reflection depends on) differ from
-        the last snapshot's, each with its entry now (None: no longer a table)."""
-        # The driver's cursor, in the connection's transaction: hundreds of rows per snapshot.
+        the last snapshot's, each with its entry now (None: no longer a table). Only the
+        entries of `touched` are read (None: every table's)."""
+        if self._implicit_tables:
+            # Their reflection depends on other tables' entries (the primary keys they refer
+            # to): such tables are read again whenever anything changed.
+            touched = None
+        elif touched is not None and not touched:
+            return {}
+        # The driver's cursor, in the connection's transaction: hundreds of rows when whole.
         cursor = connection.connection.cursor()
         try:
-            rows = frozenset(cursor.execute(_SQLITE_CATALOG).fetchall())
+            if touched is None:
+                rows = cursor.execute(_SQLITE_CATALOG).fetchall()
+                scope = self._entry_rows.keys() | {row[0] for row in rows}
+            else:
+                scope = touched
+                rows = cursor.execute(f"{_SQLITE_CATALOG} AND tbl_name IN "
+                                      f"({', '.join('?' * len(touched))})",
+                                      tuple(touched)).fetchall()
         finally:
             cursor.close()
-        different = rows ^ self._rows
-        if not different:
-            return {}
-        touched = {row[0] for row in different}
-        # A foreign key without a column list refers to the other table's primary key: such a
-        # table is read again whenever anything changed.
-        touched |= self._implicit_tables
-        entries: dict[str, list[tuple]] = {table: [] for table in touched}
+        entries: dict[str, list[tuple]] = {table: [] for table in scope}
         for row in rows:
-            if row[0] in touched:
-                entries[row[0]].append(row)
+            entries[row[0]].append(row)
         everything = None
-        implicit = set(self._implicit_tables - touched)
+        implicit = set(self._implicit_tables)
         changes: dict[str, Any] = {}
         for table, entry_rows in entries.items():
-            if not any(kind == "table" for _, kind, _, _ in entry_rows):
+            entry = tuple(sorted(entry_rows, key=itemgetter(1, 2)))
+            if entry == self._entry_rows.get(table, ()) and table not in implicit:
+                continue
+            if entry:
+                self._entry_rows[table] = entry
+            else:
+                self._entry_rows.pop(table, None)
+            if not any(kind == "table" for _, kind, _, _ in entry):
                 changes[table] = None  # dropped (or a view)
                 implicit.discard(table)
                 continue
-            entry = tuple(sorted(entry_rows, key=itemgetter(1, 2)))
             if entry not in self._implicit:
                 self._implicit[entry] = any(_refers_implicitly(sql) for *_, sql in entry)
             if self._implicit[entry]:
@@ -179,7 +219,7 @@ class SchemaReader:
             else:
                 implicit.discard(table)
                 changes[table] = (entry, None)
-        self._rows, self._implicit_tables = rows, frozenset(implicit)
+        self._implicit_tables = frozenset(implicit)
         return changes
 
     def _postgres_catalog(self, connection) -> dict[str, Any]:
@@ -199,11 +239,58 @@ class SchemaReader:
         if stale:
             printed = connection.execute(text(_POSTGRES_CATALOG),
                                          {"tables": [str(oid) for oid in stale]}).all()
-            for oid, definition in printed:
+            for oid, definition, _, _, indexes in printed:
                 self._definitions[oid] = (counts[oid], definition)
+                self._index_owner.update(dict.fromkeys(indexes or (), oid))
         if horizon is not None:
             self._since = horizon
+        self._names = {oid: table for table, oid, *_ in tables}
         return {table: self._definitions[oid][1] for table, oid, *_ in tables}
+
+    def _postgres_everything(self, connection) -> dict[str, Any]:
+        """The changes to every table of the schema since the last snapshot."""
+        entries = self._postgres_catalog(connection)
+        changes = dict.fromkeys(self._entries.keys() - entries.keys())
+        changes.update(entries.items() - self._entries.items())
+        self._entries = entries
+        return changes
+
+    def _postgres_touched(self, connection, tables: set[int],
+                          dropped_indexes: set[int]) -> dict[str, Any]:
+        """The changes to the tables a watcher saw touched (by oid; and the tables of the
+        indexes it saw dropped): each one's printed definition, or None where a name is no
+        longer a table's (dropped, renamed, or not a table of this schema any more)."""
+        owners = [self._index_owner.pop(index, None) for index in dropped_indexes]
+        if None in owners:  # an index this reader never printed: its table is unknown
+            return self._postgres_everything(connection)
+        tables.update(owners)  # type: ignore[arg-type]
+        printed = {}
+        if tables:
+            printed = {row[0]: row[1:] for row in connection.execute(
+                text(_POSTGRES_CATALOG), {"tables": [str(oid) for oid in tables]})}
+        gone: dict[str, Any] = {}
+        changes = {}
+        for oid in tables:
+            name = self._names.get(oid)
+            if oid not in printed:
+                if name is not None:
+                    del self._names[oid]
+                    gone[name] = None
+                continue
+            definition, table, constraints, indexes = printed[oid]
+            if name is not None and name != table:
+                gone[name] = None  # renamed
+            self._names[oid] = table
+            self._definitions[oid] = ((len(indexes or ()), constraints), definition)
+            self._index_owner.update(dict.fromkeys(indexes or (), oid))
+            changes[table] = definition
+        changes = {**gone, **changes}
+        for table, definition in changes.items():
+            if definition is None:
+                self._entries.pop(table, None)
+            else:
+                self._entries[table] = definition
+        return changes
 
 
 _REFERENCES_COLUMNS = re.compile(r'REFERENCES\s+(?:"[^"]*"|`[^`]*`|\[[^\]]*\]|[^\s(]+)\s*\(',
