@@ -4,7 +4,6 @@ findings, the live database's status, and the scratch database climbed to head."
 from __future__ import annotations
 
 import contextlib
-import gc
 from functools import cached_property
 from pathlib import Path
 
@@ -139,11 +138,6 @@ class Context:
                 raise self._scratch from None
             self._scratch = Scratch(url, self)
             self._cleanup.callback(self._scratch.close)
-            # What is loaded by now (the scripts, Alembic, SQLAlchemy) lives until the end:
-            # the collector need not walk it again at every collection of the climb and the
-            # round trip (each of those walks grew with the chain).
-            gc.freeze()
-            self._cleanup.callback(gc.unfreeze)
             round_trip = len(self.chain) - self.since_position
             self._steps = (0, len(self.chain) + 3 * round_trip)
             self._scratch.climb(stops)

@@ -4,8 +4,9 @@ report what they found."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from sqlalchemy import MetaData
 
@@ -42,6 +43,7 @@ def validate(
     # Copies left by rehearsals that were killed (SIGKILL gives them no chance to clean up).
     remove_stale(database_url)
     ctx = Context(database_url, script_location, strict, metadata, since, progress)
+    restore_collector = _collect_less()
     try:
         if since is not None:
             with contextlib.suppress(Skip):  # a broken chain: the rules say so
@@ -68,7 +70,29 @@ def validate(
         report.since = _narrowed(ctx, report)
     finally:
         ctx.close()
+        restore_collector()
     return report
+
+
+def _collect_less() -> Callable[[], None]:
+    """Python's collector, tuned for one validation (as mypy tunes it for a build): what is
+    loaded by now is set aside (`gc.freeze`), and the youngest generation is collected after
+    50,000 allocations instead of 700. A validation keeps every script, tree and snapshot of
+    the chain alive to the end; with the defaults, collections walked that growing heap again
+    and again, and a chain twice as long cost more than twice as much. Returns what puts the
+    collector back as it was (nothing is unfrozen that someone else froze)."""
+    thresholds = gc.get_threshold()
+    ours = gc.get_freeze_count() == 0
+    if ours:
+        gc.freeze()
+    gc.set_threshold(max(thresholds[0], 50_000), *thresholds[1:])
+
+    def restore() -> None:
+        gc.set_threshold(*thresholds)
+        if ours:
+            gc.unfreeze()
+
+    return restore
 
 
 def _narrowed(ctx: Context, report: ValidationReport) -> Since | None:
