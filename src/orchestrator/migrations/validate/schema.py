@@ -88,18 +88,19 @@ UNION SELECT a.attrelid FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
 
 
 class SchemaReader:
-    """Schema snapshots of databases of one kind, each from one catalog query: a table is
-    reflected (SQLAlchemy's inspector, as `schema_snapshot` always did) only when its catalog
-    entry is one this reader has not reflected yet, so a step that changes one table costs
-    one table's reflection, not the whole schema's. Each snapshot is made from the last one
-    and the tables whose catalog entries differ from the last one's (found by set operations
-    on the catalog's rows, not a Python step per table): the schema is read whole at every
-    snapshot, but only what changed is looked at."""
+    """Schema snapshots of databases of one kind. A table is reflected (SQLAlchemy's
+    inspector, as `schema_snapshot` always did) only when its catalog entry is one this
+    reader has not reflected yet, so a step that changes one table costs one table's
+    reflection, not the whole schema's. Each snapshot is the last one with the tables whose
+    catalog entries changed: on a watched connection (`watch`, the scratch database's) only
+    the entries of the tables its statements touched are read; elsewhere the whole catalog
+    is, in one query, and compared with the last snapshot's."""
 
     def __init__(self) -> None:
         self._reflected: dict[tuple[str, Any], dict[str, Any]] = {}
-        # The last snapshot, and what it was made from: SQLite's catalog rows and the tables
-        # whose entries have a REFERENCES without columns; PostgreSQL's tables' definitions.
+        # The last snapshot, and what it was made from: SQLite's catalog rows by table and the
+        # tables whose entries have a REFERENCES without columns; PostgreSQL's tables'
+        # definitions.
         self._last: dict[str, dict[str, Any]] = {}
         self._entry_rows: dict[str, tuple[tuple, ...]] = {}
         self._implicit_tables: frozenset[str] = frozenset()
