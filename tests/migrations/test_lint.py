@@ -391,6 +391,10 @@ def test_sql_rules_on_less_common_statements(tmp_path):
         op.execute("ALTER TABLE gadgets DROP CONSTRAINT c")
         op.execute("ALTER INDEX ix_gadgets_widget_id RENAME TO ix_g")
         op.execute("ALTER TABLE gadgets RENAME CONSTRAINT c TO d")
+        op.execute("CREATE TYPE mood AS ENUM ('calm')")
+        op.execute("ALTER TYPE mood RENAME TO feeling")
+        op.execute("ALTER FUNCTION now_utc() RENAME TO utc_now")
+        op.execute("ALTER SEQUENCE gadgets_id_seq RENAME TO gadget_ids")
     """) == [("MIG013", 9), ("MIG013", 13), ("MIG013", 14), ("MIG018", 19), ("MIG016", 21),
              ("MIG015", 22), ("MIG011", 23), ("MIG011", 24), ("MIG010", 25),
              # the column is new, but every row of the table has it: still a scan

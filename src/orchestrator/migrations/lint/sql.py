@@ -314,6 +314,8 @@ class Schema:
                 self._alter(table, cmd)
 
     def _rename(self, node: ast.RenameStmt) -> None:
+        if node.relation is None:
+            return  # a type, function, schema...: no table of this schema changes
         table = relname(node.relation)
         if node.renameType == ObjectType.OBJECT_TABLE:
             self.tables[node.newname] = self.tables.pop(table, {})

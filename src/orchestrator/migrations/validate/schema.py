@@ -69,7 +69,8 @@ WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')
 """
 # The tables with a catalog row written since transaction :since (any DDL on a table writes
 # one: its own, its columns', defaults', constraints', indexes', its referred tables' or its
-# column types'): only their definitions are printed again.
+# column types'), and those whose defaults, checks or indexes call a sequence or a function
+# renamed since: only their definitions are printed again.
 _POSTGRES_TOUCHED = """
 SELECT attrelid FROM pg_attribute WHERE xmin::text::bigint >= :since
 UNION SELECT oid FROM pg_class WHERE xmin::text::bigint >= :since
@@ -84,6 +85,14 @@ UNION SELECT x.indrelid FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
   WHERE i.xmin::text::bigint >= :since
 UNION SELECT a.attrelid FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
   WHERE t.xmin::text::bigint >= :since
+UNION SELECT coalesce(ad.adrelid, k.conrelid, x.indrelid, d.objid) FROM pg_depend d
+  LEFT JOIN pg_attrdef ad ON d.classid = 'pg_attrdef'::regclass AND ad.oid = d.objid
+  LEFT JOIN pg_constraint k ON d.classid = 'pg_constraint'::regclass AND k.oid = d.objid
+  LEFT JOIN pg_index x ON d.classid = 'pg_class'::regclass AND x.indexrelid = d.objid
+  WHERE (d.refclassid = 'pg_class'::regclass AND d.refobjid IN (
+           SELECT oid FROM pg_class WHERE xmin::text::bigint >= :since))
+     OR (d.refclassid = 'pg_proc'::regclass AND d.refobjid IN (
+           SELECT oid FROM pg_proc WHERE xmin::text::bigint >= :since))
 """
 
 

@@ -72,7 +72,7 @@ class SqliteWatch:
 
 # The tables an object belongs to (a table itself, an index's, a constraint's, a default's),
 # and the tables whose definitions print an object's name: those whose columns, defaults,
-# constraints or indexes depend on it (pg_depend), and those whose columns are of its row type.
+# constraints or indexes depend on it (pg_depend), on its row type, or on its array type.
 # An event trigger logs them for every DDL command and for every object a command drops; the
 # log is read, and emptied, in the snapshot's transaction. A failure inside the trigger logs
 # 0 (read everything) rather than failing the migration it watches.
@@ -92,13 +92,19 @@ LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
 $$;
 CREATE FUNCTION orchestrator_watch.dependents(class oid, object oid) RETURNS SETOF oid
 LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
-  SELECT t FROM pg_depend d, orchestrator_watch.tables_of(d.classid, d.objid) t
-   WHERE d.refclassid = class AND d.refobjid = object
-  UNION ALL
-  SELECT t FROM pg_class c
-   JOIN pg_depend d ON d.refclassid = 'pg_type'::regclass AND d.refobjid = c.reltype,
+  WITH types AS (
+    SELECT object AS type WHERE class = 'pg_type'::regclass
+    UNION SELECT c.reltype FROM pg_class c
+     WHERE class = 'pg_class'::regclass AND c.oid = object AND c.reltype <> 0
+  ), objects (class, object) AS (
+    SELECT class, object
+    UNION SELECT 'pg_type'::regclass::oid, type FROM types
+    UNION SELECT 'pg_type'::regclass::oid, t.typarray FROM types JOIN pg_type t ON t.oid = type
+     WHERE t.typarray <> 0
+  )
+  SELECT t FROM objects o
+   JOIN pg_depend d ON d.refclassid = o.class AND d.refobjid = o.object,
    orchestrator_watch.tables_of(d.classid, d.objid) t
-   WHERE class = 'pg_class'::regclass AND c.oid = object
 $$;
 CREATE FUNCTION orchestrator_watch.commands() RETURNS event_trigger
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$

@@ -46,6 +46,8 @@ def drop_column(table: str, cmd: ast.AlterTableCmd, at: At) -> Iterator[Hit]:
 def rename(node: ast.RenameStmt, at: At) -> Iterator[Hit]:
     """MIG019. A rename is a drop for the code still running against the old name: every query
     that names it fails from the moment the migration commits."""
+    if node.relation is None:
+        return  # a type, function, schema...: not a table nor a column
     table = relname(node.relation)
     if node.renameType == ObjectType.OBJECT_TABLE and not table.startswith(BATCH_TEMP_PREFIX):
         what = f"table {table} to {node.newname}"
