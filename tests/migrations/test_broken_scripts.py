@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.migrations import MigrationManager
+from orchestrator.migrations.errors import BrokenScriptError
 from tests.fixtures import command_runner, copy_scripts
 
 _HEADER = '''"""{doc}
@@ -141,3 +142,12 @@ def test_scripts_with_a_coding_line_or_a_byte_order_mark_work_for_every_command(
         assert manager.changed_scripts() == []
         assert [e.revision for e in manager.applied_history()][-3:] == ["006", "005", "005"]
         assert manager.history()[-2].message.startswith(title)
+
+
+def test_a_scripts_folder_that_is_not_one_is_named_without_alembics_init_advice(sqlite_url,
+                                                                                tmp_path):
+    for folder in (tmp_path / "missing", tmp_path):  # absent; present without env.py
+        with pytest.raises(BrokenScriptError) as raised:
+            MigrationManager(sqlite_url, script_location=str(folder)).script  # noqa: B018
+        assert str(raised.value) == (f"{folder} is not a migration scripts folder (it has no "
+                                     "env.py); check the scripts folder given")

@@ -601,11 +601,11 @@ def test_stale_means_made_here_by_a_process_that_is_gone_and_not_kept():
     here = socket.gethostname()
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    assert copies._stale({"host": here, "pid": gone.pid})
-    assert not copies._stale({"host": here, "pid": os.getpid()})
-    assert not copies._stale({"host": here, "pid": gone.pid, "kept": True})
-    assert not copies._stale({"host": f"not-{here}", "pid": gone.pid})
-    assert not copies._stale({"host": here, "pid": "?"})
+    assert scratch.is_stale({"host": here, "pid": gone.pid})
+    assert not scratch.is_stale({"host": here, "pid": os.getpid()})
+    assert not scratch.is_stale({"host": here, "pid": gone.pid, "kept": True})
+    assert not scratch.is_stale({"host": f"not-{here}", "pid": gone.pid})
+    assert not scratch.is_stale({"host": here, "pid": "?"})
 
 
 @pytest.mark.postgres

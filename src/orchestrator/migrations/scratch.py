@@ -2,19 +2,25 @@
 or a SQLite file in a temporary folder.
 
 The validator builds its schemas on one, a rehearsal restores its copy into one, and the tests
-and benchmarks make theirs with the same functions.
+and benchmarks make theirs with the same functions. Each carries who made it (host and process
+id: a PostgreSQL database's comment, a folder's `owner.json`): one whose process is gone (killed
+with SIGKILL, say) and that was not kept on purpose is stale, and `remove_stale` drops it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import shutil
+import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
@@ -116,12 +122,82 @@ def scratch_database(database_url: str, prefix: str = "orchestrator_scratch",
     if backend_name(database_url) == "sqlite":
         folder = tempfile.mkdtemp(prefix=f"{prefix.replace('_', '-')}-")
         try:
+            (Path(folder) / OWNER_FILE).write_text(json.dumps(owner()))
             yield f"sqlite:///{Path(folder) / 'scratch.db'}"
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return
+    options.setdefault("comment", json.dumps(owner()))
     url = create_database(database_url, prefix, **options)
     try:
         yield url
     finally:
         drop_database(database_url, url)
+
+
+OWNER_FILE = "owner.json"
+
+
+def owner(kept: bool = False) -> dict:
+    """Who makes a scratch database or folder now: this host and process."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "kept": kept,
+            "started": time.time()}
+
+
+def is_stale(made_by: dict) -> bool:
+    """Made on this host by a process that is gone, and not kept on purpose."""
+    if made_by.get("kept") or made_by.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(made_by.get("pid", 0)), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, TypeError, ValueError):  # another user's process, or no process id
+        return False
+    return False
+
+
+def remove_stale(database_url: str, prefixes: Iterable[tuple[str, str]]) -> list[str]:
+    """Drop the stale scratch folders (in the temporary folder) and, beside a PostgreSQL
+    `database_url`, the stale scratch databases whose names start with one of `prefixes`
+    ((database prefix, folder prefix) pairs); returns their names. What carries no owner, or
+    an unreadable one, is left alone."""
+    prefixes = list(prefixes)
+    removed = []
+    for _, folder_prefix in prefixes:
+        for folder in Path(tempfile.gettempdir()).glob(f"{folder_prefix}*"):
+            try:
+                made_by = json.loads((folder / OWNER_FILE).read_text())
+            except (OSError, ValueError):
+                continue
+            if is_stale(made_by):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(str(folder))
+    if backend_name(database_url) == "postgresql":
+        removed += _remove_stale_databases(database_url, [p for p, _ in prefixes])
+    return removed
+
+
+def _remove_stale_databases(database_url: str, prefixes: list[str]) -> list[str]:
+    removed = []
+    patterns = [prefix.replace("_", r"\_") + "%" for prefix in prefixes]
+    engine = _admin(database_url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(text(
+                "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database "
+                "WHERE datname LIKE ANY(:patterns)"), {"patterns": patterns}).all()
+        for name, comment in rows:
+            try:
+                made_by = json.loads(comment or "")
+            except ValueError:
+                continue
+            if isinstance(made_by, dict) and is_stale(made_by):
+                with contextlib.suppress(DBAPIError):  # another's to drop, or gone already
+                    drop_database(database_url, name)
+                    removed.append(name)
+    except DBAPIError:
+        return removed  # unreachable: the command itself says so next
+    finally:
+        engine.dispose()
+    return removed

@@ -4,11 +4,14 @@ that match a fresh reflection, `--since` / `--since-git`, and progress."""
 from __future__ import annotations
 
 import io
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from orchestrator.db import create_engine
 from orchestrator.migrations import MigrationManager, UnknownRevisionError
@@ -23,6 +26,7 @@ from orchestrator.migrations.validate import (
 )
 from tests.fixtures import add_revision, copy_scripts, revisions_after
 from tests.fixtures.long_chain import add_revisions, long_chain, long_chain_metadata
+from tests.schema import scalar
 
 ALL_CODES = [rule.code for rule in RULES]
 # The project's chain: its head, and the revision before it.
@@ -374,3 +378,67 @@ def test_progress_counts_every_scratch_step(sqlite_url, tmp_path):
     validate(sqlite_url, script_location=str(long_chain(tmp_path, 2)), progress=Recorder(),
              rules=["MIG008"], since="005")
     assert seen[-1] == (chain + 3, chain + 3)
+
+
+# -- a validation killed midway -----------------------------------------------------------------
+
+_KILLED = """
+import sys, time
+from orchestrator.migrations.scratch import scratch_database
+from orchestrator.migrations.validate.context import SCRATCH_PREFIX
+with scratch_database(sys.argv[1], SCRATCH_PREFIX) as url:
+    print(url, flush=True)
+    time.sleep(600)
+"""
+
+
+def _exists(scratch_url: str) -> bool:
+    if scratch_url.startswith("sqlite"):
+        return Path(make_url(scratch_url).database).parent.exists()
+    admin = scratch_url.rsplit("/", 1)[0] + "/postgres"
+    return bool(scalar(admin, "SELECT count(*) FROM pg_database WHERE datname = "
+                       f"'{make_url(scratch_url).database}'"))
+
+
+def test_the_scratch_database_of_a_killed_validation_is_dropped_by_the_next_one(db_url):
+    """SIGKILL (or a CI job cancelled hard) gives a validation no chance to drop its scratch
+    database: the next validation beside the same server drops it, and only it."""
+    process = subprocess.Popen([sys.executable, "-c", _KILLED, db_url], stdout=subprocess.PIPE,
+                               text=True)
+    scratch_url = process.stdout.readline().strip()
+    assert scratch_url and _exists(scratch_url)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    process.stdout.close()
+    assert _exists(scratch_url)
+    MigrationManager(db_url).upgrade()
+    validate(db_url, rules=["MIG001"])
+    assert not _exists(scratch_url)
+
+
+_HELD = """
+import sys, time
+from orchestrator.migrations.validate import roundtrip
+from orchestrator.cli.entry import main
+
+def held(self, stops):
+    print(self.url, flush=True)
+    time.sleep(600)
+
+roundtrip.Scratch.climb = held
+main(["db", "validate", "--database-url", sys.argv[1]])
+"""
+
+
+def test_sigterm_ends_a_validation_as_ctrl_c_does_and_drops_its_scratch_database(db_url):
+    """A cancelled CI job or `docker stop` sends SIGTERM: the scratch database is dropped,
+    `Interrupted.` is the last line, and the exit code is 130."""
+    MigrationManager(db_url).upgrade()
+    process = subprocess.Popen([sys.executable, "-c", _HELD, db_url], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    scratch_url = process.stdout.readline().strip()
+    assert scratch_url and _exists(scratch_url)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err.splitlines()[-1] == "Interrupted."
+    assert not _exists(scratch_url)

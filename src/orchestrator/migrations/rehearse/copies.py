@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -29,18 +27,23 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from orchestrator.db import backend_name, create_engine, mask_url, sqlite_path
-from orchestrator.migrations import backup
-from orchestrator.migrations.scratch import DatabaseNotCreated, create_database, drop_database
+from orchestrator.migrations import backup, scratch
 from orchestrator.migrations.errors import (
     DatabaseUnreachableError,
     Fault,
     RehearsalCopyError,
     classify,
 )
+from orchestrator.migrations.scratch import (
+    OWNER_FILE,
+    DatabaseNotCreated,
+    create_database,
+    drop_database,
+    owner,
+)
 
 DATABASE_PREFIX = "orchestrator_rehearsal_of_"
 FOLDER_PREFIX = "orchestrator-rehearsal-of-"
-OWNER_FILE = "owner.json"
 
 
 @dataclass(frozen=True)
@@ -50,24 +53,6 @@ class Copy:
     source: str
     seconds: float
     revision: str | None
-
-
-def _owner(kept: bool = False) -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "kept": kept,
-            "started": time.time()}
-
-
-def _stale(owner: dict) -> bool:
-    """Made on this host by a process that is gone, and not kept on purpose."""
-    if owner.get("kept") or owner.get("host") != socket.gethostname():
-        return False
-    try:
-        os.kill(int(owner.get("pid", 0)), 0)
-    except ProcessLookupError:
-        return True
-    except (OSError, TypeError, ValueError):  # another user's process, or no process id
-        return False
-    return False
 
 
 def _slug(name: str, length: int = 20) -> str:
@@ -97,7 +82,7 @@ def _sqlite_copy(database_url: str, from_backup: Path | None, keep: bool) -> Ite
             f"{source} does not exist: there is nothing to rehearse on; "
             "check DATABASE_URL (`orchestrator db upgrade` creates a new database)")
     folder = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{_slug(source.stem)}-"))
-    (folder / OWNER_FILE).write_text(json.dumps(_owner(keep)))
+    (folder / OWNER_FILE).write_text(json.dumps(owner(keep)))
     path = folder / f"{source.stem}-rehearsal.db"
     started = time.perf_counter()
     try:
@@ -130,7 +115,7 @@ def _postgres_copy(database_url: str, from_backup: Path | None,
             # The dump's folder is marked as ours too: a killed rehearsal's is swept up.
             folder = Path(cleanup.enter_context(tempfile.TemporaryDirectory(
                 prefix=f"{FOLDER_PREFIX}{_slug(source)}-dump-")))
-            (folder / OWNER_FILE).write_text(json.dumps(_owner()))
+            (folder / OWNER_FILE).write_text(json.dumps(owner()))
             dump = backup.create(database_url, backup_dir=folder,
                                  output=folder / f"{source}.dump", reason="rehearsal")
             backup.load_into_empty(url, dump.path)
@@ -175,7 +160,7 @@ def _create_database(database_url: str, prefix: str, keep: bool) -> str:
         finally:
             engine.dispose()
         return create_database(database_url, prefix, template="template0", encoding=encoding,
-                               locale=(collate, ctype), comment=json.dumps(_owner(keep)))
+                               locale=(collate, ctype), comment=json.dumps(owner(keep)))
     except (DBAPIError, DatabaseNotCreated) as exc:
         # A refusal names the database it would have made; reading the original's locale
         # fails before there is a name.
@@ -194,40 +179,4 @@ def _create_database(database_url: str, prefix: str, keep: bool) -> str:
 
 def remove_stale(database_url: str) -> list[str]:
     """Drop the copies that rehearsals killed on this host left behind; returns their names."""
-    removed = []
-    for folder in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*"):
-        try:
-            owner = json.loads((folder / OWNER_FILE).read_text())
-        except (OSError, ValueError):
-            continue
-        if _stale(owner):
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(str(folder))
-    if backend_name(database_url) == "postgresql":
-        removed += _remove_stale_databases(database_url)
-    return removed
-
-
-def _remove_stale_databases(database_url: str) -> list[str]:
-    removed = []
-    engine = _admin(database_url)
-    try:
-        with engine.connect() as connection:
-            rows = connection.execute(text(
-                "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database "
-                "WHERE datname LIKE :prefix"), {"prefix": DATABASE_PREFIX.replace("_", r"\_") + "%"}
-            ).all()
-            for name, comment in rows:
-                try:
-                    owner = json.loads(comment or "")
-                except ValueError:
-                    continue
-                if _stale(owner):
-                    with contextlib.suppress(DBAPIError):  # another's to drop, or gone already
-                        drop_database(database_url, name)
-                        removed.append(name)
-    except DBAPIError:
-        return removed  # unreachable: the command itself says so next
-    finally:
-        engine.dispose()
-    return removed
+    return scratch.remove_stale(database_url, [(DATABASE_PREFIX, FOLDER_PREFIX)])

@@ -22,6 +22,12 @@ from orchestrator.migrations.validate.scripts import ScriptFile, read_scripts
 from orchestrator.models import Base
 
 
+# The scratch database's name (`orchestrator_validate_<random>`) or folder's
+# (`orchestrator-validate-…`): a validation killed with SIGKILL leaves one, which the next
+# validation drops (runner.validate).
+SCRATCH_PREFIX = "orchestrator_validate"
+
+
 class Context:
     """What the rules look at, computed once and on demand."""
 
@@ -131,7 +137,7 @@ class Context:
             stops = self._stops()
             try:
                 url = self._cleanup.enter_context(
-                    scratch_database(self.database_url, "orchestrator_validate"))
+                    scratch_database(self.database_url, SCRATCH_PREFIX))
             except DatabaseNotCreated as exc:
                 self._scratch = Skip(f"cannot create a scratch database beside "
                                      f"{mask_url(self.database_url)}: {exc}")

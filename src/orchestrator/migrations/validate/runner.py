@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import threading
 import time
 from collections.abc import Callable, Iterable
 
 from sqlalchemy import MetaData
 
+from orchestrator.migrations import scratch
 from orchestrator.migrations.environment import SCRIPT_DIRECTORY
-from orchestrator.migrations.rehearse.copies import remove_stale
-from orchestrator.migrations.validate.context import Context
+from orchestrator.migrations.rehearse import copies
+from orchestrator.migrations.validate.context import SCRATCH_PREFIX, Context
 from orchestrator.migrations.validate.report import (
     Progress,
     Since,
@@ -40,10 +42,13 @@ def validate(
     rules, the models, drift and checksums still cover everything."""
     selected = set(rules) if rules is not None else None
     report = ValidationReport(strict=strict)
-    # Copies left by rehearsals that were killed (SIGKILL gives them no chance to clean up).
-    remove_stale(database_url)
+    # Scratch databases and rehearsal copies left by processes that were killed (SIGKILL gives
+    # them no chance to clean up).
+    scratch.remove_stale(database_url, [
+        (f"{SCRATCH_PREFIX}_", f"{SCRATCH_PREFIX.replace('_', '-')}-"),
+        (copies.DATABASE_PREFIX, copies.FOLDER_PREFIX)])
     ctx = Context(database_url, script_location, strict, metadata, since, progress)
-    restore_collector = _collect_less()
+    restore_collector = _collector.tune()
     try:
         if since is not None:
             with contextlib.suppress(Skip):  # a broken chain: the rules say so
@@ -74,25 +79,43 @@ def validate(
     return report
 
 
-def _collect_less() -> Callable[[], None]:
-    """Python's collector, tuned for one validation (as mypy tunes it for a build): what is
-    loaded by now is set aside (`gc.freeze`), and the youngest generation is collected after
-    50,000 allocations instead of 700. A validation keeps every script, tree and snapshot of
-    the chain alive to the end; with the defaults, collections walked that growing heap again
-    and again, and a chain twice as long cost more than twice as much. Returns what puts the
-    collector back as it was (nothing is unfrozen that someone else froze)."""
-    thresholds = gc.get_threshold()
-    ours = gc.get_freeze_count() == 0
-    if ours:
-        gc.freeze()
-    gc.set_threshold(max(thresholds[0], 50_000), *thresholds[1:])
+class _Collector:
+    """Python's collector, tuned while validations run (as mypy tunes it for a build): what
+    is loaded when the first one starts is set aside (`gc.freeze`), and the youngest
+    generation is collected after 50,000 allocations instead of 700. A validation keeps
+    every script, tree and snapshot of the chain alive to the end; with the defaults,
+    collections walked that growing heap again and again, and a chain twice as long cost more
+    than twice as much. When the last validation running in the process ends, the collector
+    is put back as it was (nothing is unfrozen that someone else froze)."""
 
-    def restore() -> None:
-        gc.set_threshold(*thresholds)
-        if ours:
-            gc.unfreeze()
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0
+        self._thresholds: tuple[int, int, int] = gc.get_threshold()
+        self._froze = False
 
-    return restore
+    def tune(self) -> Callable[[], None]:
+        """Tune for one more validation; returns what ends it."""
+        with self._lock:
+            if not self._running:
+                self._thresholds = gc.get_threshold()
+                self._froze = gc.get_freeze_count() == 0
+                if self._froze:
+                    gc.freeze()
+                gc.set_threshold(max(self._thresholds[0], 50_000), *self._thresholds[1:])
+            self._running += 1
+        return self._done
+
+    def _done(self) -> None:
+        with self._lock:
+            self._running -= 1
+            if not self._running:
+                gc.set_threshold(*self._thresholds)
+                if self._froze:
+                    gc.unfreeze()
+
+
+_collector = _Collector()
 
 
 def _narrowed(ctx: Context, report: ValidationReport) -> Since | None:
@@ -112,4 +135,3 @@ def _narrowed(ctx: Context, report: ValidationReport) -> Since | None:
         reason=f"they are {ctx.since} and older: applied revisions do not change (MIG006 "
                "compares their checksums), and they were validated when they were new",
     )
-
