@@ -174,7 +174,17 @@ def _result(rows: dict[tuple[str, int], dict[str, Any]], sizes: tuple[int, ...],
                      f"{_spread(rows, engine, 150, 'ours')}, "
                      f"{_spread(rows, engine, 300, 'ours')}; pytest-alembic "
                      f"{_spread(rows, engine, 150, 'reference')}, "
-                     f"{_spread(rows, engine, 300, 'reference')}"))
+                     f"{_spread(rows, engine, 300, 'reference')}; the fixed part (the "
+                     f"line through 150 and 300 at 0): validate "
+                     f"{_fixed(rows, engine, 'ours'):.2f} s, pytest-alembic "
+                     f"{_fixed(rows, engine, 'reference'):.2f} s"))
+            metrics.append(metric(
+                f"{engine}: cost of a revision from 150 to 300 / from 50 to 150 (validate)",
+                _marginal(rows, engine, "ours"), "×",
+                reference=_marginal(rows, engine, "reference"),
+                reference_name="pytest-alembic's", runs=len(rows[engine, largest]["ours"]),
+                note="1.00 × is linear: a revision costs as much on a long chain as on a "
+                     "short one"))
     if since:
         metrics.append(metric(
             f"sqlite: validate --since head-1 on {largest} extra migrations (process)",
@@ -229,6 +239,13 @@ def _growth(rows: dict[tuple[str, int], dict[str, Any]], engine: str, kind: str,
         return rows[engine, size]["cpu"][kind] if cpu else rows[engine, size][kind]
 
     return median(runs(300)) / median(runs(150))
+
+
+def _fixed(rows: dict[tuple[str, int], dict[str, Any]], engine: str, kind: str) -> float:
+    """What a run costs whatever the chain's length: the line through the medians at 150 and
+    300, at 0. The larger it is, the less than 2 × the growth from 150 to 300 of a linear
+    cost."""
+    return 2 * median(rows[engine, 150][kind]) - median(rows[engine, 300][kind])
 
 
 def _marginal(rows: dict[tuple[str, int], dict[str, Any]], engine: str, kind: str) -> float:
