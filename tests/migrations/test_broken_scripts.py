@@ -151,3 +151,5 @@ def test_a_scripts_folder_that_is_not_one_is_named_without_alembics_init_advice(
             MigrationManager(sqlite_url, script_location=str(folder)).script  # noqa: B018
         assert str(raised.value) == (f"{folder} is not a migration scripts folder (it has no "
                                      "env.py); check the scripts folder given")
+    with pytest.raises(BrokenScriptError, match="^an empty path is not a migration scripts "):
+        MigrationManager(sqlite_url, script_location="").script  # noqa: B018

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 
 from orchestrator.migrations.scratch import (
     DatabaseNotCreated,
@@ -62,3 +62,25 @@ def test_a_sqlite_scratch_database_is_a_file_in_a_folder_removed_after(tmp_path)
         assert folder.name.startswith("orch-scratch-test-")
         assert folder.is_dir()
     assert not folder.exists()
+
+
+@pytest.mark.postgres
+def test_a_create_interrupted_before_its_comment_leaves_no_database(monkeypatch):
+    """Ctrl-C or SIGTERM between CREATE DATABASE and the comment that names its maker would
+    leave a database nothing sweeps: it is dropped on the way out."""
+    admin = require_postgres()
+    made = []
+    real = Connection.exec_driver_sql
+
+    def interrupted_at_the_comment(self, statement, *args, **kwargs):
+        if statement.startswith("COMMENT ON DATABASE"):
+            made.append(statement.split('"')[1])
+            raise KeyboardInterrupt
+        return real(self, statement, *args, **kwargs)
+
+    monkeypatch.setattr(Connection, "exec_driver_sql", interrupted_at_the_comment)
+    with pytest.raises(KeyboardInterrupt):
+        create_database(admin, "orch_scratch_test", comment="{}")
+    monkeypatch.undo()
+    assert made and not scalar(admin, "SELECT count(*) FROM pg_database WHERE datname = "
+                                      f"'{made[0]}'")

@@ -97,6 +97,12 @@ def create_database(admin_url: str, prefix: str, *, template: str | None = None,
                 connection.exec_driver_sql(f'COMMENT ON DATABASE "{name}" IS {_literal(comment)}')
     except DBAPIError as exc:
         raise DatabaseNotCreated(name, exc) from exc
+    except BaseException:
+        # Interrupted (Ctrl-C, SIGTERM) during or right after CREATE DATABASE: the database
+        # may exist without the comment that names its maker, and nothing would sweep it.
+        with contextlib.suppress(Exception):
+            drop_database(admin_url, name)
+        raise
     finally:
         engine.dispose()
     return make_url(admin_url).set(database=name).render_as_string(hide_password=False)

@@ -442,3 +442,15 @@ def test_sigterm_ends_a_validation_as_ctrl_c_does_and_drops_its_scratch_database
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130 and err.splitlines()[-1] == "Interrupted."
     assert not _exists(scratch_url)
+
+
+def test_a_step_failing_because_it_was_interrupted_is_an_interruption_not_a_finding(
+        sqlite_url, tmp_path):
+    """An interrupt that lands inside a statement cuts its connection, and the rollback after
+    it fails with the driver's error (PendingRollbackError): the validation was interrupted;
+    the migration is not broken."""
+    scripts = copy_scripts(tmp_path)
+    add_revision(scripts, "try:\n    raise KeyboardInterrupt\nexcept KeyboardInterrupt:\n"
+                          "    raise RuntimeError('the rollback failed')")
+    with pytest.raises(KeyboardInterrupt):
+        validate(sqlite_url, script_location=str(scripts), rules=["MIG008"])

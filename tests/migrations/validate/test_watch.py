@@ -39,6 +39,10 @@ POSTGRES_CHANGES = [
     "ALTER TABLE child ADD COLUMN tags tag[]",
     "CREATE TABLE spacer_3 (id INTEGER)",
     "ALTER TYPE tag RENAME TO label",
+    # A renamed enum value changes the default that names it; only pg_enum records it.
+    "ALTER TABLE child ALTER COLUMN feeling SET DEFAULT 'calm'",
+    "CREATE TABLE spacer_4 (id INTEGER)",
+    "ALTER TYPE feeling_kind RENAME VALUE 'calm' TO 'quiet'",
     "CREATE INDEX ix_child_n ON child (n)",
     "DROP INDEX ix_child_n",
     "DROP TABLE mother CASCADE",

@@ -26,11 +26,12 @@ class Scripts:
     @cached_property
     def script(self) -> ScriptDirectory:
         location = self.config.get_main_option("script_location")
-        if location and ":" not in location and not (Path(location) / "env.py").is_file():
-            # Alembic would say "Path doesn't exist ... use the 'init' command": this is a
-            # wrong path given, not a project to create.
-            raise BrokenScriptError(f"{location} is not a migration scripts folder (it has no "
-                                    "env.py); check the scripts folder given")
+        if not location or (":" not in location
+                            and not (Path(location) / "env.py").is_file()):
+            # Alembic would say "Path doesn't exist ... use the 'init' command" (or fail on an
+            # empty one): this is a wrong path given, not a project to create.
+            raise BrokenScriptError(f"{location or 'an empty path'} is not a migration scripts "
+                                    "folder (it has no env.py); check the scripts folder given")
         return ScriptDirectory.from_config(self.config)
 
     def _reload_scripts(self) -> None:

@@ -18,6 +18,7 @@ from orchestrator.db import create_engine
 from orchestrator.migrations.environment import include_object, running_with
 from orchestrator.migrations.errors import MigrationError
 from orchestrator.migrations.manager import MigrationManager, alembic_config
+from orchestrator.migrations.manager.failures import is_interrupted
 from orchestrator.migrations.validate.report import ERROR, Finding
 from orchestrator.migrations.validate.schema import SchemaReader, diff_schemas
 from orchestrator.migrations.validate.scripts import ScriptFile
@@ -203,6 +204,8 @@ class Scratch:
             raise
         except Exception as exc:
             self._end_transaction()
+            if is_interrupted(exc):
+                raise KeyboardInterrupt from exc  # not the migration's failure
             # A step fails before it is counted: the first one not done.
             revision, upgrading = steps[min(done, len(steps) - 1)]
             raise _StepFailed(revision, upgrading,

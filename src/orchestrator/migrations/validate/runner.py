@@ -39,83 +39,72 @@ def validate(
 
     With `since` (a revision of the chain), the rules that migrate or render each revision
     (the round trip, the dangerous operations) judge only the revisions after it; the chain
-    rules, the models, drift and checksums still cover everything."""
+    rules, the models, drift and checksums still cover everything. Validations in one
+    process run one at a time."""
     selected = set(rules) if rules is not None else None
     report = ValidationReport(strict=strict)
-    # Scratch databases and rehearsal copies left by processes that were killed (SIGKILL gives
-    # them no chance to clean up).
-    scratch.remove_stale(database_url, [
-        (f"{SCRATCH_PREFIX}_", f"{SCRATCH_PREFIX.replace('_', '-')}-"),
-        (copies.DATABASE_PREFIX, copies.FOLDER_PREFIX)])
-    ctx = Context(database_url, script_location, strict, metadata, since, progress)
-    restore_collector = _collector.tune()
-    try:
-        if since is not None:
-            with contextlib.suppress(Skip):  # a broken chain: the rules say so
-                ctx.since_position  # noqa: B018 - an unknown revision is refused before any rule
-        for rule in RULES:
-            if selected is not None and rule.code not in selected:
-                continue
-            if progress is not None:
-                progress.rule_started(rule)
-            started = time.perf_counter()
-            try:
-                findings = rule.check(ctx)
-            except Skip as skip:
-                report.skipped.append(Skipped(rule.code, rule.name, str(skip)))
-                outcome = "skipped"
-            else:
-                report.findings.extend(findings)
-                if not findings:
-                    report.passed.append(rule.code)
-                outcome = f"{len(findings)} finding{'s' * (len(findings) != 1)}" if findings \
-                    else "passed"
-            if progress is not None:
-                progress.rule_done(rule, time.perf_counter() - started, outcome)
-        report.since = _narrowed(ctx, report)
-    finally:
-        ctx.close()
-        restore_collector()
+    with _one_at_a_time:
+        # Scratch databases and rehearsal copies left by processes that were killed (SIGKILL gives
+        # them no chance to clean up).
+        scratch.remove_stale(database_url, [
+            (f"{SCRATCH_PREFIX}_", f"{SCRATCH_PREFIX.replace('_', '-')}-"),
+            (copies.DATABASE_PREFIX, copies.FOLDER_PREFIX)])
+        ctx = Context(database_url, script_location, strict, metadata, since, progress)
+        restore_collector = _collect_less()
+        try:
+            if since is not None:
+                with contextlib.suppress(Skip):  # a broken chain: the rules say so
+                    ctx.since_position  # noqa: B018 - an unknown revision is refused before any rule
+            for rule in RULES:
+                if selected is not None and rule.code not in selected:
+                    continue
+                if progress is not None:
+                    progress.rule_started(rule)
+                started = time.perf_counter()
+                try:
+                    findings = rule.check(ctx)
+                except Skip as skip:
+                    report.skipped.append(Skipped(rule.code, rule.name, str(skip)))
+                    outcome = "skipped"
+                else:
+                    report.findings.extend(findings)
+                    if not findings:
+                        report.passed.append(rule.code)
+                    outcome = f"{len(findings)} finding{'s' * (len(findings) != 1)}" if findings \
+                        else "passed"
+                if progress is not None:
+                    progress.rule_done(rule, time.perf_counter() - started, outcome)
+            report.since = _narrowed(ctx, report)
+        finally:
+            ctx.close()
+            restore_collector()
     return report
 
 
-class _Collector:
-    """Python's collector, tuned while validations run (as mypy tunes it for a build): what
-    is loaded when the first one starts is set aside (`gc.freeze`), and the youngest
-    generation is collected after 50,000 allocations instead of 700. A validation keeps
-    every script, tree and snapshot of the chain alive to the end; with the defaults,
-    collections walked that growing heap again and again, and a chain twice as long cost more
-    than twice as much. When the last validation running in the process ends, the collector
-    is put back as it was (nothing is unfrozen that someone else froze)."""
+def _collect_less() -> Callable[[], None]:
+    """Python's collector, tuned for one validation (as mypy tunes it for a build): what is
+    loaded by now is set aside (`gc.freeze`), and the youngest generation is collected after
+    50,000 allocations instead of 700. A validation keeps every script, tree and snapshot of
+    the chain alive to the end; with the defaults, collections walked that growing heap again
+    and again, and a chain twice as long cost more than twice as much. Returns what puts the
+    collector back as it was (nothing is unfrozen that someone else froze)."""
+    thresholds = gc.get_threshold()
+    froze = gc.get_freeze_count() == 0
+    if froze:
+        gc.freeze()
+    gc.set_threshold(max(thresholds[0], 50_000), *thresholds[1:])
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._running = 0
-        self._thresholds: tuple[int, int, int] = gc.get_threshold()
-        self._froze = False
+    def restore() -> None:
+        gc.set_threshold(*thresholds)
+        if froze:
+            gc.unfreeze()
 
-    def tune(self) -> Callable[[], None]:
-        """Tune for one more validation; returns what ends it."""
-        with self._lock:
-            if not self._running:
-                self._thresholds = gc.get_threshold()
-                self._froze = gc.get_freeze_count() == 0
-                if self._froze:
-                    gc.freeze()
-                gc.set_threshold(max(self._thresholds[0], 50_000), *self._thresholds[1:])
-            self._running += 1
-        return self._done
-
-    def _done(self) -> None:
-        with self._lock:
-            self._running -= 1
-            if not self._running:
-                gc.set_threshold(*self._thresholds)
-                if self._froze:
-                    gc.unfreeze()
+    return restore
 
 
-_collector = _Collector()
+# Validations in one process run one at a time: Alembic's `op` and `context`, which every
+# migration step goes through, are the process's own.
+_one_at_a_time = threading.Lock()
 
 
 def _narrowed(ctx: Context, report: ValidationReport) -> Since | None:

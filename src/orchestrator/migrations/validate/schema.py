@@ -69,8 +69,9 @@ WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')
 """
 # The tables with a catalog row written since transaction :since (any DDL on a table writes
 # one: its own, its columns', defaults', constraints', indexes', its referred tables' or its
-# column types'), and those whose defaults, checks or indexes call a sequence or a function
-# renamed since: only their definitions are printed again.
+# column types'), and those whose columns, defaults, checks or indexes use a sequence or a
+# function renamed since, or an enum whose values changed: only their definitions are printed
+# again.
 _POSTGRES_TOUCHED = """
 SELECT attrelid FROM pg_attribute WHERE xmin::text::bigint >= :since
 UNION SELECT oid FROM pg_class WHERE xmin::text::bigint >= :since
@@ -93,6 +94,10 @@ UNION SELECT coalesce(ad.adrelid, k.conrelid, x.indrelid, d.objid) FROM pg_depen
            SELECT oid FROM pg_class WHERE xmin::text::bigint >= :since))
      OR (d.refclassid = 'pg_proc'::regclass AND d.refobjid IN (
            SELECT oid FROM pg_proc WHERE xmin::text::bigint >= :since))
+     OR (d.refclassid = 'pg_type'::regclass AND d.refobjid IN (
+           SELECT e.enumtypid FROM pg_enum e WHERE e.xmin::text::bigint >= :since
+           UNION SELECT t.typarray FROM pg_type t JOIN pg_enum e ON e.enumtypid = t.oid
+            WHERE e.xmin::text::bigint >= :since))
 """
 
 
