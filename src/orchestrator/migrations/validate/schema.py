@@ -158,13 +158,11 @@ class SchemaReader:
 
     def snapshot(self, connection) -> dict[str, dict[str, Any]]:
         """The schema `connection` sees now (it reads in the connection's transaction)."""
+        watch = self._watch if self._watched is connection.connection.driver_connection \
+            else None
         if connection.dialect.name == "sqlite":
-            watch = self._watch if self._watched is connection.connection.driver_connection \
-                else None
             changes = self._sqlite_changes(connection, watch.take() if watch else None)
         else:
-            watch = self._watch if self._watched is connection.connection.driver_connection \
-                else None
             taken = watch.take(connection) if watch else None
             changes = self._postgres_touched(connection, *taken) if taken is not None \
                 else self._postgres_everything(connection)
