@@ -99,11 +99,14 @@ class ConfirmationRequired(MigrationError):
 
 
 class MigrationFailedError(MigrationError):
-    """A migration script raised; the message names the revision."""
+    """A migration script raised; the message names the revision. `failure`: the message's
+    first part, what failed and why, without where that left the database."""
 
-    def __init__(self, message: str, revision: str | None = None) -> None:
+    def __init__(self, message: str, revision: str | None = None,
+                 failure: str | None = None) -> None:
         super().__init__(message)
         self.revision = revision
+        self.failure = failure or message
 
 
 class MigrationLockTimeout(MigrationError):

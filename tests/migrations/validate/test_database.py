@@ -114,6 +114,17 @@ def test_a_downgrade_that_fails_is_a_round_trip_error(sqlite_url, tmp_path):
                                       "RuntimeError: cannot go back")
 
 
+def test_a_failed_scratch_step_is_reported_without_the_commands_advice(sqlite_url, tmp_path):
+    # What `db downgrade` adds (where the database was left, "run the command again") is about
+    # the scratch database, which the validator throws away.
+    scripts = copy_scripts(tmp_path, VALIDATOR_SETS / "good")
+    add_revision(scripts, 'op.execute("SELECT 1")',
+                 'op.execute("SELECT 1")\nraise RuntimeError("cannot go back")')
+    [finding] = check(sqlite_url, scripts, rules=["MIG008"]).findings
+    assert finding.message == ("revision 003: downgrade fails: migration 003 failed: "
+                               "RuntimeError: cannot go back")
+
+
 def test_an_upgrade_that_fails_the_second_time_is_a_round_trip_error(sqlite_url, tmp_path):
     scripts = copy_scripts(tmp_path, VALIDATOR_SETS / "good")
     add_revision(scripts, "op.execute(\"INSERT INTO widgets (id, name) VALUES (1, 'seed')\")",

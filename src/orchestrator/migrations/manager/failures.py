@@ -105,10 +105,11 @@ def step_failed(
         )
     elif backup is not None:
         where += f"; the backup taken before the command is {backup.path}"
+    failure = f"migration {failed} failed: {type(exc).__name__}: {reason}"
     return MigrationFailedError(
-        f"migration {failed} failed: {type(exc).__name__}: {reason}; {where}; "
-        "fix the script and run the command again",
+        f"{failure}; {where}; fix the script and run the command again",
         revision=failed,
+        failure=failure,
     )
 
 

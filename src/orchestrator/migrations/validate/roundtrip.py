@@ -16,7 +16,7 @@ from sqlalchemy.pool import NullPool
 
 from orchestrator.db import create_engine
 from orchestrator.migrations.environment import include_object, running_with
-from orchestrator.migrations.errors import MigrationError
+from orchestrator.migrations.errors import MigrationError, MigrationFailedError
 from orchestrator.migrations.manager import MigrationManager, alembic_config
 from orchestrator.migrations.manager.failures import is_interrupted
 from orchestrator.migrations.validate.report import ERROR, Finding
@@ -38,14 +38,14 @@ class Context(Protocol):
 
 
 class _StepFailed(Exception):
-    """A scratch step failed: which revision, which way, and the error `db upgrade` or
-    `db downgrade` would have raised."""
+    """A scratch step failed: which revision, which way, and why, as `db upgrade` or
+    `db downgrade` would have said it (not where that left the scratch database)."""
 
     def __init__(self, revision: str, upgrading: bool, error: MigrationError) -> None:
-        super().__init__(str(error))
+        self.why = error.failure if isinstance(error, MigrationFailedError) else str(error)
+        super().__init__(self.why)
         self.revision = revision
         self.upgrading = upgrading
-        self.error = error
 
 
 class _Different(Exception):
@@ -121,7 +121,7 @@ class Scratch:
             self._run([(revision, True) for revision in chain], applied)
         except _StepFailed as failed:
             self.failed = self._finding(failed.revision, "upgrade", f"upgrade fails on a "
-                                        f"fresh database: {failed.error}", "fix upgrade() so "
+                                        f"fresh database: {failed.why}", "fix upgrade() so "
                                         "that it runs from the previous revision's schema")
             return
         self.model_differences = self._compare_models()
@@ -168,11 +168,11 @@ class Scratch:
         except _StepFailed as failed:
             if failed.upgrading:
                 return [self._finding(failed.revision, "upgrade", f"upgrade fails the second "
-                                      f"time, after its downgrade: {failed.error}", "make "
+                                      f"time, after its downgrade: {failed.why}", "make "
                                       "downgrade() remove everything upgrade() adds, data "
                                       "included")]
             return [self._finding(failed.revision, "downgrade", f"downgrade fails: "
-                                  f"{failed.error}", "fix downgrade() so that it runs from "
+                                  f"{failed.why}", "fix downgrade() so that it runs from "
                                   "this revision's schema")]
         return []
 
