@@ -12,6 +12,9 @@ swapped every repetition):
 - reference: pytest-alembic's `test_up_down_consistency` on a fresh database with the same
   chain and the project's alembic.ini (up one revision at a time, then down one at a time).
 
+150 and 300, whose ratio is the growth target, are measured in turn within each repetition
+(7), so that the machine's load at the time enters both alike.
+
 Targets: at 300, ours ≤ 2 × the reference (median of paired ratios); the growth from 150 to
 300 no faster than the reference's (the ratio of their medians at 300 and 150); `validate(since=...)` with one revision after it on the 300 chain,
 SQLite, ≤ 5 s (the whole process, imports included).
@@ -19,6 +22,7 @@ SQLite, ≤ 5 s (the whole process, imports included).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import tempfile
@@ -46,6 +50,8 @@ TITLE = "`db validate` on long chains vs pytest-alembic's up/down test"
 ISSUE = 17
 SIZES = (50, 100, 150, 200, 300)
 SMOKE_SIZES = (2,)
+GROWTH_SIZES = (150, 300)
+GROWTH_REPEATS = 7
 PLOT = "benchmarks-validate-scale.png"
 RATIO_TARGET = 2.0
 SINCE_TARGET = 5.0
@@ -58,49 +64,66 @@ def run(options: Options) -> dict[str, Any]:
     sizes = SMOKE_SIZES if options.smoke else SIZES
     admin_url = postgres_admin_url()
     engines = ["sqlite", *(["postgresql"] if admin_url else [])]
+    chains = {size: long_chain(options.workdir, size, through=None)  # as the models are
+              for size in sizes}
     rows: dict[tuple[str, int], dict[str, Any]] = {}
-    since: list[float] = []
-    since_in_call: list[float] = []
-    for size in sizes:
+    for group in _groups(sizes):
         # The growth target compares 150 with 300: more runs there steady the medians.
-        repeats = options.repeats(5 if size in (150, 300) else 3, 1)
-        scripts = long_chain(options.workdir, size, through=None)  # as the models are
+        repeats = options.repeats(GROWTH_REPEATS if group == GROWTH_SIZES else 3, 1)
         for engine in engines:
-            rows[engine, size] = _measure_size(engine, scripts, size, repeats, admin_url, options)
-        if size == sizes[-1]:
-            since, since_in_call = _measure_since(scripts, options, repeats)
+            rows.update(_measure(engine, {size: chains[size] for size in group}, repeats,
+                                 admin_url, options))
+    since, since_in_call = _measure_since(chains[sizes[-1]], options,
+                                          options.repeats(5, 1))
     return _result(rows, sizes, engines, since, since_in_call, options)
 
 
-def _measure_size(engine: str, scripts: Path, size: int, repeats: int, admin_url: str | None,
-                  options: Options) -> dict[str, Any]:
-    ours: list[float] = []
-    reference: list[float] = []
-    # The processes' own CPU time: on a shared machine, what the wall clock adds is others'.
-    cpu: dict[str, list[float]] = {"ours": [], "reference": []}
-    per_rule: list[dict[str, float]] = []
-    with _database(engine, admin_url, options, "live") as live:
-        _child("upgrade", scripts, live)
+def _groups(sizes: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """The sizes measured together: 150 and 300 in turn within each repetition (their ratio is
+    the growth target: run minutes apart, a shared machine's changing load would enter it),
+    every other size alone."""
+    alone = [(size,) for size in sizes if size not in GROWTH_SIZES]
+    return alone + ([GROWTH_SIZES] if set(GROWTH_SIZES) <= set(sizes) else [])
+
+
+def _measure(engine: str, chains: dict[int, Path], repeats: int, admin_url: str | None,
+             options: Options) -> dict[tuple[str, int], dict[str, Any]]:
+    """Each size of `chains` on `engine`: validate against a live database at head, and
+    pytest-alembic on a fresh one; sizes taken in turn (their order reversed every
+    repetition), validate and pytest-alembic interleaved."""
+    runs = {size: {"ours": [], "reference": [], "rules": [],
+                   # The processes' own CPU time: on a shared machine, what the wall clock
+                   # adds is others'.
+                   "cpu": {"ours": [], "reference": []}} for size in chains}
+    with contextlib.ExitStack() as stack:
+        lives = {size: stack.enter_context(_database(engine, admin_url, options, f"live{size}"))
+                 for size in chains}
+        for size, live in lives.items():
+            _child("upgrade", chains[size], live)
         for i in range(repeats):
-            for kind in alternate(i, "ours", "reference"):
-                if kind == "ours":
-                    outcome = _child("validate", scripts, live)
-                    if not outcome["ok"]:
-                        raise RuntimeError(f"validate found errors on the {size} chain: "
-                                           f"{outcome['findings'][:3]}")
-                    ours.append(outcome["seconds"])
-                    cpu["ours"].append(outcome["cpu"])
-                    per_rule.append(outcome["rules"])
-                else:
-                    with _database(engine, admin_url, options, "pa") as fresh:
-                        outcome = _child("pytest-alembic", scripts, fresh)
-                        reference.append(outcome["seconds"])
-                        cpu["reference"].append(outcome["cpu"])
-    print(f"[validate_scale] {engine} {size}: ours {median(ours):.2f}s, pytest-alembic "
-          f"{median(reference):.2f}s", file=sys.stderr, flush=True)
-    rules = {code: median([run[code] for run in per_rule]) for code in per_rule[0]}
-    return {"ours": ours, "reference": reference, "rules": rules, "cpu": cpu,
-            "ratio": median(paired_ratios(ours, reference))}
+            for size in (list(chains) if i % 2 == 0 else list(chains)[::-1]):
+                run = runs[size]
+                for kind in alternate(i, "ours", "reference"):
+                    if kind == "ours":
+                        outcome = _child("validate", chains[size], lives[size])
+                        if not outcome["ok"]:
+                            raise RuntimeError(f"validate found errors on the {size} chain: "
+                                               f"{outcome['findings'][:3]}")
+                        run["rules"].append(outcome["rules"])
+                    else:
+                        with _database(engine, admin_url, options, "pa") as fresh:
+                            outcome = _child("pytest-alembic", chains[size], fresh)
+                    run[kind].append(outcome["seconds"])
+                    run["cpu"][kind].append(outcome["cpu"])
+    rows = {}
+    for size, run in runs.items():
+        print(f"[validate_scale] {engine} {size}: ours {median(run['ours']):.2f}s, "
+              f"pytest-alembic {median(run['reference']):.2f}s", file=sys.stderr, flush=True)
+        rules = {code: median([one[code] for one in run["rules"]]) for code in run["rules"][0]}
+        rows[engine, size] = {"ours": run["ours"], "reference": run["reference"],
+                              "rules": rules, "cpu": run["cpu"],
+                              "ratio": median(paired_ratios(run["ours"], run["reference"]))}
+    return rows
 
 
 def _measure_since(scripts: Path, options: Options, repeats: int) -> tuple[list[float], list[float]]:
@@ -349,12 +372,10 @@ def measure(engines: list[str], sizes: list[int], repeats: int) -> None:
     admin_url = postgres_admin_url()
     with tempfile.TemporaryDirectory(prefix="orch-bench-") as scratch:
         options = Options(workdir=Path(scratch), plot_dir=Path(scratch))
+        chains = {size: long_chain(options.workdir, size, through=None) for size in sizes}
         rows = {}
-        for size in sizes:
-            scripts = long_chain(options.workdir, size, through=None)
-            for engine in engines:
-                rows[engine, size] = _measure_size(engine, scripts, size, repeats, admin_url,
-                                                   options)
+        for engine in engines:
+            rows.update(_measure(engine, chains, repeats, admin_url, options))
     for (engine, size), row in rows.items():
         for kind in ("ours", "reference"):
             runs = sorted(row[kind])
