@@ -769,6 +769,31 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_backup(sqlite_url, t
     assert list(folder.iterdir()) == []
 
 
+@pytest.mark.parametrize("output", [False, True], ids=["backup folder", "--output"])
+def test_a_read_only_folder_is_named_not_the_hidden_partial_file(sqlite_url, tmp_path,
+                                                                  monkeypatch, output):
+    """Root writes anywhere here: the partial file's creation fails as on a read-only folder."""
+    import errno
+
+    from orchestrator.migrations.backup import files
+
+    def read_only(path, mode="r", *args, **kwargs):
+        if "x" in mode:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return open(path, mode, *args, **kwargs)
+
+    folder = tmp_path / "backups"
+    target = tmp_path / "out" / "pre.sqlite"
+    with MigrationManager(sqlite_url, backup_dir=folder) as manager:
+        manager.upgrade("001")
+        monkeypatch.setattr(files, "open", read_only, raising=False)
+        with pytest.raises(BackupError) as raised:
+            manager.backup(target if output else None)
+    where = target if output else folder
+    assert str(raised.value).startswith(f"cannot write the backup {where}: Read-only file system; ")
+    assert ".partial" not in str(raised.value)
+
+
 def test_a_copy_that_comes_out_short_is_not_kept(sqlite_url, tmp_path, monkeypatch):
     """The file ended before the size read at the start (cut by hand mid-copy): sendfile
     reports the end early, as it then would."""

@@ -75,9 +75,11 @@ def write_backup(
         if durable:
             fsync(folder)
     except OSError as exc:  # a read-only folder, a full disk
-        raise BackupError(
-            f"cannot write the backup {exc.filename or folder}: {exc.strerror}; {hint}"
-        ) from None
+        # The hidden partial file is ours: the operator knows the backup by its place.
+        where = exc.filename
+        if where is None or str(where).endswith(_PARTIAL):
+            where = output if output is not None else folder
+        raise BackupError(f"cannot write the backup {where}: {exc.strerror}; {hint}") from None
     info = BackupInfo(
         path=path,
         dialect=dialect,
