@@ -75,10 +75,8 @@ def write_backup(
         if durable:
             fsync(folder)
     except OSError as exc:  # a read-only folder, a full disk
-        # The hidden partial file is ours: the operator knows the backup by its place.
-        where = exc.filename
-        if where is None or str(where).endswith(_PARTIAL):
-            where = output if output is not None else folder
+        # Named by its place (not by the hidden partial file the copy was going into).
+        where = output if output is not None else folder
         raise BackupError(f"cannot write the backup {where}: {exc.strerror}; {hint}") from None
     info = BackupInfo(
         path=path,
