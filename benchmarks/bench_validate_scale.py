@@ -91,7 +91,7 @@ def _measure(engine: str, chains: dict[int, Path], repeats: int, admin_url: str 
     """Each size of `chains` on `engine`: validate against a live database at head, and
     pytest-alembic on a fresh one; sizes taken in turn (their order reversed every
     repetition), validate and pytest-alembic interleaved."""
-    runs = {size: {"ours": [], "reference": [], "rules": [],
+    measured = {size: {"ours": [], "reference": [], "rules": [],
                    # The processes' own CPU time: on a shared machine, what the wall clock
                    # adds is others'.
                    "cpu": {"ours": [], "reference": []}} for size in chains}
@@ -102,27 +102,27 @@ def _measure(engine: str, chains: dict[int, Path], repeats: int, admin_url: str 
             _child("upgrade", chains[size], live)
         for i in range(repeats):
             for size in (list(chains) if i % 2 == 0 else list(chains)[::-1]):
-                run = runs[size]
+                runs = measured[size]
                 for kind in alternate(i, "ours", "reference"):
                     if kind == "ours":
                         outcome = _child("validate", chains[size], lives[size])
                         if not outcome["ok"]:
                             raise RuntimeError(f"validate found errors on the {size} chain: "
                                                f"{outcome['findings'][:3]}")
-                        run["rules"].append(outcome["rules"])
+                        runs["rules"].append(outcome["rules"])
                     else:
                         with _database(engine, admin_url, options, "pa") as fresh:
                             outcome = _child("pytest-alembic", chains[size], fresh)
-                    run[kind].append(outcome["seconds"])
-                    run["cpu"][kind].append(outcome["cpu"])
+                    runs[kind].append(outcome["seconds"])
+                    runs["cpu"][kind].append(outcome["cpu"])
     rows = {}
-    for size, run in runs.items():
-        print(f"[validate_scale] {engine} {size}: ours {median(run['ours']):.2f}s, "
-              f"pytest-alembic {median(run['reference']):.2f}s", file=sys.stderr, flush=True)
-        rules = {code: median([one[code] for one in run["rules"]]) for code in run["rules"][0]}
-        rows[engine, size] = {"ours": run["ours"], "reference": run["reference"],
-                              "rules": rules, "cpu": run["cpu"],
-                              "ratio": median(paired_ratios(run["ours"], run["reference"]))}
+    for size, runs in measured.items():
+        print(f"[validate_scale] {engine} {size}: ours {median(runs['ours']):.2f}s, "
+              f"pytest-alembic {median(runs['reference']):.2f}s", file=sys.stderr, flush=True)
+        rules = {code: median([one[code] for one in runs["rules"]]) for code in runs["rules"][0]}
+        rows[engine, size] = {"ours": runs["ours"], "reference": runs["reference"],
+                              "rules": rules, "cpu": runs["cpu"],
+                              "ratio": median(paired_ratios(runs["ours"], runs["reference"]))}
     return rows
 
 

@@ -126,7 +126,7 @@ def scratch_database(database_url: str, prefix: str = "orchestrator_scratch",
     file in a new temporary folder `<prefix>-…` (with dashes), on PostgreSQL a database made by
     `create_database(database_url, prefix, **options)` beside the one of `database_url`."""
     if backend_name(database_url) == "sqlite":
-        folder = tempfile.mkdtemp(prefix=f"{prefix.replace('_', '-')}-")
+        folder = tempfile.mkdtemp(prefix=names(prefix)[1])
         try:
             (Path(folder) / OWNER_FILE).write_text(json.dumps(owner()))
             yield f"sqlite:///{Path(folder) / 'scratch.db'}"
@@ -142,6 +142,12 @@ def scratch_database(database_url: str, prefix: str = "orchestrator_scratch",
 
 
 OWNER_FILE = "owner.json"
+
+
+def names(prefix: str) -> tuple[str, str]:
+    """How the names of `scratch_database(url, prefix)`'s databases and folders start (what
+    `remove_stale` is given)."""
+    return f"{prefix}_", f"{prefix.replace('_', '-')}-"
 
 
 def owner(kept: bool = False) -> dict:

@@ -47,7 +47,7 @@ def validate(
         # Scratch databases and rehearsal copies left by processes that were killed (SIGKILL gives
         # them no chance to clean up).
         scratch.remove_stale(database_url, [
-            (f"{SCRATCH_PREFIX}_", f"{SCRATCH_PREFIX.replace('_', '-')}-"),
+            scratch.names(SCRATCH_PREFIX),
             (copies.DATABASE_PREFIX, copies.FOLDER_PREFIX)])
         ctx = Context(database_url, script_location, strict, metadata, since, progress)
         restore_collector = _collect_less()
